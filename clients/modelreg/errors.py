@@ -1,0 +1,90 @@
+"""Client-side errors: the server's status as exceptions with its message."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class ModelregError(Exception):
+    """A failed call. `code` is the gRPC status code, `message` the server's message and
+    `reason` the google.rpc.ErrorInfo reason when the server attached one."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = ""):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+
+class NotFound(ModelregError):
+    pass
+
+
+class AlreadyExists(ModelregError):
+    pass
+
+
+class InvalidArgument(ModelregError):
+    pass
+
+
+class FailedPrecondition(ModelregError):
+    pass
+
+
+class DataLoss(ModelregError):
+    pass
+
+
+class Unavailable(ModelregError):
+    pass
+
+
+class Aborted(ModelregError):
+    pass
+
+
+class IntegrityError(ModelregError):
+    """Downloaded bytes did not match the sha256 the registry declared."""
+
+    def __init__(self, message: str):
+        super().__init__(grpc.StatusCode.DATA_LOSS, message)
+
+
+_BY_CODE = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.ABORTED: Aborted,
+}
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    """The google.rpc.ErrorInfo reason attached to a status, or ''."""
+    try:
+        status = rpc_status.from_call(err)
+    except Exception:  # noqa: BLE001 - a status without details
+        return ""
+    if status is None:
+        return ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def from_rpc_error(err: grpc.RpcError) -> ModelregError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    if code == grpc.StatusCode.UNAVAILABLE and (not details or "failed to connect" in details.lower()
+                                                or "connection refused" in details.lower()):
+        details = f"cannot reach the registry ({details}); is it running? set MODELREG_ADDRESS or --address"
+    cls = _BY_CODE.get(code, ModelregError)
+    return cls(code, details or code.name, error_reason(err))

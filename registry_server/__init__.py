@@ -1,0 +1,1 @@
+"""The modelreg registry server: grpc.aio services over Postgres and a blob store."""

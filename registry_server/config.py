@@ -1,0 +1,96 @@
+"""Settings: one frozen dataclass built from the environment and flags, printed at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from pathlib import Path
+
+from registry_server.storage.db import describe_url
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the gRPC server listens (MODELREG_ADDRESS).
+    address: str = DEFAULT_ADDRESS
+    # Postgres URL; None starts the embedded Postgres in data_dir (MODELREG_DATABASE_URL).
+    database_url: str | None = None
+    # Embedded data: Postgres and, by default, artifacts (MODELREG_DATA_DIR).
+    data_dir: Path = Path(".modelreg")
+    # Artifact store: a directory, or s3://bucket/prefix (MODELREG_ARTIFACTS).
+    # Empty means `<data_dir>/artifacts`.
+    artifacts: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_secure: bool = True
+    s3_region: str = ""
+    # asyncpg pool size (MODELREG_DB_POOL_SIZE).
+    db_pool_size: int = 20
+    # Seconds between bookmarks on idle watch streams (MODELREG_BOOKMARK_INTERVAL).
+    bookmark_interval: float = 10.0
+    # Events older than this are pruned; older cursors get RESYNC_REQUIRED (MODELREG_EVENT_RETENTION_HOURS).
+    event_retention: timedelta = timedelta(days=7)
+    # Unfinished uploads older than this are removed by the janitor (MODELREG_UPLOAD_TTL_HOURS).
+    upload_ttl: timedelta = timedelta(hours=24)
+    # Seconds streams get to finish on SIGTERM (MODELREG_SHUTDOWN_GRACE).
+    shutdown_grace: float = 5.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        s = cls(
+            address=env.get("MODELREG_ADDRESS") or DEFAULT_ADDRESS,
+            database_url=env.get("MODELREG_DATABASE_URL") or None,
+            data_dir=Path(env.get("MODELREG_DATA_DIR") or ".modelreg"),
+            artifacts=env.get("MODELREG_ARTIFACTS", ""),
+            s3_endpoint=env.get("MODELREG_S3_ENDPOINT", ""),
+            s3_access_key=env.get("MODELREG_S3_ACCESS_KEY", ""),
+            s3_secret_key=env.get("MODELREG_S3_SECRET_KEY", ""),
+            s3_secure=_bool(env.get("MODELREG_S3_SECURE"), True),
+            s3_region=env.get("MODELREG_S3_REGION", ""),
+            db_pool_size=int(_float("MODELREG_DB_POOL_SIZE", 20)),
+            bookmark_interval=_float("MODELREG_BOOKMARK_INTERVAL", 10.0),
+            event_retention=timedelta(hours=_float("MODELREG_EVENT_RETENTION_HOURS", 24 * 7)),
+            upload_ttl=timedelta(hours=_float("MODELREG_UPLOAD_TTL_HOURS", 24)),
+            shutdown_grace=_float("MODELREG_SHUTDOWN_GRACE", 5.0),
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(s, **given) if given else s
+
+    @property
+    def artifacts_location(self) -> str:
+        return self.artifacts or str(self.data_dir / "artifacts")
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Every setting as (name, value) with secrets masked."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "database_url":
+                value = describe_url(value) if value else f"(embedded Postgres in {self.data_dir / 'postgres'})"
+            elif f.name == "s3_secret_key":
+                value = "****" if value else ""
+            elif f.name == "artifacts":
+                value = self.artifacts_location
+            out.append((f.name, str(value)))
+        return out

@@ -1,0 +1,1 @@
+"""Domain rules: names, stages, versions, comparison. No I/O here."""

@@ -1,0 +1,217 @@
+"""The registry's use cases: what the servicers call. Orchestrates the repository (Postgres)
+and the blob store; the rules themselves live in `domain`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload
+from registry_server.domain import models as dm
+from registry_server.domain.names import VersionRef
+from registry_server.domain.stages import Stage
+from registry_server.errors import DataLoss, InvalidArgument, RegistryError, Unavailable
+from registry_server.storage.repository import Repository, RequestIdTaken, blob_lock_key
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass
+class Download:
+    version: dm.ModelVersion
+    offset: int
+    chunks: AsyncIterator[bytes]
+
+
+class Registry:
+    def __init__(self, repo: Repository, blobs: BlobStore):
+        self.repo = repo
+        self.blobs = blobs
+
+    # ------------------------------------------------------------------ registration
+
+    async def register(
+        self, nv: dm.NewVersion, chunks: AsyncIterator[bytes], actor: str
+    ) -> tuple[dm.ModelVersion, bool]:
+        """Stores the bytes, verifies them, and creates a READY version in one transaction.
+        Returns (version, deduplicated)."""
+        dm.validate_new_version(nv)
+        if nv.create_model:
+            model = await self.repo.ensure_model(nv.model, nv.model_type, actor)
+        else:
+            model = await self.repo.get_model(nv.model)
+        if nv.request_id:
+            existing = await self.repo.find_by_request_id(nv.model, nv.request_id)
+            if existing is not None:
+                return existing, True
+
+        upload = HashingUpload(await self.blobs.begin_upload())
+        try:
+            async for chunk in chunks:
+                await upload.write(chunk)
+            self._check_upload(nv, upload)
+        except BaseException:
+            await upload.inner.abort()
+            raise
+
+        sha, size = upload.sha256, upload.size
+        config = dm.merge_config(model.default_config, nv.config)
+        model_type = nv.model_type or model.model_type
+
+        async def finalize() -> None:
+            try:
+                await upload.inner.commit(sha)
+            except RegistryError:
+                raise
+            except Exception as e:  # the store went away mid-commit
+                await upload.inner.abort()
+                raise Unavailable(f"the artifact store failed while storing the bytes ({e}); retry the upload") from e
+
+        try:
+            version = await self.repo.register_version(nv, config, model_type, sha, size, actor, finalize)
+        except RequestIdTaken:
+            # A concurrent call with the same request id won; return its version.
+            await self._remove_if_unreferenced(sha)
+            existing = await self.repo.find_by_request_id(nv.model, nv.request_id)
+            assert existing is not None
+            return existing, True
+        except BaseException:
+            await upload.inner.abort()
+            await self._remove_if_unreferenced(sha)
+            raise
+        return version, False
+
+    @staticmethod
+    def _check_upload(nv: dm.NewVersion, upload: HashingUpload) -> None:
+        if upload.size == 0:
+            raise InvalidArgument(
+                "the artifact is empty: send the file's bytes in `chunk` messages after the header"
+            )
+        if nv.declared_size and nv.declared_size != upload.size:
+            raise InvalidArgument(
+                f"size mismatch: the header declared {nv.declared_size} bytes but {upload.size} arrived; "
+                "nothing was stored, upload the whole file again"
+            )
+        if nv.declared_sha256 and nv.declared_sha256 != upload.sha256:
+            raise InvalidArgument(
+                f"sha256 mismatch: the header declared {nv.declared_sha256} but the bytes received hash to "
+                f"{upload.sha256}; nothing was stored, check the file and upload it again"
+            )
+
+    # ------------------------------------------------------------------ deletion
+
+    async def delete_model(self, name: str, actor: str) -> int:
+        count, orphans = await self.repo.delete_model(name, actor)
+        for sha in orphans:
+            await self._remove_if_unreferenced(sha)
+        return count
+
+    async def delete_version(self, model: str, version: int, actor: str) -> bool:
+        orphans = await self.repo.delete_version(model, version, actor)
+        removed = False
+        for sha in orphans:
+            removed |= await self._remove_if_unreferenced(sha)
+        return removed
+
+    async def _remove_if_unreferenced(self, sha: str) -> bool:
+        """Deletes a blob from the store if no version references it. Runs under the
+        blob's advisory lock, which registration holds while it commits the same blob, so
+        a blob that a concurrent registration is adopting is never removed."""
+        async with self.repo.blob_lock(sha) as referenced:
+            if referenced:
+                return False
+            await self.blobs.delete(sha)
+            return True
+
+    # ------------------------------------------------------------------ download
+
+    async def open_download(self, ref: VersionRef, offset: int, chunk_size: int) -> Download:
+        version = await self.resolve(ref)
+        if offset < 0 or offset > version.size_bytes:
+            raise InvalidArgument(
+                f"offset {offset} is outside the artifact (0..{version.size_bytes} bytes); "
+                "resume from the number of bytes you already have"
+            )
+        chunk_size = min(max(chunk_size or DEFAULT_CHUNK, 4096), MAX_CHUNK)
+        stored = await self.blobs.size(version.sha256)
+        if stored is None:
+            raise DataLoss(
+                f"the artifact of {ref} (sha256 {version.sha256}) is missing from the artifact store; "
+                "restore it from backup or register the version again"
+            )
+        if stored != version.size_bytes:
+            raise DataLoss(
+                f"the stored artifact of {ref} is {stored} bytes but {version.size_bytes} were registered; "
+                "the blob is corrupted, restore it from backup"
+            )
+        return Download(version, offset, self._verified_chunks(version, offset, chunk_size))
+
+    async def _verified_chunks(self, version: dm.ModelVersion, offset: int, chunk_size: int) -> AsyncIterator[bytes]:
+        """Yields the bytes from `offset`, hashing the whole blob on the way. If the digest
+        does not match at the end, raises DataLoss so the stream ends with an error and the
+        client discards what it got."""
+        digest = hashlib.sha256()
+        position = 0
+        try:
+            async for chunk in self.blobs.read(version.sha256, 0, chunk_size):
+                digest.update(chunk)
+                end = position + len(chunk)
+                if end > offset:
+                    yield chunk[max(0, offset - position):] if position < offset else chunk
+                position = end
+        except FileNotFoundError:
+            raise DataLoss(
+                f"the artifact of models/{version.model}/versions/{version.version} vanished from the store "
+                "during the download; restore it from backup"
+            ) from None
+        if digest.hexdigest() != version.sha256:
+            raise DataLoss(
+                f"the stored artifact of models/{version.model}/versions/{version.version} is corrupted "
+                f"(sha256 {digest.hexdigest()} instead of {version.sha256}); discard what you received "
+                "and restore the blob from backup"
+            )
+
+    async def presign(self, ref: VersionRef, expires: timedelta) -> tuple[dm.ModelVersion, str]:
+        version = await self.resolve(ref)
+        url = await self.blobs.presign_get(version.sha256, expires, version.download_filename)
+        return version, url
+
+    # ------------------------------------------------------------------ reads
+
+    async def resolve(self, ref: VersionRef) -> dm.ModelVersion:
+        return await self.repo.get_version(ref.model, ref.number if ref.number is not None else ref.alias)
+
+    async def compare(self, model: str, numbers: list[int]) -> dm.Comparison:
+        m = await self.repo.get_model(model)
+        if numbers:
+            found = {v.version: v for v in await self.repo.get_versions(model, numbers)}
+            missing = [n for n in numbers if n not in found]
+            if missing:
+                raise InvalidArgument(
+                    f"models/{model} has no version(s) {', '.join(map(str, missing))}; "
+                    f"list versions with 'modelreg list {model}'"
+                )
+            versions = [found[n] for n in numbers]
+        else:
+            versions = await self.repo.list_versions(model, None, 2**62, 1000)
+        production = None
+        if m.production_version:
+            production = next((v for v in versions if v.version == m.production_version), None)
+            if production is None:
+                production = await self.repo.get_version(model, m.production_version)
+        return dm.compare(versions, production)
+
+    async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> dm.Model:
+        if "tags" in changes:
+            dm.validate_tags(changes["tags"], "model.tags")
+        return await self.repo.update_model(name, changes, actor)
+
+    async def promote(self, ref: VersionRef, stage: Stage, reason: str, actor: str):
+        target = ref.number if ref.number is not None else ref.alias
+        return await self.repo.promote(ref.model, target, stage, reason, actor)

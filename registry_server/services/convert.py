@@ -1,0 +1,222 @@
+"""Proto <-> domain conversion. Nothing else."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from modelreg.v1 import registry_service_pb2 as rs
+from modelreg.v1 import resources_pb2 as res
+from registry_server.domain import models as dm
+from registry_server.domain.names import model_name, version_name
+from registry_server.domain.stages import Stage
+from registry_server.errors import InvalidArgument
+
+STAGE_TO_PROTO = {
+    Stage.NONE: res.STAGE_NONE,
+    Stage.STAGING: res.STAGE_STAGING,
+    Stage.PRODUCTION: res.STAGE_PRODUCTION,
+    Stage.ARCHIVED: res.STAGE_ARCHIVED,
+}
+STAGE_FROM_PROTO = {v: k for k, v in STAGE_TO_PROTO.items()}
+
+FORMAT_TO_PROTO = {
+    dm.ArtifactFormat.ONNX: res.ARTIFACT_FORMAT_ONNX,
+    dm.ArtifactFormat.ULTRALYTICS_PT: res.ARTIFACT_FORMAT_ULTRALYTICS_PT,
+    dm.ArtifactFormat.BUNDLE: res.ARTIFACT_FORMAT_BUNDLE,
+    dm.ArtifactFormat.OTHER: res.ARTIFACT_FORMAT_OTHER,
+}
+FORMAT_FROM_PROTO = {v: k for k, v in FORMAT_TO_PROTO.items()}
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    t = timestamp_pb2.Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+def struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value or {})
+    return s
+
+
+def from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
+    out = json_format.MessageToDict(value)
+    # JSON has one number type; keep integral values integral ({"epochs": 100}, not 100.0).
+    return _ints(out)
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def stage_from_proto(value: int, field: str = "stage") -> Stage:
+    if value not in STAGE_FROM_PROTO:
+        raise InvalidArgument(
+            f"'{field}' must be one of STAGE_NONE, STAGE_STAGING, STAGE_PRODUCTION, STAGE_ARCHIVED"
+        )
+    return STAGE_FROM_PROTO[value]
+
+
+def model_to_proto(m: dm.Model) -> res.Model:
+    return res.Model(
+        name=model_name(m.name),
+        description=m.description,
+        project=m.project,
+        model_type=m.model_type,
+        default_config=struct(m.default_config),
+        tags=m.tags,
+        production_version=m.production_version,
+        latest_version=m.latest_version,
+        created_by=m.created_by,
+        create_time=ts(m.create_time),
+        update_time=ts(m.update_time),
+    )
+
+
+def version_to_proto(v: dm.ModelVersion) -> res.ModelVersion:
+    return res.ModelVersion(
+        name=version_name(v.model, v.version),
+        version=v.version,
+        state=res.MODEL_VERSION_STATE_READY,
+        stage=STAGE_TO_PROTO[v.stage],
+        format=FORMAT_TO_PROTO[v.format],
+        model_type=v.model_type,
+        config=struct(v.config),
+        metrics=v.metrics,
+        metric_history={
+            k: res.MetricSeries(points=[res.MetricPoint(step=int(s), value=float(x)) for s, x in pts])
+            for k, pts in v.metric_history.items()
+        },
+        lineage=res.Lineage(
+            dataset_id=v.lineage.dataset_id,
+            dataset_hash=v.lineage.dataset_hash,
+            parent_version=v.lineage.parent_version,
+            run_id=v.lineage.run_id,
+            code_revision=v.lineage.code_revision,
+        ),
+        tags=v.tags,
+        description=v.description,
+        created_by=v.created_by,
+        create_time=ts(v.create_time),
+        update_time=ts(v.update_time),
+        artifact=res.Artifact(
+            sha256=v.sha256,
+            size_bytes=v.size_bytes,
+            filename=v.filename,
+            download_filename=v.download_filename,
+        ),
+        request_id=v.request_id,
+    )
+
+
+def transition_to_proto(t: dm.StageTransition) -> res.StageTransition:
+    return res.StageTransition(
+        model_version=version_name(t.model, t.version),
+        from_stage=STAGE_TO_PROTO[t.from_stage],
+        to_stage=STAGE_TO_PROTO[t.to_stage],
+        actor=t.actor,
+        reason=t.reason,
+        create_time=ts(t.create_time),
+        sequence=t.sequence,
+    )
+
+
+def comparison_to_proto(c: dm.Comparison) -> rs.CompareModelVersionsResponse:
+    return rs.CompareModelVersionsResponse(
+        versions=[
+            rs.VersionComparison(
+                version=v.version,
+                stage=STAGE_TO_PROTO[v.stage],
+                metrics=v.metrics,
+                config=struct(v.config),
+                size_bytes=v.size_bytes,
+                create_time=ts(v.create_time),
+                update_time=ts(v.update_time),
+                deltas=c.deltas.get(v.version, {}),
+            )
+            for v in c.versions
+        ],
+        metric_keys=c.metric_keys,
+        production_version=c.production.version if c.production else 0,
+    )
+
+
+def new_version_from_header(h: rs.RegisterModelVersionHeader, model: str) -> dm.NewVersion:
+    if h.format not in FORMAT_FROM_PROTO and h.format != res.ARTIFACT_FORMAT_UNSPECIFIED:
+        raise InvalidArgument(f"unknown header.format {h.format}; use ARTIFACT_FORMAT_ONNX, _ULTRALYTICS_PT, _BUNDLE or _OTHER")
+    fmt = FORMAT_FROM_PROTO.get(h.format) or dm.infer_format(h.filename)
+    return dm.NewVersion(
+        model=model,
+        create_model=h.create_model,
+        format=fmt,
+        model_type=h.model_type,
+        config=from_struct(h.config),
+        metrics=dict(h.metrics),
+        metric_history={k: [(p.step, p.value) for p in s.points] for k, s in h.metric_history.items()},
+        lineage=dm.Lineage(
+            dataset_id=h.lineage.dataset_id,
+            dataset_hash=h.lineage.dataset_hash,
+            parent_version=h.lineage.parent_version,
+            run_id=h.lineage.run_id,
+            code_revision=h.lineage.code_revision,
+        ),
+        tags=dict(h.tags),
+        description=h.description,
+        filename=h.filename,
+        declared_sha256=h.sha256.lower(),
+        declared_size=h.size_bytes,
+        request_id=h.request_id,
+    )
+
+
+# ---------------------------------------------------------------------- paging
+
+
+def page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size must not be negative; 0 means the default (50)")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(kind: str, key: str | int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{key}".encode()).decode().rstrip("=")
+
+
+def decode_token(kind: str, token: str) -> str | None:
+    """Returns the key inside an opaque page token, or None for the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        got, key = raw.split(":", 1)
+    except ValueError:
+        got, key = "", ""
+    if got != kind:
+        raise InvalidArgument("page_token is not valid here: pass the next_page_token of the same list call")
+    return key
+
+
+def decode_int_token(kind: str, token: str, default: int) -> int:
+    key = decode_token(kind, token)
+    if key is None:
+        return default
+    try:
+        return int(key)
+    except ValueError:
+        raise InvalidArgument("page_token is malformed: pass the next_page_token of the same list call") from None

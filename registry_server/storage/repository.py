@@ -1,0 +1,592 @@
+"""The repository: every SQL statement the registry runs, behind a small async API.
+
+Each write runs in one transaction and appends its events to the outbox in that same
+transaction (`_emit`). Locks are always taken in one order: blob advisory lock, then model
+row, then version rows, then the global event counter last, so writers never deadlock and
+the global counter is held only for the tail of a transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from registry_server.domain.models import (
+    ArtifactFormat,
+    Lineage,
+    Model,
+    ModelVersion,
+    NewVersion,
+    StageTransition,
+)
+from registry_server.domain.stages import PromotionPlan, Stage, plan_promotion
+from registry_server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    ModelNotFound,
+    VersionNotFound,
+)
+
+EVENTS_CHANNEL = "modelreg_events"
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    type: str
+    model: str
+    version: int = 0
+    from_stage: str = ""
+    to_stage: str = ""
+    reason: str = ""
+    details: dict[str, Any] | None = None
+
+
+class RequestIdTaken(Exception):
+    """A concurrent registration used the same request id first."""
+
+
+def blob_lock_key(sha256: str) -> int:
+    """A stable 63-bit advisory lock key for a blob."""
+    return int(sha256[:15], 16)
+
+
+def _model(row: asyncpg.Record) -> Model:
+    return Model(
+        name=row["name"],
+        description=row["description"],
+        project=row["project"],
+        model_type=row["model_type"],
+        default_config=row["default_config"],
+        tags=row["tags"],
+        production_version=row["production_version"] or 0,
+        latest_version=row["last_version"],
+        created_by=row["created_by"],
+        create_time=row["created_at"],
+        update_time=row["updated_at"],
+    )
+
+
+def _version(row: asyncpg.Record) -> ModelVersion:
+    return ModelVersion(
+        model=row["model"],
+        version=row["version"],
+        stage=Stage(row["stage"]),
+        format=ArtifactFormat(row["format"]),
+        model_type=row["model_type"],
+        config=row["config"],
+        metrics=row["metrics"],
+        metric_history={k: [tuple(p) for p in v] for k, v in row["metric_history"].items()},
+        lineage=Lineage(
+            dataset_id=row["dataset_id"],
+            dataset_hash=row["dataset_hash"],
+            parent_version=row["parent_version"],
+            run_id=row["run_id"],
+            code_revision=row["code_revision"],
+        ),
+        tags=row["tags"],
+        description=row["description"],
+        created_by=row["created_by"],
+        create_time=row["created_at"],
+        update_time=row["updated_at"],
+        sha256=row["sha256"],
+        size_bytes=row["size_bytes"],
+        filename=row["filename"],
+        request_id=row["request_id"] or "",
+    )
+
+
+class Repository:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    # ---------------------------------------------------------------- events (outbox)
+
+    async def _emit(self, conn: asyncpg.Connection, actor: str, drafts: Sequence[EventDraft]) -> int:
+        """Appends events; returns the last sequence. MUST BE THE LAST STATEMENTS OF THE
+        TRANSACTION: the counter row lock is held until commit, which is what makes the
+        sequence commit-ordered."""
+        last = await conn.fetchval(
+            "UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last", len(drafts)
+        )
+        first = last - len(drafts) + 1
+        await conn.executemany(
+            "INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [
+                (first + i, d.type, d.model, d.version, d.from_stage, d.to_stage, actor, d.reason, d.details or {})
+                for i, d in enumerate(drafts)
+            ],
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(last))
+        return last
+
+    # ---------------------------------------------------------------- models
+
+    async def create_model(self, model: Model, actor: str) -> Model:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._insert_model(conn, model, actor)
+            if row is None:
+                raise AlreadyExists(
+                    f"model 'models/{model.name}' already exists; pick another name or use "
+                    f"'modelreg register {model.name} PATH' to add a version to it"
+                )
+            await self._emit(conn, actor, [EventDraft("MODEL_CREATED", model.name)])
+            return _model(row)
+
+    async def _insert_model(self, conn: asyncpg.Connection, model: Model, actor: str) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            "INSERT INTO models (name, description, project, model_type, default_config, tags, created_by)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING *",
+            model.name,
+            model.description,
+            model.project,
+            model.model_type,
+            model.default_config,
+            model.tags,
+            actor,
+        )
+
+    async def get_model(self, name: str) -> Model:
+        row = await self.pool.fetchrow("SELECT * FROM models WHERE name = $1", name)
+        if row is None:
+            raise ModelNotFound(name)
+        return _model(row)
+
+    async def list_models(self, after: str, limit: int, project: str = "") -> list[Model]:
+        if project:
+            rows = await self.pool.fetch(
+                "SELECT * FROM models WHERE project = $1 AND name > $2 ORDER BY name LIMIT $3",
+                project,
+                after,
+                limit,
+            )
+        else:
+            rows = await self.pool.fetch(
+                "SELECT * FROM models WHERE name > $1 ORDER BY name LIMIT $2", after, limit
+            )
+        return [_model(r) for r in rows]
+
+    async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> Model:
+        allowed = {"description", "tags", "default_config", "model_type"}
+        assert set(changes) <= allowed, changes
+        async with self.pool.acquire() as conn, conn.transaction():
+            sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(changes))
+            row = await conn.fetchrow(
+                f"UPDATE models SET {sets}{',' if sets else ''} updated_at = now() WHERE name = $1 RETURNING *",
+                name,
+                *changes.values(),
+            )
+            if row is None:
+                raise ModelNotFound(name)
+            await self._emit(
+                conn, actor, [EventDraft("MODEL_UPDATED", name, details={"fields": sorted(changes)})]
+            )
+            return _model(row)
+
+    async def delete_model(self, name: str, actor: str) -> tuple[int, list[str]]:
+        """Deletes a model and its versions. Returns (versions deleted, blobs now unreferenced).
+        The caller deletes those blobs from the store while holding their locks
+        (see `blob_locks`)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT name, production_version FROM models WHERE name = $1 FOR UPDATE", name
+            )
+            if row is None:
+                raise ModelNotFound(name)
+            if row["production_version"]:
+                raise FailedPrecondition(
+                    f"model 'models/{name}' has version {row['production_version']} in production; "
+                    f"archive it first ('modelreg promote {name} {row['production_version']} archived') "
+                    "and then delete the model"
+                )
+            shas = [
+                r["sha256"]
+                for r in await conn.fetch(
+                    "DELETE FROM model_versions WHERE model = $1 RETURNING sha256", name
+                )
+            ]
+            await conn.execute("DELETE FROM models WHERE name = $1", name)
+            orphans = await self._drop_unreferenced_blobs(conn, set(shas))
+            await self._emit(
+                conn, actor, [EventDraft("MODEL_DELETED", name, details={"versions": len(shas)})]
+            )
+            return len(shas), orphans
+
+    async def _drop_unreferenced_blobs(self, conn: asyncpg.Connection, shas: set[str]) -> list[str]:
+        if not shas:
+            return []
+        rows = await conn.fetch(
+            "DELETE FROM blobs b WHERE b.sha256 = ANY($1::text[])"
+            " AND NOT EXISTS (SELECT 1 FROM model_versions v WHERE v.sha256 = b.sha256)"
+            " RETURNING sha256",
+            list(shas),
+        )
+        return [r["sha256"] for r in rows]
+
+    # ---------------------------------------------------------------- versions
+
+    async def find_by_request_id(self, model: str, request_id: str) -> ModelVersion | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM model_versions WHERE model = $1 AND request_id = $2", model, request_id
+        )
+        return _version(row) if row else None
+
+    async def ensure_model(self, name: str, model_type: str, actor: str) -> Model:
+        """Gets a model, creating it (with an event) when missing."""
+        row = await self.pool.fetchrow("SELECT * FROM models WHERE name = $1", name)
+        if row is not None:
+            return _model(row)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._insert_model(conn, Model(name=name, model_type=model_type), actor)
+            if row is None:  # created concurrently
+                row = await conn.fetchrow("SELECT * FROM models WHERE name = $1", name)
+                return _model(row)
+            await self._emit(conn, actor, [EventDraft("MODEL_CREATED", name)])
+            return _model(row)
+
+    async def register_version(
+        self,
+        nv: NewVersion,
+        config: dict[str, Any],
+        model_type: str,
+        sha256: str,
+        size: int,
+        actor: str,
+        finalize: Callable[[], Awaitable[None]],
+    ) -> ModelVersion:
+        """Creates a READY version in one transaction. `finalize` moves the verified bytes
+        under their final key; it runs inside the transaction while the blob's advisory
+        lock is held, so a concurrent delete of the same blob cannot interleave.
+        Raises RequestIdTaken when the request id was used by a concurrent registration."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", blob_lock_key(sha256))
+            await finalize()
+            await conn.execute(
+                "INSERT INTO blobs (sha256, size_bytes) VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING",
+                sha256,
+                size,
+            )
+            number = await conn.fetchval(
+                "UPDATE models SET last_version = last_version + 1, updated_at = now()"
+                " WHERE name = $1 RETURNING last_version",
+                nv.model,
+            )
+            if number is None:
+                raise ModelNotFound(nv.model)
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO model_versions (model, version, format, model_type, config, metrics,"
+                    " metric_history, dataset_id, dataset_hash, parent_version, run_id, code_revision,"
+                    " tags, description, created_by, sha256, size_bytes, filename, request_id)"
+                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)"
+                    " RETURNING *",
+                    nv.model,
+                    number,
+                    nv.format.value,
+                    model_type,
+                    config,
+                    nv.metrics,
+                    {k: [list(p) for p in v] for k, v in nv.metric_history.items()},
+                    nv.lineage.dataset_id,
+                    nv.lineage.dataset_hash,
+                    nv.lineage.parent_version,
+                    nv.lineage.run_id,
+                    nv.lineage.code_revision,
+                    nv.tags,
+                    nv.description,
+                    actor,
+                    sha256,
+                    size,
+                    nv.filename,
+                    nv.request_id or None,
+                )
+            except asyncpg.UniqueViolationError as e:
+                # Rolls back the whole transaction, version counter included: no gap.
+                raise RequestIdTaken() from e
+            await self._emit(
+                conn,
+                actor,
+                [
+                    EventDraft(
+                        "VERSION_READY",
+                        nv.model,
+                        number,
+                        details={"sha256": sha256, "size_bytes": size, "format": nv.format.value},
+                    )
+                ],
+            )
+            return _version(row)
+
+    @contextlib.asynccontextmanager
+    async def blob_lock(self, sha256: str) -> AsyncIterator[bool]:
+        """Holds the blob's advisory lock; yields whether any version references the blob."""
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", blob_lock_key(sha256))
+            try:
+                yield bool(await conn.fetchval("SELECT 1 FROM blobs WHERE sha256 = $1", sha256))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", blob_lock_key(sha256))
+
+    async def get_version(self, model: str, ref: int | str) -> ModelVersion:
+        if isinstance(ref, int):
+            row = await self.pool.fetchrow(
+                "SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref
+            )
+        elif ref == "production":
+            row = await self.pool.fetchrow(
+                "SELECT v.* FROM models m JOIN model_versions v"
+                " ON v.model = m.name AND v.version = m.production_version WHERE m.name = $1",
+                model,
+            )
+        elif ref == "staging":
+            row = await self.pool.fetchrow(
+                "SELECT * FROM model_versions WHERE model = $1 AND stage = 'staging'"
+                " ORDER BY version DESC LIMIT 1",
+                model,
+            )
+        else:  # latest
+            row = await self.pool.fetchrow(
+                "SELECT * FROM model_versions WHERE model = $1 ORDER BY version DESC LIMIT 1", model
+            )
+        if row is None:
+            if not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
+                raise ModelNotFound(model)
+            if isinstance(ref, str):
+                what = {"production": "in production", "staging": "in staging", "latest": "registered"}[ref]
+                raise _no_alias(model, ref, what)
+            raise VersionNotFound(model, ref)
+        return _version(row)
+
+    async def list_versions(
+        self, model: str, stage: Stage | None, before: int, limit: int
+    ) -> list[ModelVersion]:
+        if stage is None:
+            rows = await self.pool.fetch(
+                "SELECT * FROM model_versions WHERE model = $1 AND version < $2"
+                " ORDER BY version DESC LIMIT $3",
+                model,
+                before,
+                limit,
+            )
+        else:
+            rows = await self.pool.fetch(
+                "SELECT * FROM model_versions WHERE model = $1 AND stage = $2 AND version < $3"
+                " ORDER BY version DESC LIMIT $4",
+                model,
+                stage.value,
+                before,
+                limit,
+            )
+        if not rows and not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
+            raise ModelNotFound(model)
+        return [_version(r) for r in rows]
+
+    async def get_versions(self, model: str, numbers: Sequence[int]) -> list[ModelVersion]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM model_versions WHERE model = $1 AND version = ANY($2::bigint[])",
+            model,
+            list(numbers),
+        )
+        return [_version(r) for r in rows]
+
+    async def update_version(
+        self, model: str, version: int, changes: dict[str, Any], actor: str
+    ) -> ModelVersion:
+        assert set(changes) <= {"description", "tags"}, changes
+        async with self.pool.acquire() as conn, conn.transaction():
+            sets = ", ".join(f"{k} = ${i + 3}" for i, k in enumerate(changes))
+            row = await conn.fetchrow(
+                f"UPDATE model_versions SET {sets}{',' if sets else ''} updated_at = now()"
+                " WHERE model = $1 AND version = $2 RETURNING *",
+                model,
+                version,
+                *changes.values(),
+            )
+            if row is None:
+                await self._raise_missing(conn, model, version)
+            await self._emit(
+                conn,
+                actor,
+                [EventDraft("VERSION_UPDATED", model, version, details={"fields": sorted(changes)})],
+            )
+            return _version(row)
+
+    async def delete_version(self, model: str, version: int, actor: str) -> list[str]:
+        """Deletes a version; returns the blobs it left unreferenced."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT stage, sha256 FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE",
+                model,
+                version,
+            )
+            if row is None:
+                await self._raise_missing(conn, model, version)
+            if row["stage"] == Stage.PRODUCTION.value:
+                raise FailedPrecondition(
+                    f"models/{model}/versions/{version} is in production; promote another version "
+                    f"or archive it ('modelreg promote {model} {version} archived') before deleting it"
+                )
+            await conn.execute(
+                "DELETE FROM model_versions WHERE model = $1 AND version = $2", model, version
+            )
+            orphans = await self._drop_unreferenced_blobs(conn, {row["sha256"]})
+            await self._emit(
+                conn, actor, [EventDraft("VERSION_DELETED", model, version, details={"sha256": row["sha256"]})]
+            )
+            return orphans
+
+    async def _raise_missing(self, conn: asyncpg.Connection, model: str, version: int) -> None:
+        if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
+            raise ModelNotFound(model)
+        raise VersionNotFound(model, version)
+
+    # ---------------------------------------------------------------- stages
+
+    async def promote(
+        self, model: str, ref: int | str, target: Stage, reason: str, actor: str
+    ) -> tuple[ModelVersion, ModelVersion | None, int]:
+        """Moves a version to `target`. Promoting to production archives the previous
+        production version in the same transaction. Returns (version, archived, sequence)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            mrow = await conn.fetchrow(
+                "SELECT name, production_version, last_version FROM models WHERE name = $1 FOR UPDATE",
+                model,
+            )
+            if mrow is None:
+                raise ModelNotFound(model)
+            number = await self._resolve_locked(conn, model, ref, mrow)
+            vrow = await conn.fetchrow(
+                "SELECT stage FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE",
+                model,
+                number,
+            )
+            if vrow is None:
+                raise VersionNotFound(model, number)
+            plan: PromotionPlan = plan_promotion(model, number, Stage(vrow["stage"]), target)
+            drafts: list[EventDraft] = []
+            transitions: list[tuple[int, str, str]] = []
+            archived_row = None
+            previous = mrow["production_version"]
+            if plan.archive_current_production and previous and previous != number:
+                archived_row = await conn.fetchrow(
+                    "UPDATE model_versions SET stage = 'archived', updated_at = now()"
+                    " WHERE model = $1 AND version = $2 RETURNING *",
+                    model,
+                    previous,
+                )
+                transitions.append((previous, Stage.PRODUCTION.value, Stage.ARCHIVED.value))
+                drafts.append(
+                    EventDraft(
+                        "STAGE_CHANGED",
+                        model,
+                        previous,
+                        Stage.PRODUCTION.value,
+                        Stage.ARCHIVED.value,
+                        reason or f"replaced by version {number}",
+                        {"sha256": archived_row["sha256"], "replaced_by": number},
+                    )
+                )
+            row = await conn.fetchrow(
+                "UPDATE model_versions SET stage = $3, updated_at = now()"
+                " WHERE model = $1 AND version = $2 RETURNING *",
+                model,
+                number,
+                target.value,
+            )
+            if target == Stage.PRODUCTION:
+                new_production: int | None = number
+            elif plan.from_stage == Stage.PRODUCTION:
+                new_production = None
+            else:
+                new_production = previous
+            if new_production != previous:
+                await conn.execute(
+                    "UPDATE models SET production_version = $2, updated_at = now() WHERE name = $1",
+                    model,
+                    new_production,
+                )
+            transitions.append((number, plan.from_stage.value, target.value))
+            drafts.append(
+                EventDraft(
+                    "STAGE_CHANGED",
+                    model,
+                    number,
+                    plan.from_stage.value,
+                    target.value,
+                    reason,
+                    {"sha256": row["sha256"]},
+                )
+            )
+            last = await self._emit(conn, actor, drafts)
+            first = last - len(drafts) + 1
+            await conn.executemany(
+                "INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [
+                    (model, v, f, t, actor, reason, first + i)
+                    for i, (v, f, t) in enumerate(transitions)
+                ],
+            )
+            return _version(row), (_version(archived_row) if archived_row else None), last
+
+    async def _resolve_locked(
+        self, conn: asyncpg.Connection, model: str, ref: int | str, mrow: asyncpg.Record
+    ) -> int:
+        if isinstance(ref, int):
+            return ref
+        if ref == "production":
+            if not mrow["production_version"]:
+                raise _no_alias(model, ref, "in production")
+            return mrow["production_version"]
+        if ref == "latest":
+            if not mrow["last_version"]:
+                raise _no_alias(model, ref, "registered")
+            return mrow["last_version"]
+        n = await conn.fetchval(
+            "SELECT version FROM model_versions WHERE model = $1 AND stage = 'staging'"
+            " ORDER BY version DESC LIMIT 1",
+            model,
+        )
+        if n is None:
+            raise _no_alias(model, ref, "in staging")
+        return n
+
+    async def list_transitions(self, model: str, before_id: int, limit: int) -> list[tuple[int, StageTransition]]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM stage_transitions WHERE model = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            model,
+            before_id,
+            limit,
+        )
+        if not rows and not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
+            raise ModelNotFound(model)
+        return [
+            (
+                r["id"],
+                StageTransition(
+                    model=r["model"],
+                    version=r["version"],
+                    from_stage=Stage(r["from_stage"]),
+                    to_stage=Stage(r["to_stage"]),
+                    actor=r["actor"],
+                    reason=r["reason"],
+                    create_time=r["created_at"],
+                    sequence=r["sequence"],
+                ),
+            )
+            for r in rows
+        ]
+
+
+def _no_alias(model: str, alias: str, what: str) -> VersionNotFound:
+    err = VersionNotFound(model, alias)
+    err.message = (
+        f"model 'models/{model}' has no version {what}; "
+        f"list versions with 'modelreg list {model}'"
+    )
+    err.args = (err.message,)
+    return err

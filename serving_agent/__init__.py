@@ -1,0 +1,1 @@
+"""The serving agent (see issue: serving agent). Not built yet."""
