@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,agent]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,agent,ultralytics]'
 	touch $@
 
 install: $(STAMP)
