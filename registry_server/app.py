@@ -16,12 +16,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelreg.v1 import event_service_pb2, registry_service_pb2, registry_service_pb2_grpc
+from modelreg.v1 import agent_service_pb2, agent_service_pb2_grpc
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
 from registry_server.registry import Registry
+from registry_server.services.agents import AgentServicer
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
+from registry_server.storage.agents import AgentRepository
 from registry_server.storage.repository import Repository
 
 log = logging.getLogger("modelreg.server")
@@ -30,6 +33,7 @@ MAX_MESSAGE = 16 * 1024 * 1024
 SERVICE_NAMES = (
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
 )
 JANITOR_INTERVAL = 3600.0
 
@@ -117,6 +121,7 @@ async def start(settings: Settings) -> RunningServer:
         ]
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentRepository(pool)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     extra_closers = []
