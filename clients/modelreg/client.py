@@ -22,6 +22,7 @@ import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from modelreg import errors
+from modelreg.deployments import DeploymentMixin
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
@@ -98,7 +99,7 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client:
+class Client(DeploymentMixin):
     """A synchronous registry client. Thread-safe; reuse one per process."""
 
     def __init__(
