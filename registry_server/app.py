@@ -17,11 +17,14 @@ from grpc_reflection.v1alpha import reflection
 
 from modelreg.v1 import event_service_pb2, registry_service_pb2, registry_service_pb2_grpc
 from modelreg.v1 import agent_service_pb2, agent_service_pb2_grpc
+from modelreg.v1 import deployment_service_pb2, deployment_service_pb2_grpc
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
+from registry_server.canary_judge import run_judge
 from registry_server.config import Settings
 from registry_server.registry import Registry
 from registry_server.services.agents import AgentServicer
+from registry_server.services.deployments import DeploymentServicer
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
 from registry_server.storage.agents import AgentRepository
@@ -34,6 +37,7 @@ SERVICE_NAMES = (
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
 )
 JANITOR_INTERVAL = 3600.0
 
@@ -121,6 +125,7 @@ async def start(settings: Settings) -> RunningServer:
         ]
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
+    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(registry), server)
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentRepository(pool)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -152,6 +157,7 @@ async def start(settings: Settings) -> RunningServer:
         closers=[c for c in extra_closers if c is not None],
     )
     running.tasks.append(asyncio.create_task(_janitor(blobs, settings)))
+    running.tasks.append(asyncio.create_task(run_judge(registry.deployments, settings.canary_judge_interval)))
     return running
 
 

@@ -54,6 +54,8 @@ class Settings:
     upload_ttl: timedelta = timedelta(hours=24)
     # Seconds streams get to finish on SIGTERM (MODELREG_SHUTDOWN_GRACE).
     shutdown_grace: float = 5.0
+    # Seconds between canary-policy judgements from agent reports (MODELREG_CANARY_JUDGE_INTERVAL).
+    canary_judge_interval: float = 2.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -73,6 +75,7 @@ class Settings:
             event_retention=timedelta(hours=_float("MODELREG_EVENT_RETENTION_HOURS", 24 * 7)),
             upload_ttl=timedelta(hours=_float("MODELREG_UPLOAD_TTL_HOURS", 24)),
             shutdown_grace=_float("MODELREG_SHUTDOWN_GRACE", 5.0),
+            canary_judge_interval=_float("MODELREG_CANARY_JUDGE_INTERVAL", 2.0),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given) if given else s

@@ -15,7 +15,8 @@ from registry_server.domain import models as dm
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
 from registry_server.errors import DataLoss, InvalidArgument, RegistryError, Unavailable
-from registry_server.storage.repository import Repository, RequestIdTaken, blob_lock_key
+from registry_server.storage.deployments import DeploymentRepository
+from registry_server.storage.repository import Repository, RequestIdTaken
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Registry:
     def __init__(self, repo: Repository, blobs: BlobStore):
         self.repo = repo
         self.blobs = blobs
+        self.deployments = DeploymentRepository(repo)
 
     # ------------------------------------------------------------------ registration
 
@@ -214,4 +216,4 @@ class Registry:
 
     async def promote(self, ref: VersionRef, stage: Stage, reason: str, actor: str):
         target = ref.number if ref.number is not None else ref.alias
-        return await self.repo.promote(ref.model, target, stage, reason, actor)
+        return await self.deployments.promote(ref.model, target, stage, reason, actor)

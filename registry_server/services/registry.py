@@ -167,7 +167,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         model = parse_model_name(request.parent, "parent")
         size = cv.page_size(request.page_size)
         before = cv.decode_int_token("transitions", request.page_token, 2**62)
-        rows = await self.repo.list_transitions(model, before, size + 1)
+        rows = await self.registry.deployments.list_transitions(model, before, size + 1)
         token = cv.encode_token("transitions", rows[size - 1][0]) if len(rows) > size else ""
         return rs.ListStageTransitionsResponse(
             transitions=[cv.transition_to_proto(t) for _, t in rows[:size]], next_page_token=token

@@ -21,9 +21,8 @@ from registry_server.domain.models import (
     Model,
     ModelVersion,
     NewVersion,
-    StageTransition,
 )
-from registry_server.domain.stages import PromotionPlan, Stage, plan_promotion
+from registry_server.domain.stages import Stage
 from registry_server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -443,143 +442,6 @@ class Repository:
         if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
             raise ModelNotFound(model)
         raise VersionNotFound(model, version)
-
-    # ---------------------------------------------------------------- stages
-
-    async def promote(
-        self, model: str, ref: int | str, target: Stage, reason: str, actor: str
-    ) -> tuple[ModelVersion, ModelVersion | None, int]:
-        """Moves a version to `target`. Promoting to production archives the previous
-        production version in the same transaction. Returns (version, archived, sequence)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            mrow = await conn.fetchrow(
-                "SELECT name, production_version, last_version FROM models WHERE name = $1 FOR UPDATE",
-                model,
-            )
-            if mrow is None:
-                raise ModelNotFound(model)
-            number = await self._resolve_locked(conn, model, ref, mrow)
-            vrow = await conn.fetchrow(
-                "SELECT stage FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE",
-                model,
-                number,
-            )
-            if vrow is None:
-                raise VersionNotFound(model, number)
-            plan: PromotionPlan = plan_promotion(model, number, Stage(vrow["stage"]), target)
-            drafts: list[EventDraft] = []
-            transitions: list[tuple[int, str, str]] = []
-            archived_row = None
-            previous = mrow["production_version"]
-            if plan.archive_current_production and previous and previous != number:
-                archived_row = await conn.fetchrow(
-                    "UPDATE model_versions SET stage = 'archived', updated_at = now()"
-                    " WHERE model = $1 AND version = $2 RETURNING *",
-                    model,
-                    previous,
-                )
-                transitions.append((previous, Stage.PRODUCTION.value, Stage.ARCHIVED.value))
-                drafts.append(
-                    EventDraft(
-                        "STAGE_CHANGED",
-                        model,
-                        previous,
-                        Stage.PRODUCTION.value,
-                        Stage.ARCHIVED.value,
-                        reason or f"replaced by version {number}",
-                        {"sha256": archived_row["sha256"], "replaced_by": number},
-                    )
-                )
-            row = await conn.fetchrow(
-                "UPDATE model_versions SET stage = $3, updated_at = now()"
-                " WHERE model = $1 AND version = $2 RETURNING *",
-                model,
-                number,
-                target.value,
-            )
-            if target == Stage.PRODUCTION:
-                new_production: int | None = number
-            elif plan.from_stage == Stage.PRODUCTION:
-                new_production = None
-            else:
-                new_production = previous
-            if new_production != previous:
-                await conn.execute(
-                    "UPDATE models SET production_version = $2, updated_at = now() WHERE name = $1",
-                    model,
-                    new_production,
-                )
-            transitions.append((number, plan.from_stage.value, target.value))
-            drafts.append(
-                EventDraft(
-                    "STAGE_CHANGED",
-                    model,
-                    number,
-                    plan.from_stage.value,
-                    target.value,
-                    reason,
-                    {"sha256": row["sha256"]},
-                )
-            )
-            last = await self._emit(conn, actor, drafts)
-            first = last - len(drafts) + 1
-            await conn.executemany(
-                "INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                [
-                    (model, v, f, t, actor, reason, first + i)
-                    for i, (v, f, t) in enumerate(transitions)
-                ],
-            )
-            return _version(row), (_version(archived_row) if archived_row else None), last
-
-    async def _resolve_locked(
-        self, conn: asyncpg.Connection, model: str, ref: int | str, mrow: asyncpg.Record
-    ) -> int:
-        if isinstance(ref, int):
-            return ref
-        if ref == "production":
-            if not mrow["production_version"]:
-                raise _no_alias(model, ref, "in production")
-            return mrow["production_version"]
-        if ref == "latest":
-            if not mrow["last_version"]:
-                raise _no_alias(model, ref, "registered")
-            return mrow["last_version"]
-        n = await conn.fetchval(
-            "SELECT version FROM model_versions WHERE model = $1 AND stage = 'staging'"
-            " ORDER BY version DESC LIMIT 1",
-            model,
-        )
-        if n is None:
-            raise _no_alias(model, ref, "in staging")
-        return n
-
-    async def list_transitions(self, model: str, before_id: int, limit: int) -> list[tuple[int, StageTransition]]:
-        rows = await self.pool.fetch(
-            "SELECT * FROM stage_transitions WHERE model = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-            model,
-            before_id,
-            limit,
-        )
-        if not rows and not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-            raise ModelNotFound(model)
-        return [
-            (
-                r["id"],
-                StageTransition(
-                    model=r["model"],
-                    version=r["version"],
-                    from_stage=Stage(r["from_stage"]),
-                    to_stage=Stage(r["to_stage"]),
-                    actor=r["actor"],
-                    reason=r["reason"],
-                    create_time=r["created_at"],
-                    sequence=r["sequence"],
-                ),
-            )
-            for r in rows
-        ]
 
 
 def _no_alias(model: str, alias: str, what: str) -> VersionNotFound:
