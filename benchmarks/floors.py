@@ -1,0 +1,165 @@
+"""The floors: what the bare parts cost with nothing of ours on top.
+
+Run as subprocesses by the harness (`python -m benchmarks.floors MODE SPEC_JSON`):
+  server      a bare grpc.aio server (generic handlers, no protobuf) with two methods:
+              /bench.Floor/Empty (returns nothing) and /bench.Floor/Lookup (one asyncpg
+              primary-key lookup on model_versions). Prints its port, serves until killed.
+  pg_lookup   sequential asyncpg primary-key lookups on one connection (prepared statement).
+  promote_tx  a bare asyncpg transaction doing the same writes as a promotion.
+  file_read   reads a file in 1 MiB chunks (raw, and raw + sha256).
+Each measuring mode prints one JSON object like the load generators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import time
+
+import grpc
+
+from registry_server.storage import db
+
+LOOKUP_SQL = "SELECT * FROM model_versions WHERE model = $1 AND version = $2"
+
+
+async def serve(spec: dict) -> None:
+    pool = await db.create_pool(spec["database_url"], min_size=2, max_size=20)
+
+    async def empty(request: bytes, context) -> bytes:
+        return b""
+
+    async def lookup(request: bytes, context) -> bytes:
+        model, _, version = request.decode().rpartition("/")
+        row = await pool.fetchrow(LOOKUP_SQL, model, int(version))
+        return row["sha256"].encode() if row else b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Floor",
+        {
+            "Empty": grpc.unary_unary_rpc_method_handler(empty),
+            "Lookup": grpc.unary_unary_rpc_method_handler(lookup),
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+async def pg_lookup(spec: dict) -> dict:
+    conn = await db.connect(spec["database_url"])
+    model, _, version = spec["key"].rpartition("/")
+    stmt = await conn.prepare(LOOKUP_SQL)
+    for _ in range(20):
+        await stmt.fetchrow(model, int(version))
+    latencies = []
+    t0 = time.perf_counter()
+    for _ in range(spec["count"]):
+        s = time.perf_counter()
+        # conn.fetchrow goes through the statement cache, like the registry's pool does.
+        await conn.fetchrow(LOOKUP_SQL, model, int(version))
+        latencies.append(time.perf_counter() - s)
+    elapsed = time.perf_counter() - t0
+    await conn.close()
+    return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed, "extra": {}}
+
+
+async def _promote_once(conn, model: str, number: int) -> None:
+    """The statements `Repository.promote` runs for "promote `number` to production,
+    archiving the current one", with nothing else around them."""
+    async with conn.transaction():
+        mrow = await conn.fetchrow(
+            "SELECT name, production_version, last_version FROM models WHERE name = $1 FOR UPDATE", model
+        )
+        await conn.fetchrow(
+            "SELECT stage FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE", model, number
+        )
+        previous = mrow["production_version"]
+        if previous and previous != number:
+            await conn.fetchrow(
+                "UPDATE model_versions SET stage = 'archived', updated_at = now()"
+                " WHERE model = $1 AND version = $2 RETURNING *",
+                model,
+                previous,
+            )
+        await conn.fetchrow(
+            "UPDATE model_versions SET stage = $3, updated_at = now() WHERE model = $1 AND version = $2 RETURNING *",
+            model,
+            number,
+            "production",
+        )
+        await conn.execute("UPDATE models SET production_version = $2, updated_at = now() WHERE name = $1", model, number)
+        last = await conn.fetchval("UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last", 2)
+        await conn.executemany(
+            "INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [
+                (last - 1, "STAGE_CHANGED", model, previous or 0, "production", "archived", "bench", "floor", {}),
+                (last, "STAGE_CHANGED", model, number, "archived", "production", "bench", "floor", {}),
+            ],
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", "modelreg_events", str(last))
+        await conn.executemany(
+            "INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [
+                (model, previous or 0, "production", "archived", "bench", "floor", last - 1),
+                (model, number, "archived", "production", "bench", "floor", last),
+            ],
+        )
+
+
+async def promote_tx(spec: dict) -> dict:
+    conn = await db.connect(spec["database_url"])
+    model, versions = spec["model"], spec["versions"]
+    for i in range(10):
+        await _promote_once(conn, model, versions[i % len(versions)])
+    latencies = []
+    t0 = time.perf_counter()
+    for i in range(spec["count"]):
+        s = time.perf_counter()
+        await _promote_once(conn, model, versions[i % len(versions)])
+        latencies.append(time.perf_counter() - s)
+    elapsed = time.perf_counter() - t0
+    await conn.close()
+    return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed, "extra": {}}
+
+
+def file_read(spec: dict) -> dict:
+    chunk = spec.get("chunk_size", 1 << 20)
+    out = {}
+    for mode in ("raw", "sha256"):
+        digest = hashlib.sha256()
+        moved = 0
+        t0 = time.perf_counter()
+        with open(spec["path"], "rb", buffering=0) as f:
+            while True:
+                b = f.read(chunk)
+                if not b:
+                    break
+                if mode == "sha256":
+                    digest.update(b)
+                moved += len(b)
+        out[mode] = {"bytes": moved, "elapsed_s": time.perf_counter() - t0}
+    return {"latencies": [], "errors": 0, "elapsed_s": out["raw"]["elapsed_s"], "extra": out}
+
+
+if __name__ == "__main__":
+    mode, spec = sys.argv[1], json.loads(sys.argv[2])
+    if mode == "server":
+        asyncio.run(serve(spec))
+        raise SystemExit(0)
+    if mode == "pg_lookup":
+        result = asyncio.run(pg_lookup(spec))
+    elif mode == "promote_tx":
+        result = asyncio.run(promote_tx(spec))
+    elif mode == "file_read":
+        result = file_read(spec)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    json.dump(result, sys.stdout)

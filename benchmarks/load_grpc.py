@@ -1,0 +1,174 @@
+"""Our load generator: grpc.aio clients against a registry (or the bare floor server).
+
+Run as a subprocess by the harness: `python -m benchmarks.load_grpc SPEC_JSON`. It prints
+one JSON object: raw latencies (seconds), errors, elapsed, plus op-specific extras.
+
+Spec keys: op, target, concurrency, and either duration (seconds, measured from
+start_at, an epoch time shared by sibling processes) or count (calls per worker).
+Ops:
+  get       GetModelVersion on `names` (cycled)
+  promote   PromoteModelVersion to production, alternating over `names` (use concurrency 1)
+  register  RegisterModelVersion of `size` fresh random bytes into `model`
+  download  DownloadArtifact of `name` with `chunk_size`; reports bytes moved
+  empty     the floor server's empty unary call
+  lookup    the floor server's asyncpg primary-key lookup
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+
+import grpc
+
+from modelreg.v1 import registry_service_pb2 as rs
+from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
+from modelreg.v1 import resources_pb2 as res
+
+MAX_MESSAGE = 16 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    # One HTTP/2 connection per simulated client, as separate clients would have.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+METADATA = (("x-modelreg-actor", "bench"),)
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class Worker:
+    def __init__(self, spec: dict, index: int):
+        self.spec = spec
+        self.index = index
+        self.channel = grpc.aio.insecure_channel(spec["target"], options=CHANNEL_OPTIONS)
+        self.stub = rs_grpc.RegistryServiceStub(self.channel)
+        self.empty = self.channel.unary_unary(
+            "/bench.Floor/Empty", request_serializer=_identity, response_deserializer=_identity
+        )
+        self.lookup = self.channel.unary_unary(
+            "/bench.Floor/Lookup", request_serializer=_identity, response_deserializer=_identity
+        )
+        self.i = 0
+        self.extra: dict = {}
+
+    async def call(self) -> None:
+        op = self.spec["op"]
+        self.i += 1
+        if op == "get":
+            names = self.spec["names"]
+            await self.stub.GetModelVersion(
+                rs.GetModelVersionRequest(name=names[(self.index + self.i) % len(names)]), metadata=METADATA
+            )
+        elif op == "promote":
+            names = self.spec["names"]
+            await self.stub.PromoteModelVersion(
+                rs.PromoteModelVersionRequest(
+                    name=names[self.i % len(names)], stage=res.STAGE_PRODUCTION, reason="bench"
+                ),
+                metadata=METADATA,
+            )
+        elif op == "register":
+            await self._register()
+        elif op == "download":
+            await self._download()
+        elif op == "empty":
+            await self.empty(b"")
+        elif op == "lookup":
+            await self.lookup(self.spec.get("key", "").encode())
+        else:
+            raise SystemExit(f"unknown op {op!r}")
+
+    async def _register(self) -> None:
+        data = os.urandom(self.spec.get("size", 1024))
+
+        async def requests():
+            yield rs.RegisterModelVersionRequest(
+                header=rs.RegisterModelVersionHeader(
+                    parent=f"models/{self.spec['model']}",
+                    create_model=True,
+                    format=res.ARTIFACT_FORMAT_ONNX,
+                    filename="model.onnx",
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    size_bytes=len(data),
+                )
+            )
+            yield rs.RegisterModelVersionRequest(chunk=data)
+
+        resp = await self.stub.RegisterModelVersion(requests(), metadata=METADATA)
+        self.extra.setdefault("versions", []).append(resp.model_version.version)
+
+    async def _download(self) -> None:
+        moved = 0
+        req = rs.DownloadArtifactRequest(name=self.spec["name"], chunk_size=self.spec.get("chunk_size", 1 << 20))
+        async for msg in self.stub.DownloadArtifact(req, metadata=METADATA):
+            if msg.WhichOneof("payload") == "chunk":
+                moved += len(msg.chunk)
+        self.extra["bytes"] = self.extra.get("bytes", 0) + moved
+
+
+async def _run_worker(w: Worker, spec: dict, deadline: float | None, latencies: list, errors: list) -> None:
+    count = spec.get("count")
+    done = 0
+    while True:
+        if count is not None and done >= count:
+            return
+        if deadline is not None and time.time() >= deadline:
+            return
+        t0 = time.perf_counter()
+        try:
+            await w.call()
+        except grpc.aio.AioRpcError as e:
+            errors.append(f"{e.code().name}: {e.details()}")
+            done += 1
+            continue
+        latencies.append(time.perf_counter() - t0)
+        done += 1
+
+
+async def main(spec: dict) -> dict:
+    workers = [Worker(spec, i) for i in range(spec.get("concurrency", 1))]
+    for w in workers:
+        await w.channel.channel_ready()
+    # Warm-up: connections up, server caches and statement caches primed.
+    for _ in range(spec.get("warmup_calls", 3)):
+        await asyncio.gather(*(w.call() for w in workers))
+    for w in workers:
+        w.extra.clear()
+    start_at = spec.get("start_at") or time.time()
+    delay = start_at - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    deadline = start_at + spec["duration"] if spec.get("duration") else None
+    latencies: list[float] = []
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_run_worker(w, spec, deadline, latencies, errors) for w in workers))
+    elapsed = time.perf_counter() - t0
+    extra: dict = {}
+    for w in workers:
+        for k, v in w.extra.items():
+            if isinstance(v, list):
+                extra.setdefault(k, []).extend(v)
+            else:
+                extra[k] = extra.get(k, 0) + v
+    for w in workers:
+        await w.channel.close()
+    return {
+        "latencies": latencies,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "elapsed_s": elapsed,
+        "extra": extra,
+    }
+
+
+if __name__ == "__main__":
+    result = asyncio.run(main(json.loads(sys.argv[1])))
+    json.dump(result, sys.stdout)
