@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
+STAMP := $(VENV)/.installed-dev
 PROTOS := $(wildcard protos/modelreg/v1/*.proto)
 GEN_DIR := clients
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -12,16 +13,22 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install run test proto proto-check lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The registry alone: what `make run` needs.
+$(BASE_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $@
+
+# Everything the tests need: tools, the agent's runtimes, ultralytics (torch pinned in constraints.txt).
+$(STAMP): $(BASE_STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,agent,ultralytics]'
 	touch $@
 
 install: $(STAMP)
 
 ## Start the registry on 127.0.0.1:50051 (embedded Postgres + local artifacts under ./.modelreg).
-run: $(STAMP)
+run: $(BASE_STAMP)
 	$(BIN)/modelreg server
 
 ## Regenerate the gRPC stubs (with mypy-protobuf type stubs) into clients/modelreg/v1.
