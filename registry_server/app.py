@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -170,16 +172,28 @@ async def serving(settings: Settings) -> AsyncIterator[RunningServer]:
         await running.stop(grace=0.5)
 
 
+def _command(name: str) -> str:
+    """How to call a script of this venv: its bare name when the venv is on PATH, else a path
+    (`.venv/bin/modelreg`)."""
+    ours = Path(sys.executable).parent / name
+    on_path = shutil.which(name)
+    if on_path and Path(on_path).resolve() == ours.resolve():
+        return name
+    rel = os.path.relpath(ours)
+    return str(ours) if rel.startswith("..") else rel
+
+
 def _banner(settings: Settings, running: RunningServer) -> str:
     width = max(len(k) for k, _ in settings.describe())
     lines = ["modelreg registry", "settings:"]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in settings.describe()]
+    cli, grpcurl = _command("modelreg"), _command("grpcurl")
     lines += [
         "",
         f"listening on {running.address} (gRPC, reflection and grpc.health.v1 on)",
         "try:",
-        f"  MODELREG_ADDRESS={running.address} modelreg models list",
-        f"  grpcurl -plaintext {running.address} list",
+        f"  MODELREG_ADDRESS={running.address} {cli} models list",
+        f"  {grpcurl} -plaintext {running.address} list",
     ]
     return "\n".join(lines)
 
