@@ -1,0 +1,317 @@
+"""`Agent`: the serving agent's core, usable in-process as a library or behind the
+inference gRPC server (`modelreg agent`).
+
+    from serving_agent import Agent, AgentConfig
+    agent = Agent(AgentConfig(registry="10.0.0.5:50051", models=("fraud",), cache_dir=Path("/var/cache/modelreg")))
+    await agent.start()
+    await agent.wait_ready()
+    result = await agent.predict("fraud", {"x": np.ones((1, 4), np.float32)})
+    result.model_version, result.outputs["y"]
+    await agent.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from modelreg.v1 import agent_service_pb2 as ag
+from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
+from serving_agent.cache import BlobCache, StateFile
+from serving_agent.errors import BadInput, ModelNotFollowed
+from serving_agent.fetch import Fetcher
+from serving_agent.loaders import Detections, RuntimeOptions
+from serving_agent.manager import Backoff, ManagerHooks, ModelManager
+from serving_agent.metrics import Metrics
+from serving_agent.policy import State
+from serving_agent.source import RegistrySource
+from serving_agent.spec import Desired
+
+log = logging.getLogger("modelreg.agent")
+
+STATE_TO_PROTO = {
+    State.NEW: ag.SERVED_VERSION_STATE_LOADING,
+    State.LOADING: ag.SERVED_VERSION_STATE_LOADING,
+    State.READY: ag.SERVED_VERSION_STATE_SERVING,
+    State.FAILED: ag.SERVED_VERSION_STATE_FAILED,
+    State.UNLOADING: ag.SERVED_VERSION_STATE_UNLOADING,
+}
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything an agent needs; `modelreg agent` builds it from flags and the environment."""
+
+    registry: str = "127.0.0.1:50051"
+    models: tuple[str, ...] = ()
+    cache_dir: Path = Path(".modelreg-agent")
+    cache_max_bytes: int = 10 * 1024**3
+    agent_id: str = ""
+    node: str = field(default_factory=socket.gethostname)
+    address: str = ""  # where the inference API listens, reported to the registry
+    providers: tuple[str, ...] = ()
+    intra_op_threads: int = 0
+    report_interval: float = 2.0
+    retry_initial: float = 1.0
+    retry_max: float = 30.0
+    poll_interval: float = 1.0
+
+    def resolved_agent_id(self) -> str:
+        return self.agent_id or f"{self.node}-{os.getpid()}"
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [
+            ("registry", self.registry),
+            ("models", ", ".join(self.models)),
+            ("cache dir", str(self.cache_dir)),
+            ("cache max bytes", str(self.cache_max_bytes)),
+            ("agent id", self.resolved_agent_id()),
+            ("node", self.node),
+            ("providers", ", ".join(self.providers) or "CUDA when present, else CPU"),
+            ("intra-op threads", str(self.intra_op_threads or "onnxruntime default")),
+            ("report interval", f"{self.report_interval:g}s"),
+        ]
+
+
+@dataclass
+class Prediction:
+    model_version: str
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass
+class Detection:
+    model_version: str
+    detections: Detections
+
+
+def model_id(model: str) -> str:
+    return model.removeprefix("models/")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig):
+        if not config.models:
+            raise ValueError("follow at least one model (--model NAME)")
+        self.config = config
+        self.agent_id = config.resolved_agent_id()
+        self.metrics = Metrics()
+        self.start_time = datetime.now(timezone.utc)
+        self.models: dict[str, ModelManager] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._changed = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._listeners: list = []  # called with (ready: bool) on every change
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        c = self.config
+        c.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = BlobCache(c.cache_dir, c.cache_max_bytes)
+        self.channel = grpc.aio.insecure_channel(
+            c.registry,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self.agents_stub = ag_grpc.AgentServiceStub(self.channel)
+        hooks = ManagerHooks(
+            fetcher=Fetcher(self.cache, self.channel, actor=f"agent:{self.agent_id}"),
+            options=RuntimeOptions(tuple(c.providers), c.intra_op_threads),
+            metrics=self.metrics,
+            backoff=Backoff(c.retry_initial, c.retry_max),
+            on_change=self._on_change,
+        )
+        for m in c.models:
+            self.models[model_id(m)] = ModelManager(model_id(m), hooks)
+        self.source = RegistrySource(
+            self.channel,
+            list(self.models),
+            StateFile(c.cache_dir / "state.json"),
+            self._declare,
+            actor=f"agent:{self.agent_id}",
+            poll_interval=c.poll_interval,
+        )
+        self.source.restore()  # serve from the cache before the registry answers
+        for mgr in self.models.values():
+            mgr.task = asyncio.create_task(mgr.run(), name=f"manager:{mgr.model}")
+            self._tasks.append(mgr.task)
+        self._tasks.append(asyncio.create_task(self.source.run(), name="source"))
+        self._tasks.append(asyncio.create_task(self._report_loop(), name="reporter"))
+        self._on_change()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.report_once(final=True), 2)
+        await self.channel.close()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and all(m.ready() for m in self.models.values())
+
+    def add_listener(self, fn) -> None:
+        self._listeners.append(fn)
+
+    def _declare(self, model: str, desired: Desired) -> None:
+        self.models[model].set_desired(desired)
+        referenced = {s.sha256 for mgr in self.models.values() for s in mgr.desired.versions().values()}
+        referenced |= {mv.spec.sha256 for mgr in self.models.values() for mv in mgr.versions.values()}
+        with contextlib.suppress(OSError):
+            self.cache.evict(referenced)
+
+    def _on_change(self) -> None:
+        self._changed.set()
+        ready = self.ready
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        self.metrics.set("modelreg_agent_ready", 1.0 if ready else 0.0)
+        for fn in self._listeners:
+            fn(ready)
+
+    # ------------------------------------------------------------ inference
+
+    def _manager(self, model: str) -> ModelManager:
+        mgr = self.models.get(model_id(model))
+        if mgr is None:
+            raise ModelNotFollowed(
+                f"this agent does not serve {model!r}; it follows {', '.join('models/' + m for m in self.models)} "
+                "(start it with --model NAME for each model)"
+            )
+        return mgr
+
+    async def predict(
+        self, model: str, inputs: dict[str, np.ndarray], output_names: list[str] | None = None, routing_key: str = ""
+    ) -> Prediction:
+        mgr = self._manager(model)
+        with mgr.lease(routing_key) as mv:
+            outputs = await self._timed(mgr, mv, "predict", mv_call(mv, "predict", inputs, output_names))
+            return Prediction(mv.spec.name, outputs)
+
+    async def detect(
+        self, model: str, image: bytes | np.ndarray, *, confidence: float = 0.25, iou: float = 0.7,
+        max_detections: int = 300, routing_key: str = "",
+    ) -> Detection:
+        mgr = self._manager(model)
+        if isinstance(image, (bytes, bytearray)):
+            image = decode_image(bytes(image))
+        with mgr.lease(routing_key) as mv:
+            result = await self._timed(mgr, mv, "detect", mv_call(mv, "detect", image, confidence, iou, max_detections))
+            return Detection(mv.spec.name, result)
+
+    async def _timed(self, mgr: ModelManager, mv, method: str, fn):
+        started = time.perf_counter()
+        version = str(mv.version)
+        try:
+            result = await asyncio.to_thread(fn)
+        except Exception as e:
+            mv.errors += 1
+            code = getattr(getattr(e, "code", None), "name", "INTERNAL")
+            self.metrics.inc("modelreg_agent_request_errors_total", model=mgr.model, version=version,
+                             method=method, code=code)
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            mv.requests += 1
+            mv.latencies.append(elapsed)
+            self.metrics.inc("modelreg_agent_requests_total", model=mgr.model, version=version, method=method)
+            self.metrics.observe(elapsed, mgr.model, mv.version)
+        return result
+
+    # ------------------------------------------------------------ status
+
+    def status(self, models: list[str] | None = None) -> ag.Agent:
+        wanted = {model_id(m) for m in models} if models else None
+        agent = ag.Agent(
+            name=f"agents/{self.agent_id}",
+            agent_id=self.agent_id,
+            node=self.config.node,
+            address=self.config.address,
+            healthy=self.ready,
+        )
+        agent.start_time.FromDatetime(self.start_time)
+        for name, mgr in sorted(self.models.items()):
+            if wanted is not None and name not in wanted:
+                continue
+            entry = agent.models.add(model=f"models/{name}")
+            for mv in sorted(mgr.versions.values(), key=lambda v: -v.version):
+                sv = entry.versions.add(
+                    version=mv.version,
+                    sha256=mv.spec.sha256,
+                    state=STATE_TO_PROTO[mv.state],
+                    error=mv.error,
+                    desired=mv.desired,
+                    attempts=mv.attempts,
+                    download_seconds=mv.download_seconds,
+                    load_seconds=mv.load_seconds,
+                    request_count=mv.requests,
+                    error_count=mv.errors,
+                    p95_latency_ms=mv.p95_ms(),
+                )
+                sv.state_time.FromDatetime(mv.state_time)
+        return agent
+
+    async def report_once(self, final: bool = False) -> bool:
+        try:
+            await self.agents_stub.ReportAgentStatus(
+                ag.ReportAgentStatusRequest(agent=self.status()),
+                metadata=(("x-modelreg-actor", f"agent:{self.agent_id}"),),
+                timeout=5,
+            )
+            return True
+        except grpc.aio.AioRpcError as e:
+            if not final:
+                log.debug("status report failed: %s %s", e.code().name, e.details())
+            return False
+
+    async def _report_loop(self) -> None:
+        while True:
+            self._changed.clear()
+            await self.report_once()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.config.report_interval)
+            await asyncio.sleep(0.05)  # coalesce bursts of changes
+
+
+def mv_call(mv, method: str, *args):
+    loader = mv.loader
+
+    def call():
+        return getattr(loader, method)(*args)
+
+    return call
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> a BGR uint8 array (what ultralytics expects from OpenCV)."""
+    if not data:
+        raise BadInput("image is empty: send the JPEG or PNG file's bytes")
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BadInput(f"image ({len(data)} bytes) is not a JPEG or PNG that can be decoded")
+    return img

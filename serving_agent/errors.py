@@ -1,0 +1,41 @@
+"""The agent's errors, each with the gRPC status the inference API answers with."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class AgentError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFollowed(AgentError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class NoVersionLoaded(AgentError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class BadInput(AgentError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class WrongModelKind(AgentError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class IntegrityError(AgentError):
+    """Bytes whose sha256 does not match the registered digest: refused, never loaded."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class FetchError(AgentError):
+    """The artifact could not be downloaded (registry unreachable, DATA_LOSS, ...)."""
+
+    code = grpc.StatusCode.UNAVAILABLE

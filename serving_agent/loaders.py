@@ -1,0 +1,254 @@
+"""Loaders: one per runtime. CHEAP TO CONSTRUCT; the expensive work happens in `load()`.
+
+    loader = make_loader(path, spec, options)   # nothing loaded yet
+    loader.load()                                # onnxruntime session / YOLO weights
+    loader.warmup()                              # one real inference on a sample input
+    loader.predict({...}) / loader.detect(image)
+    loader.unload()
+
+`load`, `warmup`, `predict` and `detect` block; the manager runs them in threads.
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving_agent.errors import BadInput, WrongModelKind
+from serving_agent.spec import VersionSpec
+
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+DEFAULT_IMGSZ = 640
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Execution providers in preference order; empty means CUDA when present, else CPU."""
+
+    providers: tuple[str, ...] = ()
+    intra_op_threads: int = 0  # 0: onnxruntime's default
+
+
+@dataclass
+class Box:
+    class_id: int
+    class_name: str
+    confidence: float
+    xyxy: tuple[float, float, float, float]
+
+
+@dataclass
+class Detections:
+    boxes: list[Box] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+
+
+def choose_providers(options: RuntimeOptions) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = list(options.providers) or ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = [p for p in wanted if p in available]
+    if not chosen:
+        raise ValueError(f"none of the execution providers {wanted} is available here; available: {available}")
+    return chosen
+
+
+class Loader:
+    kind = "tensor"
+
+    def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions):
+        self.path = path
+        self.spec = spec
+        self.options = options
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def warmup(self) -> None:
+        raise NotImplementedError
+
+    def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+        raise WrongModelKind(f"{self.spec.name} is a detector; call Detect with an image instead of Predict")
+
+    def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
+        raise WrongModelKind(f"{self.spec.name} is a tensor model; call Predict with named tensors instead of Detect")
+
+    def unload(self) -> None:
+        gc.collect()
+
+
+class OnnxLoader(Loader):
+    """A plain ONNX graph through onnxruntime."""
+
+    def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions):
+        super().__init__(path, spec, options)
+        self.session = None
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if self.options.intra_op_threads:
+            so.intra_op_num_threads = self.options.intra_op_threads
+        self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=choose_providers(self.options))
+        self.input_meta = {i.name: i for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def sample_inputs(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, meta in self.input_meta.items():
+            dtype = ORT_TYPES.get(meta.type)
+            if dtype is None:
+                raise ValueError(f"input {name!r} has type {meta.type}, which the agent cannot build a sample for")
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape]
+            out[name] = np.zeros(shape, dtype=dtype)
+        return out
+
+    def warmup(self) -> None:
+        self.session.run(None, self.sample_inputs())
+
+    def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_meta if n not in inputs]
+        extra = [n for n in inputs if n not in self.input_meta]
+        if missing or extra:
+            raise BadInput(
+                f"{self.spec.name} takes inputs {sorted(self.input_meta)}; "
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unknown {extra}" if extra else "")
+            )
+        for name, arr in inputs.items():
+            want = ORT_TYPES.get(self.input_meta[name].type)
+            if want is not None and arr.dtype != want:
+                raise BadInput(f"input {name!r} must be {np.dtype(want).name}, got {arr.dtype.name}")
+        names = list(output_names) if output_names else self.output_names
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise BadInput(f"unknown output_names {unknown}; {self.spec.name} has outputs {self.output_names}")
+        try:
+            values = self.session.run(names, inputs)
+        except Exception as e:  # onnxruntime raises its own types for shape mismatches
+            raise BadInput(f"onnxruntime rejected the inputs of {self.spec.name}: {e}") from None
+        return dict(zip(names, values, strict=True))
+
+    def unload(self) -> None:
+        self.session = None
+        super().unload()
+
+
+class YoloLoader(Loader):
+    """Ultralytics YOLO weights (`.pt`) or a YOLO-exported `.onnx`, through `YOLO(path)`."""
+
+    kind = "detector"
+
+    def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions, imgsz: int | None = None):
+        super().__init__(path, spec, options)
+        self.model = None
+        self.imgsz = imgsz
+        self.lock = threading.Lock()  # an ultralytics predictor is not thread-safe
+
+    def load(self) -> None:
+        import os
+
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        from ultralytics import YOLO
+
+        self.model = YOLO(str(self.path), task="detect")
+        if not self.imgsz:
+            args = getattr(getattr(self.model, "model", None), "args", None) or {}
+            self.imgsz = _imgsz(args.get("imgsz") if isinstance(args, dict) else None) or DEFAULT_IMGSZ
+        self.device = "cuda:0" if "CUDAExecutionProvider" in self._providers() else "cpu"
+
+    def _providers(self) -> list[str]:
+        try:
+            return choose_providers(self.options)
+        except Exception:  # noqa: BLE001 - onnxruntime absent: torch decides
+            return []
+
+    def _predict(self, image: np.ndarray, conf: float, iou: float, max_det: int):
+        with self.lock:
+            return self.model.predict(
+                image, imgsz=self.imgsz, conf=conf, iou=iou, max_det=max_det, device=self.device, verbose=False
+            )[0]
+
+    def warmup(self) -> None:
+        self._predict(np.zeros((self.imgsz, self.imgsz, 3), dtype=np.uint8), 0.25, 0.7, 10)
+
+    def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
+        r = self._predict(image, conf, iou, max_det)
+        names = r.names or {}
+        out = Detections(width=int(image.shape[1]), height=int(image.shape[0]))
+        if r.boxes is not None and len(r.boxes):
+            xyxy = r.boxes.xyxy.cpu().numpy()
+            cls = r.boxes.cls.cpu().numpy().astype(int)
+            cf = r.boxes.conf.cpu().numpy()
+            for i in np.argsort(-cf):
+                c = int(cls[i])
+                out.boxes.append(Box(c, str(names.get(c, c)), float(cf[i]), tuple(float(x) for x in xyxy[i])))
+        return out
+
+    def unload(self) -> None:
+        self.model = None
+        super().unload()
+
+
+def _imgsz(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return None
+    if isinstance(value, (list, tuple)):
+        value = max(int(v) for v in value) if value else None
+    return int(value) if value else None
+
+
+def onnx_yolo_metadata(path: Path) -> dict[str, str] | None:
+    """The Ultralytics export metadata of an ONNX file, or None for a plain graph."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "names" in meta and "stride" in meta:
+        return meta
+    return None
+
+
+def make_loader(path: Path, spec: VersionSpec, options: RuntimeOptions) -> Loader:
+    """Picks the loader for an artifact. Reading an ONNX file's metadata is cheap; nothing
+    is loaded here."""
+    imgsz = _imgsz(spec.config.get("imgsz"))
+    if spec.format == "ultralytics_pt":
+        return YoloLoader(path, spec, options, imgsz)
+    if spec.format == "onnx":
+        try:
+            meta = onnx_yolo_metadata(path)
+        except Exception as e:  # noqa: BLE001 - a corrupt file fails in load() with onnxruntime's message
+            meta = None
+            _ = e
+        if meta is not None:
+            return YoloLoader(path, spec, options, _imgsz(meta.get("imgsz")) or imgsz)
+        return OnnxLoader(path, spec, options)
+    raise ValueError(
+        f"{spec.name} has format {spec.format!r}; the agent serves onnx and ultralytics_pt artifacts only"
+    )

@@ -1,0 +1,250 @@
+"""The manager: reconciles each model toward its desired versions, one policy action at a
+time, and hands out leases on loaded versions.
+
+    load:   LOADING -> fetch (cache / URL / stream) -> verify sha256 -> load -> warm up -> READY
+    unload: UNLOADING (no new leases) -> wait until in-flight requests release their
+            leases -> unload -> forgotten
+
+The swap is atomic: routing reads the READY set on the event loop, so a request sees the
+old version or the new one, never neither. REQUESTS ONLY EVER REACH A READY VERSION.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from serving_agent import policy
+from serving_agent.errors import AgentError, NoVersionLoaded
+from serving_agent.fetch import Fetcher
+from serving_agent.loaders import Loader, RuntimeOptions, make_loader
+from serving_agent.metrics import Metrics
+from serving_agent.policy import Kind, State
+from serving_agent.spec import Desired, VersionSpec
+
+log = logging.getLogger("modelreg.agent")
+
+LATENCY_WINDOW = 1000
+
+
+@dataclass
+class Backoff:
+    initial: float = 1.0
+    maximum: float = 60.0
+
+    def delay(self, attempts: int) -> float:
+        return min(self.maximum, self.initial * 2 ** max(0, attempts - 1))
+
+
+@dataclass
+class ManagedVersion:
+    spec: VersionSpec
+    state: State = State.NEW
+    desired: bool = True
+    error: str = ""
+    attempts: int = 0
+    retry_at: float = 0.0
+    loader: Loader | None = None
+    leases: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+    download_seconds: float = 0.0
+    load_seconds: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
+    state_time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    def p95_ms(self) -> float:
+        if not self.latencies:
+            return 0.0
+        values = sorted(self.latencies)
+        return values[min(len(values) - 1, int(0.95 * len(values)))] * 1000
+
+
+class ModelManager:
+    """One followed model: its versions, the reconcile loop and the router."""
+
+    def __init__(self, model: str, agent_hooks: ManagerHooks):
+        self.model = model
+        self.hooks = agent_hooks
+        self.desired = Desired()
+        self.versions: dict[int, ManagedVersion] = {}
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ desired state
+
+    def set_desired(self, desired: Desired) -> None:
+        """OMITTING A VERSION INSTRUCTS THE MANAGER TO UNLOAD IT."""
+        self.desired = desired
+        wanted = desired.versions()
+        for v, mv in self.versions.items():
+            mv.desired = v in wanted
+            if mv.desired and mv.state is State.FAILED:
+                mv.retry_at = min(mv.retry_at, time.monotonic() + 0.5)
+        for v, spec in wanted.items():
+            if v not in self.versions:
+                self.versions[v] = ManagedVersion(spec=spec)
+        self.wake.set()
+        self.hooks.changed()
+
+    # ------------------------------------------------------------ routing
+
+    def ready(self) -> list[ManagedVersion]:
+        return [mv for mv in self.versions.values() if mv.state is State.READY]
+
+    def route(self, key: str = "") -> ManagedVersion:
+        ready = {mv.version: mv for mv in self.ready()}
+        if not ready:
+            raise NoVersionLoaded(
+                f"models/{self.model} has no version loaded yet on this agent; retry shortly "
+                "(grpc.health.v1 reports SERVING once it has)"
+            )
+        d = self.desired
+        stable = ready.get(d.stable.version) if d.stable else None
+        canary = ready.get(d.canary.version) if d.canary and d.weight > 0 else None
+        if stable and canary:
+            bucket = (hash_key(key) if key else random.randrange(100)) % 100
+            return canary if bucket < d.weight else stable
+        if stable or canary:
+            return stable or canary  # type: ignore[return-value]
+        return ready[max(ready)]  # the old version keeps serving until a desired one is READY
+
+    @contextlib.contextmanager
+    def lease(self, key: str = "") -> Iterator[ManagedVersion]:
+        mv = self.route(key)
+        mv.leases += 1
+        mv.drained.clear()
+        try:
+            yield mv
+        finally:
+            mv.leases -= 1
+            if mv.leases == 0:
+                mv.drained.set()
+
+    # ------------------------------------------------------------ reconcile
+
+    def snapshot(self) -> list[policy.VersionSnapshot]:
+        now = time.monotonic()
+        return [
+            policy.VersionSnapshot(mv.version, mv.state, mv.desired, retry_due=now >= mv.retry_at)
+            for mv in self.versions.values()
+        ]
+
+    async def run(self) -> None:
+        while True:
+            action = policy.next_action(self.snapshot())
+            if action is None:
+                self.wake.clear()
+                waits = [mv.retry_at - time.monotonic() for mv in self.versions.values()
+                         if mv.state is State.FAILED and mv.desired]
+                timeout = max(0.05, min(waits)) if waits else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                continue
+            mv = self.versions[action.version]
+            if action.kind is Kind.LOAD:
+                await self._load(mv)
+            elif action.kind is Kind.UNLOAD:
+                await self._unload(mv)
+            else:
+                del self.versions[action.version]
+                self.hooks.forgot(self.model, mv)
+            self.hooks.changed()
+
+    def _set_state(self, mv: ManagedVersion, state: State, error: str = "") -> None:
+        mv.state = state
+        mv.error = error
+        mv.state_time = datetime.now(timezone.utc)
+        self.hooks.state(self.model, mv)
+        self.hooks.changed()
+
+    async def _load(self, mv: ManagedVersion) -> None:
+        self._set_state(mv, State.LOADING)
+        stage = "download"
+        loader = None
+        try:
+            fetched = await self.hooks.fetcher.fetch(mv.spec)
+            mv.download_seconds = fetched.download_seconds
+            stage = "load"
+            started = time.monotonic()
+            loader = make_loader(fetched.path, mv.spec, self.hooks.options)
+            await asyncio.to_thread(loader.load)
+            stage = "warm-up"
+            await asyncio.to_thread(loader.warmup)
+            mv.load_seconds = time.monotonic() - started
+        except Exception as e:  # noqa: BLE001 - any failure: never served, reported, retried
+            if loader is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(loader.unload)
+            mv.attempts += 1
+            delay = self.hooks.backoff.delay(mv.attempts)
+            mv.retry_at = time.monotonic() + delay
+            message = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
+            if stage == "download" and not isinstance(e, AgentError):
+                stage = "download"
+            reason = f"{stage} failed: {message}"
+            log.warning("%s: %s (attempt %d, retry in %.1fs)", mv.spec.name, reason, mv.attempts, delay)
+            self.hooks.metrics.inc("modelreg_agent_load_failures_total", model=self.model, stage=stage)
+            self._set_state(mv, State.FAILED, reason[:2000])
+            return
+        mv.loader = loader
+        mv.attempts = 0
+        self._set_state(mv, State.READY)  # the swap: routing sees it from here on
+        self.hooks.metrics.inc("modelreg_agent_swaps_total", model=self.model)
+        self.hooks.metrics.set("modelreg_agent_load_duration_seconds", mv.load_seconds,
+                               model=self.model, version=str(mv.version))
+        self.hooks.metrics.set("modelreg_agent_download_duration_seconds", mv.download_seconds,
+                               model=self.model, version=str(mv.version))
+        log.info("%s serving (download %.2fs, load+warm-up %.2fs)", mv.spec.name, mv.download_seconds, mv.load_seconds)
+
+    async def _unload(self, mv: ManagedVersion) -> None:
+        self._set_state(mv, State.UNLOADING)  # no new leases from here on
+        if mv.leases:
+            await mv.drained.wait()
+        loader, mv.loader = mv.loader, None
+        if loader is not None:
+            await asyncio.to_thread(loader.unload)
+        del self.versions[mv.version]
+        self.hooks.forgot(self.model, mv)
+        log.info("%s unloaded", mv.spec.name)
+
+
+class ManagerHooks:
+    """What a ModelManager needs from the agent around it."""
+
+    def __init__(self, fetcher: Fetcher, options: RuntimeOptions, metrics: Metrics, backoff: Backoff,
+                 on_change: Callable[[], None]):
+        self.fetcher = fetcher
+        self.options = options
+        self.metrics = metrics
+        self.backoff = backoff
+        self._on_change = on_change
+
+    def changed(self) -> None:
+        self._on_change()
+
+    def state(self, model: str, mv: ManagedVersion) -> None:
+        for s in State:
+            self.metrics.set("modelreg_agent_version_state", 1.0 if s is mv.state else 0.0,
+                             model=model, version=str(mv.version), state=s.value)
+
+    def forgot(self, model: str, mv: ManagedVersion) -> None:
+        self.metrics.remove("modelreg_agent_version_state", model=model, version=str(mv.version))
+
+
+def hash_key(key: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")

@@ -1,0 +1,200 @@
+"""The inference gRPC server around an `Agent`: InferenceService, grpc.health.v1 (SERVING
+only once every followed model has a version loaded), reflection, and the metrics port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import sys
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modelreg.v1 import inference_service_pb2 as inf
+from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
+from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
+from serving_agent.errors import AgentError, BadInput
+from serving_agent.metrics import serve_metrics
+
+log = logging.getLogger("modelreg.agent.server")
+
+SERVICE_NAME = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
+DTYPES = {
+    inf.DATA_TYPE_FLOAT32: np.float32,
+    inf.DATA_TYPE_FLOAT64: np.float64,
+    inf.DATA_TYPE_FLOAT16: np.float16,
+    inf.DATA_TYPE_INT8: np.int8,
+    inf.DATA_TYPE_INT16: np.int16,
+    inf.DATA_TYPE_INT32: np.int32,
+    inf.DATA_TYPE_INT64: np.int64,
+    inf.DATA_TYPE_UINT8: np.uint8,
+    inf.DATA_TYPE_BOOL: np.bool_,
+}
+TO_DTYPE = {np.dtype(v): k for k, v in DTYPES.items()}
+
+
+def tensor_to_array(t: inf.Tensor) -> np.ndarray:
+    if t.dtype not in DTYPES:
+        raise BadInput(f"tensor {t.name!r} needs a dtype (DATA_TYPE_FLOAT32, DATA_TYPE_INT64, ...)")
+    dtype = np.dtype(DTYPES[t.dtype]).newbyteorder("<")
+    shape = tuple(int(d) for d in t.shape)
+    if any(d < 0 for d in shape):
+        raise BadInput(f"tensor {t.name!r} has a negative dimension in shape {list(shape)}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(t.data) != expected:
+        raise BadInput(
+            f"tensor {t.name!r}: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(t.data)}"
+        )
+    return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def array_to_tensor(name: str, a: np.ndarray) -> inf.Tensor:
+    a = np.ascontiguousarray(a)
+    code = TO_DTYPE.get(a.dtype.newbyteorder("="))
+    if code is None:
+        raise BadInput(f"output {name!r} has dtype {a.dtype}, which the inference API cannot carry")
+    return inf.Tensor(name=name, dtype=code, shape=list(a.shape), data=a.astype(a.dtype.newbyteorder("<")).tobytes())
+
+
+def agent_errors(fn):
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except AgentError as e:
+            await context.abort(e.code, e.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            log.exception("internal error")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (a bug in the agent): {e!r}")
+
+    return wrapper
+
+
+class InferenceServicer(inf_grpc.InferenceServiceServicer):
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    @agent_errors
+    async def Predict(self, request: inf.PredictRequest, context) -> inf.PredictResponse:
+        names = [t.name for t in request.inputs]
+        if len(set(names)) != len(names):
+            raise BadInput(f"input names must be unique; got {names}")
+        inputs = {t.name: tensor_to_array(t) for t in request.inputs}
+        result = await self.agent.predict(
+            request.model, inputs, list(request.output_names) or None, routing_key=request.routing_key
+        )
+        return inf.PredictResponse(
+            model_version=result.model_version,
+            outputs=[array_to_tensor(k, v) for k, v in result.outputs.items()],
+        )
+
+    @agent_errors
+    async def Detect(self, request: inf.DetectRequest, context) -> inf.DetectResponse:
+        conf = request.confidence_threshold or 0.25
+        iou = request.iou_threshold or 0.7
+        if not 0 <= conf <= 1 or not 0 <= iou <= 1:
+            raise BadInput("confidence_threshold and iou_threshold must be between 0 and 1")
+        if request.max_detections < 0:
+            raise BadInput("max_detections must not be negative; 0 means 300")
+        result = await self.agent.detect(
+            request.model, request.image, confidence=conf, iou=iou,
+            max_detections=request.max_detections or 300, routing_key=request.routing_key,
+        )
+        d = result.detections
+        return inf.DetectResponse(
+            model_version=result.model_version,
+            image_width=d.width,
+            image_height=d.height,
+            detections=[
+                inf.Detection(class_id=b.class_id, class_name=b.class_name, confidence=b.confidence,
+                              x1=b.xyxy[0], y1=b.xyxy[1], x2=b.xyxy[2], y2=b.xyxy[3])
+                for b in d.boxes
+            ],
+        )
+
+    @agent_errors
+    async def GetServingStatus(self, request: inf.GetServingStatusRequest, context) -> inf.GetServingStatusResponse:
+        for m in request.models:
+            self.agent._manager(m)  # NOT_FOUND for a model the agent does not follow
+        return inf.GetServingStatusResponse(agent=self.agent.status(list(request.models) or None))
+
+
+def listen_address(listen: str, uds: str) -> str:
+    return f"unix:{uds}" if uds else listen
+
+
+async def serve(config: AgentConfig, listen: str, metrics_port: int | None, metrics_host: str = "127.0.0.1",
+                ready_line: bool = True) -> None:
+    """Runs an agent with its inference server until SIGTERM/SIGINT."""
+    agent = Agent(config)
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+                 ("grpc.so_reuseport", 0)]
+    )
+    inf_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(agent), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0 and not listen.startswith("unix:"):
+        raise SystemExit(f"cannot listen on {listen}: the address is in use or invalid")
+    if not listen.startswith("unix:") and listen.endswith(":0"):
+        listen = f"{listen.rsplit(':', 1)[0]}:{port}"
+
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task] = set()
+
+    async def set_health(ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status)
+
+    def on_ready(ready: bool) -> None:
+        t = loop.create_task(set_health(ready))
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+
+    agent.config = _with_address(config, listen)
+    agent.add_listener(on_ready)
+    await set_health(False)
+    await server.start()
+    await agent.start()
+    metrics_server = None
+    if metrics_port is not None:
+        metrics_server = await serve_metrics(agent.metrics, metrics_host, metrics_port)
+        metrics_port = metrics_server.sockets[0].getsockname()[1]
+    if ready_line:
+        width = max(len(k) for k, _ in agent.config.describe())
+        lines = ["modelreg serving agent", "settings:"]
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in agent.config.describe()]
+        lines.append(f"inference API on {listen} (InferenceService, grpc.health.v1, reflection)")
+        if metrics_port is not None:
+            lines.append(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
+        print("\n".join(lines), flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("shutting down", file=sys.stderr, flush=True)
+    await set_health(False)
+    await server.stop(2)
+    if metrics_server is not None:
+        metrics_server.close()
+    await agent.stop()
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*pending)
+
+
+def _with_address(config: AgentConfig, address: str) -> AgentConfig:
+    from dataclasses import replace
+
+    return replace(config, address=address)
