@@ -371,6 +371,21 @@ class Client(DeploymentMixin):
             if not token:
                 return
 
+    def watch(
+        self,
+        models: list[str] | tuple[str, ...] = (),
+        *,
+        types: list[str | int] | tuple[str | int, ...] = (),
+        after_sequence: int | None = None,
+        **kw: Any,
+    ):
+        """A resuming `modelreg.watch.Watcher` over WatchEvents (snapshot, events, bookmarks)."""
+        from modelreg.watch import Watcher
+
+        return Watcher(
+            self._channel, models=models, types=types, after_sequence=after_sequence, metadata=self._metadata, **kw
+        )
+
     def compare(self, model: str, versions: list[int] | None = None) -> rs.CompareModelVersionsResponse:
         req = rs.CompareModelVersionsRequest(parent=model_name(model), versions=versions or [])
         return self._call(self.stub.CompareModelVersions, req)

