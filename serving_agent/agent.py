@@ -28,7 +28,7 @@ import numpy as np
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from serving_agent.cache import BlobCache, StateFile
-from serving_agent.errors import BadInput, ModelNotFollowed
+from serving_agent.errors import BadInput, ModelNotFollowed, WrongModelKind
 from serving_agent.fetch import Fetcher
 from serving_agent.loaders import Detections, RuntimeOptions
 from serving_agent.manager import Backoff, ManagerHooks, ModelManager
@@ -216,9 +216,13 @@ class Agent:
         max_detections: int = 300, routing_key: str = "",
     ) -> Detection:
         mgr = self._manager(model)
-        if isinstance(image, (bytes, bytearray)):
-            image = decode_image(bytes(image))
         with mgr.lease(routing_key) as mv:
+            if mv.loader.kind != "detector":
+                raise WrongModelKind(
+                    f"{mv.spec.name} is a tensor model; call Predict with named tensors instead of Detect"
+                )
+            if isinstance(image, (bytes, bytearray)):
+                image = decode_image(bytes(image))
             result = await self._timed(mgr, mv, "detect", mv_call(mv, "detect", image, confidence, iou, max_detections))
             return Detection(mv.spec.name, result)
 

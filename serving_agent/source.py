@@ -25,6 +25,12 @@ from modelreg.v1 import resources_pb2 as res
 from serving_agent.cache import StateFile
 from serving_agent.spec import Desired, VersionSpec
 
+try:  # the deployment API (canary) comes with issue 6
+    from modelreg.v1 import deployment_service_pb2 as dp
+    from modelreg.v1 import deployment_service_pb2_grpc as dp_grpc
+except ImportError:  # pragma: no cover
+    dp = dp_grpc = None
+
 log = logging.getLogger("modelreg.agent.source")
 
 FORMATS = {
@@ -69,6 +75,8 @@ class RegistrySource:
     ):
         self.registry = rs_grpc.RegistryServiceStub(channel)
         self.events = ev_grpc.EventServiceStub(channel)
+        self.deployments = dp_grpc.DeploymentServiceStub(channel) if dp_grpc else None
+        self.has_deployments = dp_grpc is not None
         self.models = models
         self.state = state
         self.on_desired = on_desired
@@ -116,10 +124,35 @@ class RegistrySource:
             raise
         return spec_from_proto(model, resp.model_version)
 
+    async def _deployment(self, model: str) -> Desired | None:
+        """The model's deployment (stable, canary, weight), or None when the registry has no
+        DeploymentService (then production is the only desired version)."""
+        if not self.has_deployments:
+            return None
+        try:
+            resp = await self.deployments.GetDeployment(
+                dp.GetDeploymentRequest(name=f"models/{model}/deployment"), metadata=self.metadata, timeout=10
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.has_deployments = False
+                return None
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        d = resp.deployment
+        stable = await self._spec(model, d.stable_version) if d.stable_version else None
+        canary = await self._spec(model, d.canary_version) if d.canary_version else None
+        return Desired(stable=stable, canary=canary, weight=d.canary_weight if canary else 0)
+
     async def resolve(self, model: str, state: ev.ModelState | None = None) -> None:
         """Reads a model's desired state from the registry and declares it."""
         if state is not None and state.exists is False and state.model:
             self._declare(model, Desired())
+            return
+        deployment = await self._deployment(model)
+        if deployment is not None:
+            self._declare(model, deployment)
             return
         stable = await self._spec(model, "production")
         current = self.desired.get(model, Desired())
