@@ -55,8 +55,7 @@ test: $(STAMP) proto-check lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## Benchmarks side by side with MLflow; `make bench ONLY=name` runs one.
-bench: $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+bench: $(BASE_STAMP)
 	$(PY) -m benchmarks $(if $(ONLY),--only $(ONLY),)
 
 clean:

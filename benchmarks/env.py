@@ -235,7 +235,8 @@ class BenchEnv:
         all measuring the same window; merges their results into one summary."""
         concurrency = spec.get("concurrency", 1)
         procs = max(1, min(procs, concurrency))
-        start_at = time.time() + (4.0 if peer else 2.0) + 0.3 * procs if spec.get("duration") else None
+        # Several processes measure one common window, after all have started and warmed up.
+        start_at = time.time() + (4.0 if peer else 2.0) + 0.3 * procs if spec.get("duration") and procs > 1 else None
         running = []
         for i in range(procs):
             share = concurrency // procs + (1 if i < concurrency % procs else 0)

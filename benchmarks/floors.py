@@ -6,6 +6,7 @@ Run as subprocesses by the harness (`python -m benchmarks.floors MODE SPEC_JSON`
               primary-key lookup on model_versions). Prints its port, serves until killed.
   pg_lookup   sequential asyncpg primary-key lookups on one connection (prepared statement).
   promote_tx  a bare asyncpg transaction doing the same writes as a promotion.
+  notify      the same writes with NOTIFY on a private channel, until a LISTENer has it.
   file_read   reads a file in 1 MiB chunks (raw, and raw + sha256).
 Each measuring mode prints one JSON object like the load generators.
 """
@@ -69,7 +70,7 @@ async def pg_lookup(spec: dict) -> dict:
     return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed, "extra": {}}
 
 
-async def _promote_once(conn, model: str, number: int) -> None:
+async def _promote_once(conn, model: str, number: int, channel: str = "modelreg_events") -> None:
     """The statements `Repository.promote` runs for "promote `number` to production,
     archiving the current one", with nothing else around them."""
     async with conn.transaction():
@@ -103,7 +104,7 @@ async def _promote_once(conn, model: str, number: int) -> None:
                 (last, "STAGE_CHANGED", model, number, "archived", "production", "bench", "floor", {}),
             ],
         )
-        await conn.execute("SELECT pg_notify($1, $2)", "modelreg_events", str(last))
+        await conn.execute("SELECT pg_notify($1, $2)", channel, str(last))
         await conn.executemany(
             "INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -127,6 +128,29 @@ async def promote_tx(spec: dict) -> dict:
         latencies.append(time.perf_counter() - s)
     elapsed = time.perf_counter() - t0
     await conn.close()
+    return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed, "extra": {}}
+
+
+async def notify(spec: dict) -> dict:
+    """The promotion's writes with NOTIFY on a private channel, timed from the start of the
+    transaction to the notification arriving at a LISTENing connection."""
+    writer = await db.connect(spec["database_url"])
+    listener = await db.connect(spec["database_url"])
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+    await listener.add_listener("bench_floor", lambda *args: arrived.put_nowait(time.perf_counter()))
+    model, versions = spec["model"], spec["versions"]
+    latencies = []
+    t0 = time.perf_counter()
+    for i in range(spec["count"] + 5):
+        s = time.perf_counter()
+        await _promote_once(writer, model, versions[i % len(versions)], channel="bench_floor")
+        got = await asyncio.wait_for(arrived.get(), 10)
+        if i >= 5:
+            latencies.append(got - s)
+        await asyncio.sleep(spec.get("gap", 0.02))
+    elapsed = time.perf_counter() - t0
+    await writer.close()
+    await listener.close()
     return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed, "extra": {}}
 
 
@@ -158,6 +182,8 @@ if __name__ == "__main__":
         result = asyncio.run(pg_lookup(spec))
     elif mode == "promote_tx":
         result = asyncio.run(promote_tx(spec))
+    elif mode == "notify":
+        result = asyncio.run(notify(spec))
     elif mode == "file_read":
         result = file_read(spec)
     else:

@@ -136,6 +136,16 @@ async def main(spec: dict) -> dict:
     workers = [Worker(spec, i) for i in range(spec.get("concurrency", 1))]
     for w in workers:
         await w.channel.channel_ready()
+    if spec["op"] == "promote":
+        # Start with the version that is not in production now, so every call is a real move.
+        names = spec["names"]
+        model = names[0].split("/versions/")[0]
+        current = await workers[0].stub.GetModelVersion(
+            rs.GetModelVersionRequest(name=f"{model}/versions/production"), metadata=METADATA
+        )
+        now = f"{model}/versions/{current.model_version.version}"
+        for w in workers:
+            w.i = names.index(now) if now in names else 0
     # Warm-up: connections up, server caches and statement caches primed.
     for _ in range(spec.get("warmup_calls", 3)):
         await asyncio.gather(*(w.call() for w in workers))
