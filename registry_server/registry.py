@@ -14,6 +14,7 @@ from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUplo
 from registry_server.domain import models as dm
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
+from registry_server.read_cache import VersionCache
 from registry_server.errors import DataLoss, InvalidArgument, RegistryError, Unavailable
 from registry_server.storage.deployments import DeploymentRepository
 from registry_server.storage.repository import Repository, RequestIdTaken
@@ -31,10 +32,12 @@ class Download:
 
 
 class Registry:
-    def __init__(self, repo: Repository, blobs: BlobStore):
+    def __init__(self, repo: Repository, blobs: BlobStore, cache: VersionCache | None = None):
         self.repo = repo
         self.blobs = blobs
         self.deployments = DeploymentRepository(repo)
+        self.cache = cache or VersionCache()
+        repo.on_change = self.cache.invalidate_models
 
     # ------------------------------------------------------------------ registration
 
@@ -128,7 +131,12 @@ class Registry:
         async with self.repo.blob_lock(sha) as referenced:
             if referenced:
                 return False
-            await self.blobs.delete(sha)
+            try:
+                await self.blobs.delete(sha)
+            except Unavailable as e:
+                # The database change stands; the unreferenced blob only costs space.
+                log.warning("could not remove unreferenced blob %s from the store: %s", sha, e.message)
+                return False
             return True
 
     # ------------------------------------------------------------------ download
@@ -187,7 +195,15 @@ class Registry:
     # ------------------------------------------------------------------ reads
 
     async def resolve(self, ref: VersionRef) -> dm.ModelVersion:
-        return await self.repo.get_version(ref.model, ref.number if ref.number is not None else ref.alias)
+        """A version by number or alias, from the hot cache when it holds it."""
+        key = ref.number if ref.number is not None else ref.alias
+        cached = self.cache.get(ref.model, key)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation(ref.model)
+        version = await self.repo.get_version(ref.model, key)
+        self.cache.put(ref.model, key, version, generation)
+        return version
 
     async def compare(self, model: str, numbers: list[int]) -> dm.Comparison:
         m = await self.repo.get_model(model)

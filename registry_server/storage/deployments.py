@@ -226,7 +226,7 @@ class DeploymentRepository:
     ) -> tuple[ModelVersion, ModelVersion | None, int]:
         """Moves a version to `target`; promoting to production archives the previous
         production version in the same transaction. Returns (version, archived, sequence)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.repo.transaction() as conn:
             mrow = await self._lock_model(conn, model)
             number = await self._resolve_locked(conn, model, ref, mrow)
             ch = _Change(model, actor)
@@ -284,7 +284,7 @@ class DeploymentRepository:
         expect_canary: int = 0,
     ) -> tuple[Deployment, int]:
         """Applies one deployment action in one transaction. Returns (deployment, sequence)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.repo.transaction() as conn:
             mrow = await self._lock_model(conn, model)
             before, _ = await self._load_state(conn, model, mrow["production_version"], lock=True)
             dd.check_etag(model, before, etag)
@@ -315,7 +315,7 @@ class DeploymentRepository:
 
     async def set_policy(self, model: str, policy: dd.CanaryPolicy, actor: str) -> Deployment:
         policy.validate()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.repo.transaction() as conn:
             await self._lock_model(conn, model)
             await conn.execute("INSERT INTO deployments (model) VALUES ($1) ON CONFLICT DO NOTHING", model)
             await conn.execute(

@@ -99,8 +99,26 @@ def _version(row: asyncpg.Record) -> ModelVersion:
 
 
 class Repository:
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, on_change: Callable[[set[str]], None] | None = None):
         self.pool = pool
+        # Called with the models a transaction emitted events for: once before commit and
+        # once after it ends (the read cache drops them; see read_cache.py).
+        self.on_change = on_change
+        self._touched: dict[int, set[str]] = {}
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction; reports the models it changed when it ends."""
+        async with self.pool.acquire() as conn:
+            touched: set[str] = set()
+            self._touched[id(conn)] = touched
+            try:
+                async with conn.transaction():
+                    yield conn
+            finally:
+                del self._touched[id(conn)]
+                if touched and self.on_change is not None:
+                    self.on_change(touched)
 
     # ---------------------------------------------------------------- events (outbox)
 
@@ -108,6 +126,11 @@ class Repository:
         """Appends events; returns the last sequence. MUST BE THE LAST STATEMENTS OF THE
         TRANSACTION: the counter row lock is held until commit, which is what makes the
         sequence commit-ordered."""
+        touched = {d.model for d in drafts}
+        if id(conn) in self._touched:
+            self._touched[id(conn)].update(touched)
+        if self.on_change is not None:
+            self.on_change(touched)
         last = await conn.fetchval(
             "UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last", len(drafts)
         )
@@ -126,7 +149,7 @@ class Repository:
     # ---------------------------------------------------------------- models
 
     async def create_model(self, model: Model, actor: str) -> Model:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             row = await self._insert_model(conn, model, actor)
             if row is None:
                 raise AlreadyExists(
@@ -172,7 +195,7 @@ class Repository:
     async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> Model:
         allowed = {"description", "tags", "default_config", "model_type"}
         assert set(changes) <= allowed, changes
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(changes))
             row = await conn.fetchrow(
                 f"UPDATE models SET {sets}{',' if sets else ''} updated_at = now() WHERE name = $1 RETURNING *",
@@ -190,7 +213,7 @@ class Repository:
         """Deletes a model and its versions. Returns (versions deleted, blobs now unreferenced).
         The caller deletes those blobs from the store while holding their locks
         (see `blob_locks`)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             row = await conn.fetchrow(
                 "SELECT name, production_version FROM models WHERE name = $1 FOR UPDATE", name
             )
@@ -239,7 +262,7 @@ class Repository:
         row = await self.pool.fetchrow("SELECT * FROM models WHERE name = $1", name)
         if row is not None:
             return _model(row)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             row = await self._insert_model(conn, Model(name=name, model_type=model_type), actor)
             if row is None:  # created concurrently
                 row = await conn.fetchrow("SELECT * FROM models WHERE name = $1", name)
@@ -261,7 +284,7 @@ class Repository:
         under their final key; it runs inside the transaction while the blob's advisory
         lock is held, so a concurrent delete of the same blob cannot interleave.
         Raises RequestIdTaken when the request id was used by a concurrent registration."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", blob_lock_key(sha256))
             await finalize()
             await conn.execute(
@@ -396,7 +419,7 @@ class Repository:
         self, model: str, version: int, changes: dict[str, Any], actor: str
     ) -> ModelVersion:
         assert set(changes) <= {"description", "tags"}, changes
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             sets = ", ".join(f"{k} = ${i + 3}" for i, k in enumerate(changes))
             row = await conn.fetchrow(
                 f"UPDATE model_versions SET {sets}{',' if sets else ''} updated_at = now()"
@@ -416,7 +439,7 @@ class Repository:
 
     async def delete_version(self, model: str, version: int, actor: str) -> list[str]:
         """Deletes a version; returns the blobs it left unreferenced."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             row = await conn.fetchrow(
                 "SELECT stage, sha256 FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE",
                 model,

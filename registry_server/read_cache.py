@@ -1,0 +1,70 @@
+"""Hot read cache: versions and alias pointers kept in memory, invalidated by the registry's
+own event stream.
+
+Reads of `models/{m}/versions/{n|production|staging|latest}` are the hot path of every
+agent and CI job. A version's artifact, config, metrics and lineage never change once it is
+READY, and everything that can change (stage, description, tags, which version an alias
+points at) emits an event in the same transaction. So a cached entry stays valid until an
+event for its model arrives: this process's writes invalidate synchronously (read your
+writes), other replicas' writes through the event hub within milliseconds.
+
+Races: a read that started before an invalidation must not store its (now stale) result.
+Each model has a generation number, bumped on invalidation; a result is stored only if the
+generation it was read under is still current.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from registry_server.domain.models import ModelVersion
+
+MAX_ENTRIES = 50_000
+
+
+class VersionCache:
+    def __init__(self, max_entries: int = MAX_ENTRIES):
+        self._models: dict[str, dict[int | str, ModelVersion]] = {}
+        self._generation: dict[str, int] = {}
+        self._size = 0
+        self.max_entries = max_entries
+        # Off until something feeds it invalidations (the event hub); a cache that nobody
+        # invalidates would serve stale data across replicas.
+        self.enabled = False
+        self.hits = 0
+        self.misses = 0
+
+    def generation(self, model: str) -> int:
+        return self._generation.get(model, 0)
+
+    def get(self, model: str, ref: int | str) -> ModelVersion | None:
+        if not self.enabled:
+            return None
+        entries = self._models.get(model)
+        v = entries.get(ref) if entries else None
+        if v is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return v
+
+    def put(self, model: str, ref: int | str, version: ModelVersion, generation: int) -> None:
+        if not self.enabled or generation != self.generation(model):
+            return
+        if self._size >= self.max_entries:
+            self._models.clear()  # crude but O(1) amortized; the hot set refills at once
+            self._size = 0
+        entries = self._models.setdefault(model, {})
+        if ref not in entries:
+            self._size += 1
+        entries[ref] = version
+
+    def invalidate(self, model: str) -> None:
+        self._generation[model] = self.generation(model) + 1
+        entries = self._models.pop(model, None)
+        if entries:
+            self._size -= len(entries)
+
+    def invalidate_models(self, models: Iterable[str]) -> None:
+        for m in set(models):
+            self.invalidate(m)
