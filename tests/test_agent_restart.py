@@ -1,0 +1,116 @@
+"""The agent and the registry restarting: a node keeps serving from its cache while the
+registry is down, and a promotion made while the agent was away is not missed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from agent_helpers import BIN, AgentProcess, onnx_scale_model, wait_until
+from conftest import free_port, wait_for_port
+from modelreg import Client
+
+
+@pytest.fixture
+def registry_at(database_url, tmp_path):
+    """Starts `modelreg server` processes on a given port (so one can come back where it was)."""
+    procs: list[subprocess.Popen] = []
+
+    def spawn(port: int) -> tuple[subprocess.Popen, str]:
+        env = dict(os.environ)
+        env.update(
+            MODELREG_ADDRESS=f"127.0.0.1:{port}",
+            MODELREG_DATABASE_URL=database_url,
+            MODELREG_ARTIFACTS=str(tmp_path / "artifacts"),
+            MODELREG_DATA_DIR=str(tmp_path / "data"),
+            MODELREG_SHUTDOWN_GRACE="1",
+        )
+        log = open(tmp_path / f"server-{port}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen([str(BIN / "modelreg"), "server"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        wait_for_port(port, proc=proc)
+        return proc, f"127.0.0.1:{port}"
+
+    yield spawn
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(15)
+
+
+@pytest.fixture
+def agent_procs():
+    started: list[AgentProcess] = []
+    yield started
+    for a in started:
+        a.stop()
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    proc.wait(15)
+
+
+def _output(agent: AgentProcess, model: str):
+    with agent.client() as c:
+        r = c.predict(model, {"x": np.ones((1, 4), np.float32)})
+    return r.model_version, float(r.outputs["y"][0, 0])
+
+
+def test_agent_restarted_while_registry_down_serves_from_cache(registry_at, agent_procs, tmp_path):
+    port = free_port()
+    proc, address = registry_at(port)
+    with Client(address, actor="tester") as reg:
+        v1 = reg.register("offline", onnx_scale_model(7.0), filename="o.onnx")
+        reg.promote("offline", v1.version, "production")
+    cache = tmp_path / "cache"
+    first = AgentProcess(address, ["offline"], cache, tmp_path / "agent-1.log", free_port(),
+                         extra=["--agent-id", "node-a"]).start()
+    agent_procs.append(first)
+    first.wait_serving()
+    first.stop()
+    _stop(proc)  # the registry is gone
+
+    second = AgentProcess(address, ["offline"], cache, tmp_path / "agent-2.log", free_port(),
+                          extra=["--agent-id", "node-a"]).start()
+    agent_procs.append(second)
+    second.wait_serving()
+    assert _output(second, "offline") == ("models/offline/versions/1", 7.0)
+    with second.client() as c:
+        st = c.serving_status(["offline"])
+    (v,) = st.models[0].versions
+    assert v.download_seconds == 0.0, "a warm cache must load without downloading"
+    assert "registry unreachable" in second.log()
+
+
+def test_registry_restart_agent_resumes_without_missing_a_promotion(registry_at, agent_procs, tmp_path):
+    port = free_port()
+    proc, address = registry_at(port)
+    with Client(address, actor="tester") as reg:
+        v1 = reg.register("resume", onnx_scale_model(1.0), filename="r.onnx")
+        reg.promote("resume", v1.version, "production")
+    agent = AgentProcess(address, ["resume"], tmp_path / "cache", tmp_path / "agent.log", free_port(),
+                         extra=["--agent-id", "node-b"]).start()
+    agent_procs.append(agent)
+    agent.wait_serving()
+    _stop(proc)
+
+    # While the agent's registry is down, v2 is promoted through another replica on the same
+    # database (the agent does not know that address).
+    other, other_address = registry_at(free_port())
+    with Client(other_address, actor="tester") as reg:
+        v2 = reg.register("resume", onnx_scale_model(2.0), filename="r.onnx")
+        reg.promote("resume", v2.version, "production")
+    _stop(other)
+    assert _output(agent, "resume") == ("models/resume/versions/1", 1.0), "the agent stops serving while away"
+
+    registry_at(port)
+    wait_until(lambda: _output(agent, "resume")[0] == "models/resume/versions/2", 60,
+               what="the agent picking up v2 after the registry came back")
+    assert _output(agent, "resume") == ("models/resume/versions/2", 2.0)
+    with Client(address, actor="tester") as reg:
+        st = wait_until(lambda: (s := reg.rollout_status("resume")).complete and s, 30, what="rollout complete")
+    assert st.desired_version == 2
