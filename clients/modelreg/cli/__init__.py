@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "modelreg.cli.watch_cmd",
     "modelreg.cli.agent_cmds",
     "modelreg.cli.deploy_cmds",
+    "modelreg.cli.artifact_cmds",
 )
 
 
