@@ -386,13 +386,20 @@ def compare(args) -> int:
 
 
 def download(args) -> int:
-    update, close = _progress_bar("downloading")
-    try:
-        with _client(args) as c:
-            path = c.download(args.name, args.version, dest=args.dest, progress=update)
-            v = c.get_version(args.name, args.version) if args.output == "json" else None
-    finally:
-        close()
+    with _client(args) as c:
+        # Resolve once: an alias (production) cannot move between the check and the bytes.
+        v = c.get_version(args.name, args.version)
+        if args.extract and v.format != res.ARTIFACT_FORMAT_BUNDLE:
+            kind = out.FORMAT_NAMES.get(v.format) or "single-file"
+            raise UsageError(
+                f"{v.name} is a {kind} artifact ({v.artifact.download_filename}), not a directory bundle; "
+                "--extract only unpacks versions registered from a directory: drop --extract"
+            )
+        update, close = _progress_bar("downloading")
+        try:
+            path = c.download(args.name, v.version, dest=args.dest, progress=update)
+        finally:
+            close()
     extracted = None
     if args.extract:
         extracted = extract_bundle(path, Path(args.dest))
