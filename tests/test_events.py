@@ -83,6 +83,24 @@ def test_snapshot_has_production_version_and_sha256_then_live_events(client, reg
         ch.close()
 
 
+def test_snapshot_carries_the_canary_and_its_weight(client, registry):
+    v1 = client.register("can", b"stable")
+    v2 = client.register("can", b"canary")
+    client.promote("can", v1.version, "production")
+    client.set_canary("can", v2.version, 25, reason="try it")
+    ch, call = raw_watch(registry.address, es.WatchEventsRequest(models=["can"]))
+    try:
+        state = next(call).snapshot.models[0]
+        assert (state.production_version, state.production_sha256) == (v1.version, v1.artifact.sha256)
+        assert (state.canary_version, state.canary_sha256, state.canary_weight) == (
+            v2.version, v2.artifact.sha256, 25)
+    finally:
+        call.cancel()
+        ch.close()
+    out = run_cli("watch", "can", "--count", "0", "--snapshot-only", address=registry.address).stdout
+    assert "production=v1" in out and "canary=v2 at 25%" in out
+
+
 def test_snapshot_without_models_lists_every_model(client, registry):
     client.create_model("a")
     client.create_model("b")
@@ -186,6 +204,44 @@ def test_backoff_is_jittered_exponential_from_0_8_to_30_seconds():
         draws = [backoff_delay(attempt) for _ in range(200)]
         assert all(full / 2 <= d <= full for d in draws)
         assert len(set(draws)) > 1  # jittered
+
+
+def test_sdk_cursor_drops_duplicates_and_forgets_its_cursor_on_resync():
+    """Pure logic of the watcher's resume point (no server)."""
+    from modelreg.watch import _Cursor
+
+    cur = _Cursor(["m"], ["stage_changed"], None, True, False, 0)
+    assert not cur.request().HasField("after_sequence") and not cur.request().skip_snapshot
+    assert cur.accept(es.WatchEventsResponse(snapshot=es.Snapshot(sequence=10)))
+    assert cur.last_sequence == 10
+    cur.connected_once = True
+    assert cur.accept(es.WatchEventsResponse(event=es.Event(sequence=11)))
+    assert not cur.accept(es.WatchEventsResponse(event=es.Event(sequence=11)))  # duplicate after a resume
+    assert not cur.accept(es.WatchEventsResponse(event=es.Event(sequence=9)))
+    assert cur.accept(es.WatchEventsResponse(bookmark=es.Bookmark(sequence=15)))
+    req = cur.request()
+    assert (req.after_sequence, req.skip_snapshot, list(req.models)) == (15, True, ["models/m"])
+    assert list(req.types) == [es.EVENT_TYPE_STAGE_CHANGED]
+
+    class Resync(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.FAILED_PRECONDITION
+
+        def trailing_metadata(self):
+            from google.rpc import error_details_pb2, status_pb2
+
+            info = error_details_pb2.ErrorInfo(reason="RESYNC_REQUIRED")
+            st = status_pb2.Status(code=9, message="old")
+            st.details.add().Pack(info)
+            return (("grpc-status-details-bin", st.SerializeToString()),)
+
+        def details(self):
+            return "old"
+
+    assert cur.failed(Resync()) is True
+    assert cur.last_sequence is None and cur.resyncs == 1
+    req = cur.request()
+    assert not req.HasField("after_sequence") and not req.skip_snapshot
 
 
 # ---------------------------------------------------------------------- ordering and durability

@@ -78,6 +78,9 @@ def snapshot_to_proto(s: Snapshot) -> es.Snapshot:
                 exists=m.exists,
                 production_version=m.production_version,
                 production_sha256=m.production_sha256,
+                canary_version=m.canary_version,
+                canary_sha256=m.canary_sha256,
+                canary_weight=m.canary_weight,
             )
             for m in s.models
         ],

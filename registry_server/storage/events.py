@@ -36,12 +36,16 @@ class EventRow:
 
 @dataclass(frozen=True)
 class ModelStateRow:
-    """What agents should serve for one model (canary fields come with deployments)."""
+    """What agents should serve for one model: the stable (production) version and the
+    canary with its weight (from `deployments`), each with its artifact's sha256."""
 
     model: str
     exists: bool
     production_version: int = 0
     production_sha256: str = ""
+    canary_version: int = 0
+    canary_sha256: str = ""
+    canary_weight: int = 0
 
 
 def _row(r: asyncpg.Record) -> EventRow:
@@ -101,15 +105,18 @@ async def model_states(
     """The state of `models` (every model when empty) and the sequence it is valid at.
 
     ONE STATEMENT, so the state and the sequence come from the same MVCC snapshot: every
-    change up to the sequence is reflected, none after it. Canary fields join here later.
+    change up to the sequence is reflected, none after it.
     """
     rows = await conn.fetch(
         "WITH s AS (SELECT last FROM event_sequence WHERE id = 1),"
         " wanted AS (SELECT unnest($1::text[]) AS name)"
-        " SELECT s.last, w.name AS wanted, m.name, m.production_version, v.sha256"
+        " SELECT s.last, w.name AS wanted, m.name, m.production_version, v.sha256,"
+        "  d.canary_version, d.canary_weight, c.sha256 AS canary_sha256"
         " FROM s"
         " LEFT JOIN (wanted w FULL JOIN models m ON m.name = w.name) ON true"
         " LEFT JOIN model_versions v ON v.model = m.name AND v.version = m.production_version"
+        " LEFT JOIN deployments d ON d.model = m.name AND d.canary_version > 0"
+        " LEFT JOIN model_versions c ON c.model = m.name AND c.version = d.canary_version"
         " WHERE cardinality($1::text[]) = 0 OR w.name IS NOT NULL"
         " ORDER BY coalesce(w.name, m.name)",
         list(models),
@@ -126,6 +133,9 @@ async def model_states(
                 exists=r["name"] is not None,
                 production_version=r["production_version"] or 0,
                 production_sha256=r["sha256"] or "",
+                canary_version=r["canary_version"] or 0,
+                canary_sha256=r["canary_sha256"] or "",
+                canary_weight=r["canary_weight"] or 0,
             )
         )
     return sequence, states

@@ -39,6 +39,7 @@ def register(sub, common) -> None:
         help="replay every event after sequence N first (default: start now)",
     )
     p.add_argument("--no-snapshot", action="store_true", help="do not print the initial state")
+    p.add_argument("--snapshot-only", action="store_true", help="print the current state and exit")
     p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events (default: run until Ctrl-C)")
     p.add_argument(
         "--bookmark-interval",
@@ -89,10 +90,15 @@ def _snapshot_lines(s: es.Snapshot) -> list[str]:
     for m in s.models:
         if not m.exists:
             lines.append(f"  {m.model}  (does not exist)")
-        elif m.production_version:
-            lines.append(f"  {m.model}  production=v{m.production_version}  sha256={m.production_sha256[:12]}")
         else:
-            lines.append(f"  {m.model}  no production version")
+            line = f"  {m.model}  "
+            if m.production_version:
+                line += f"production=v{m.production_version} sha256={m.production_sha256[:12]}"
+            else:
+                line += "no production version"
+            if m.canary_version:
+                line += f"  canary=v{m.canary_version} at {m.canary_weight}% sha256={m.canary_sha256[:12]}"
+            lines.append(line)
     return lines
 
 
@@ -101,6 +107,8 @@ def watch(args) -> int:
     _check_sequence(args.after_sequence)
     if args.count < 0:
         raise UsageError("--count must be 0 (run until Ctrl-C) or more")
+    if args.snapshot_only and args.no_snapshot:
+        raise UsageError("--snapshot-only and --no-snapshot contradict each other; pick one")
     client = Client(args.address, timeout=None)
     watcher = client.watch(
         args.models,
@@ -119,6 +127,8 @@ def watch(args) -> int:
                 print("\n".join(_snapshot_lines(item.snapshot)), flush=True)
             elif kind == "event":
                 print(_event_line(item.event), flush=True)
+            if kind == "snapshot" and args.snapshot_only:
+                break
             if kind == "event":
                 seen += 1
                 if args.count and seen >= args.count:
