@@ -23,6 +23,8 @@ from google.protobuf import field_mask_pb2, struct_pb2
 
 from modelreg import errors
 from modelreg.deployments import DeploymentMixin
+from modelreg.v1 import agent_service_pb2 as ag
+from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
@@ -121,6 +123,7 @@ class Client(DeploymentMixin):
             ],
         )
         self.stub = rs_grpc.RegistryServiceStub(self._channel)
+        self.agents = ag_grpc.AgentServiceStub(self._channel)
         self._metadata = (("x-modelreg-actor", self.actor),)
 
     def close(self) -> None:
@@ -453,6 +456,25 @@ class Client(DeploymentMixin):
     def artifact_url(self, model: str, version: int | str = "production", *, expires_in: int = 3600) -> rs.GetArtifactUrlResponse:
         req = rs.GetArtifactUrlRequest(name=version_name(model, version), expires_in_seconds=expires_in)
         return self._call(self.stub.GetArtifactUrl, req)
+
+    # ------------------------------------------------------------------ agents
+
+    def rollout_status(self, model: str) -> ag.GetRolloutStatusResponse:
+        """Desired (production) version against what every serving agent reports."""
+        return self._call(self.agents.GetRolloutStatus, ag.GetRolloutStatusRequest(model=model_name(model)))
+
+    def list_agents(self, *, model: str = "", include_stale: bool = False, page_size: int = 0) -> Iterator[ag.Agent]:
+        token = ""
+        while True:
+            req = ag.ListAgentsRequest(
+                page_size=page_size, page_token=token, model=model_name(model) if model else "",
+                include_stale=include_stale,
+            )
+            resp = self._call(self.agents.ListAgents, req)
+            yield from resp.agents
+            token = resp.next_page_token
+            if not token:
+                return
 
 
 def _file_sha256(path: Path) -> str:
