@@ -192,8 +192,6 @@ class ModelManager:
             delay = self.hooks.backoff.delay(mv.attempts)
             mv.retry_at = time.monotonic() + delay
             message = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
-            if stage == "download" and not isinstance(e, AgentError):
-                stage = "download"
             reason = f"{stage} failed: {message}"
             log.warning("%s: %s (attempt %d, retry in %.1fs)", mv.spec.name, reason, mv.attempts, delay)
             self.hooks.metrics.inc("modelreg_agent_load_failures_total", model=self.model, stage=stage)

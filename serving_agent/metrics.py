@@ -66,13 +66,15 @@ class Metrics:
         self._set(name, labels, value)
 
     def remove(self, name: str, **match: object) -> None:
+        """Drops every series of `name` whose labels include `match`."""
+        wanted = {k: str(v) for k, v in match.items()}
         with self.lock:
             names = self.label_names.get(name, ())
             series = self.values.get(name, {})
-            for key in [k for k in series if all(dict(zip(names, k, strict=True)).get(m) == str(v) or
-                                                   dict(zip(names, k, strict=True)).get(m) == v
-                                                   for m, v in match.items())]:
-                del series[key]
+            for key in list(series):
+                labels = {n: str(v) for n, v in zip(names, key, strict=True)}
+                if all(labels.get(k) == v for k, v in wanted.items()):
+                    del series[key]
 
     def observe(self, seconds: float, model: str, version: int) -> None:
         with self.lock:

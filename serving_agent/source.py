@@ -179,15 +179,16 @@ class RegistrySource:
                     log.warning("the registry has no WatchEvents; polling every %.1fs instead", self.poll_interval)
                     self.mode = "poll"
                     continue
-                if code == grpc.StatusCode.FAILED_PRECONDITION and "RESYNC" in (e.debug_error_string() + str(e)):
+                if code == grpc.StatusCode.FAILED_PRECONDITION and error_reason(e) == "RESYNC_REQUIRED":
                     log.warning("watch cursor %s is too old (RESYNC_REQUIRED); re-reading state", self.sequence)
                     self.sequence = None
                     self._persist()
                     continue
                 attempt += 1
                 delay = min(self.max_backoff, 0.1 * 2**attempt)
-                log.warning("registry unreachable (%s: %s); serving what is loaded, retrying in %.1fs",
-                            code.name, e.details(), delay)
+                if attempt <= 3 or attempt % 30 == 0:
+                    log.warning("registry unreachable (%s: %s); serving what is loaded, retrying every %.1fs",
+                                code.name, e.details(), delay)
                 await asyncio.sleep(delay)
                 continue
             except Exception:  # noqa: BLE001 - the source must outlive any bug in one message
@@ -236,3 +237,17 @@ def _describe(d: Desired) -> str:
     if d.canary:
         parts.append(f"canary v{d.canary.version} at {d.weight}%")
     return ", ".join(parts)
+
+
+def error_reason(e: grpc.aio.AioRpcError) -> str:
+    """The google.rpc.ErrorInfo reason of a failed call, or ''."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in e.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info.reason
+    return ""

@@ -1,0 +1,164 @@
+"""AgentService on a real registry (reports, stale agents, bad input), the agent on a Unix
+socket, grpcurl against the agent, and the agent core used in-process as a library."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from agent_helpers import AgentProcess, onnx_scale_model, wait_until
+from conftest import free_port
+from modelreg import errors
+from modelreg.v1 import agent_service_pb2 as ag
+from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
+from serving_agent.cache import BlobCache
+
+GRPCURL = Path(sys.executable).parent / "grpcurl"
+
+
+def report(address: str, agent_id: str, model: str = "models/m", versions=()) -> ag.ReportAgentStatusResponse:
+    with grpc.insecure_channel(address) as ch:
+        stub = ag_grpc.AgentServiceStub(ch)
+        agent = ag.Agent(agent_id=agent_id, node="node-1", healthy=True,
+                         models=[ag.AgentModelStatus(model=model, versions=list(versions))])
+        return stub.ReportAgentStatus(ag.ReportAgentStatusRequest(agent=agent), timeout=10)
+
+
+def test_report_with_bad_agent_id_is_invalid_argument(registry):
+    with pytest.raises(grpc.RpcError) as e:
+        report(registry.address, "no spaces allowed")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "agent_id" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        report(registry.address, "ok", versions=[ag.ServedVersion(version=1)])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "state" in e.value.details()
+
+
+def test_rollout_status_of_unknown_model_is_not_found(client):
+    with pytest.raises(errors.NotFound, match="does not exist"):
+        client.rollout_status("nope")
+
+
+def test_silent_agents_turn_stale_and_leave_the_rollout(make_registry, monkeypatch):
+    monkeypatch.setenv("MODELREG_AGENT_STALE_SECONDS", "1")
+    registry = make_registry()
+    from modelreg import Client
+
+    with Client(registry.address, actor="t") as c:
+        v = c.register("m", onnx_scale_model(1.0), filename="m.onnx")
+        c.promote("m", v.version, "production")
+        serving = ag.ServedVersion(version=1, sha256=v.artifact.sha256, state=ag.SERVED_VERSION_STATE_SERVING)
+        assert report(registry.address, "a-1", versions=[serving]).stale_after_seconds == 1
+        st = c.rollout_status("m")
+        assert st.complete and st.live_agents == 1 and not st.agents[0].stale
+        assert [a.agent_id for a in c.list_agents(model="m")] == ["a-1"]
+        wait_until(lambda: not list(c.list_agents()), 10, what="a-1 stale")
+        (stale,) = list(c.list_agents(include_stale=True))
+        assert stale.stale and stale.agent_id == "a-1"
+        st = c.rollout_status("m")
+        assert not st.complete and st.live_agents == 0 and st.agents[0].stale
+
+
+def test_agent_on_unix_socket_with_grpcurl_and_agents_list(client, registry, tmp_path, cli):
+    v1 = client.register("uds", onnx_scale_model(3.0), filename="u.onnx")
+    client.promote("uds", v1.version, "production")
+    sock = tmp_path / "run" / "agent.sock"
+    agent = AgentProcess(registry.address, ["uds"], tmp_path / "cache", tmp_path / "agent.log", 0,
+                         extra=["--agent-id", "uds-agent"])
+    agent.address = f"unix:{sock}"
+    agent.extra += ["--uds", str(sock)]
+    # --listen and --uds are exclusive: run without --listen
+    agent.start = _start_without_listen(agent)  # type: ignore[method-assign]
+    agent.start()
+    try:
+        agent.wait_serving()
+        with agent.client() as c:
+            r = c.predict("uds", {"x": np.ones((1, 4), np.float32)})
+        assert r.model_version == "models/uds/versions/1"
+        assert float(r.outputs["y"][0, 0]) == 3.0
+
+        body = {"model": "models/uds", "inputs": [{"name": "x", "dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4],
+                "data": base64.b64encode(np.ones((1, 4), "<f4").tobytes()).decode()}]}
+        proc = subprocess.run(
+            [str(GRPCURL), "-plaintext", "-unix", "-d", json.dumps(body), str(sock),
+             "modelreg.v1.InferenceService/Predict"], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        resp = json.loads(proc.stdout)
+        assert resp["model_version"] == "models/uds/versions/1"  # grpcurl prints the proto field names
+        assert np.frombuffer(base64.b64decode(resp["outputs"][0]["data"]), "<f4").tolist() == [3.0] * 4
+
+        proc = subprocess.run(
+            [str(GRPCURL), "-plaintext", "-unix", "-d", '{"model": "models/unknown"}', str(sock),
+             "modelreg.v1.InferenceService/Predict"], capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0 and "NotFound" in proc.stderr
+
+        listed = wait_until(
+            lambda: (a := json.loads(cli("agents", "list", "-o", "json").stdout)["agents"])
+            and a[0]["models"][0].get("versions") and a, 30, what="agent listed")
+        assert listed[0]["agentId"] == "uds-agent"
+        assert listed[0]["address"] == f"unix:{sock}"
+        assert listed[0]["healthy"] is True
+        assert listed[0]["models"][0]["versions"][0]["state"] == "SERVED_VERSION_STATE_SERVING"
+        assert "uds-agent" in cli("agents", "list").stdout
+    finally:
+        agent.stop()
+
+
+def _start_without_listen(agent: AgentProcess):
+    import os
+
+    from agent_helpers import BIN
+
+    def start():
+        env = dict(os.environ, YOLO_OFFLINE="1", PYTHONUNBUFFERED="1")
+        args = [str(BIN / "modelreg"), "agent", "--registry", agent.registry, "--cache-dir", str(agent.cache_dir),
+                "--report-interval", "0.5"]
+        for m in agent.models:
+            args += ["--model", m]
+        args += agent.extra
+        agent.proc = subprocess.Popen(args, env=env, stdout=open(agent.log_path, "ab"),  # noqa: SIM115
+                                      stderr=subprocess.STDOUT)
+        return agent
+
+    return start
+
+
+async def test_agent_core_in_process_as_a_library(client, registry, tmp_path):
+    from serving_agent import Agent, AgentConfig
+
+    v1 = client.register("lib", onnx_scale_model(4.0), filename="l.onnx")
+    client.promote("lib", v1.version, "production")
+    agent = Agent(AgentConfig(registry=registry.address, models=("lib",), cache_dir=tmp_path / "cache",
+                              agent_id="in-process"))
+    await agent.start()
+    try:
+        await agent.wait_ready(60)
+        result = await agent.predict("lib", {"x": np.full((2, 4), 2.0, np.float32)})
+        assert result.model_version == "models/lib/versions/1"
+        assert result.outputs["y"].tolist() == [[8.0] * 4] * 2
+        status = agent.status()
+        assert status.models[0].versions[0].request_count == 1
+    finally:
+        await agent.stop()
+
+
+def test_cache_evicts_least_recently_used_unreferenced_blobs(tmp_path):
+    import os
+
+    cache = BlobCache(tmp_path, max_bytes=250)
+    for i, name in enumerate(["a", "b", "c"]):
+        p = cache.blobs / f"{name * 64}.onnx"
+        p.write_bytes(b"x" * 100)
+        os.utime(p, (1000 + i, 1000 + i))
+    # "a" is the oldest but referenced (being served): "b" goes first.
+    assert cache.evict(referenced={"a" * 64}) == ["b" * 64]
+    assert cache.get("a" * 64) is not None and cache.get("c" * 64) is not None
+    assert cache.size() == 200
