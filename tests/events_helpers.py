@@ -83,10 +83,11 @@ class CuttingProxy:
             for a, b in list(self.pairs):
                 a.transport.abort()
                 b.transport.abort()
+            # The handlers end by themselves once their sockets are aborted (cancelling
+            # them would make asyncio's stream callback log an error).
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)

@@ -356,6 +356,32 @@ def test_random_cuts_during_1000_stage_changes_lose_nothing(client, registry):
         proxy.close()
 
 
+async def test_three_hundred_watchers_each_get_every_event(registry):
+    """Fan-out from the hub's in-memory tail: many streams on one server all receive the
+    same events in the same order."""
+    with Client(registry.address, actor="t") as c:
+        await asyncio.to_thread(c.create_model, "fan")
+        async with grpc.aio.insecure_channel(registry.address) as ch:
+            stub = es_grpc.EventServiceStub(ch)
+            calls = [stub.WatchEvents(es.WatchEventsRequest(models=["fan"])) for _ in range(300)]
+            snaps = await asyncio.gather(*(call.read() for call in calls))
+            assert {s.snapshot.sequence for s in snaps} == {1}
+            for i in range(3):
+                await asyncio.to_thread(c.update_model, "fan", description=f"d{i}")
+
+            async def three_events(call) -> list[int]:
+                got = []
+                while len(got) < 3:
+                    msg = await call.read()
+                    if msg.WhichOneof("payload") == "event":
+                        got.append(msg.event.sequence)
+                call.cancel()
+                return got
+
+            results = await asyncio.gather(*(three_events(call) for call in calls))
+    assert results == [[2, 3, 4]] * 300
+
+
 def listener_pids(database_url: str) -> list[int]:
     async def q():
         conn = await db.connect(database_url)

@@ -26,6 +26,7 @@ log = logging.getLogger("modelreg.events")
 DEFAULT_LIST_PAGE = 100
 MAX_LIST_PAGE = 1000
 MAX_WATCHED_MODELS = 1000
+MIN_BOOKMARK_INTERVAL = 1.0
 # A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
 # OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
 DATABASE_DOWN = (
@@ -128,7 +129,7 @@ class EventServicer(es_grpc.EventServiceServicer):
                 f"bookmark_interval_seconds must be positive, not {request.bookmark_interval_seconds}; "
                 f"0 means the server default ({self.settings.bookmark_interval:g}s)"
             )
-        interval = float(request.bookmark_interval_seconds or self.settings.bookmark_interval)
+        interval = max(MIN_BOOKMARK_INTERVAL, float(request.bookmark_interval_seconds or self.settings.bookmark_interval))
         stream = EventStream(
             self.hub,
             self.pool,

@@ -109,16 +109,16 @@ async def model_states(
     """
     rows = await conn.fetch(
         "WITH s AS (SELECT last FROM event_sequence WHERE id = 1),"
-        " wanted AS (SELECT unnest($1::text[]) AS name)"
+        " wanted AS (SELECT unnest($1::text[]) AS name"
+        "  UNION ALL SELECT name FROM models WHERE cardinality($1::text[]) = 0)"
         " SELECT s.last, w.name AS wanted, m.name, m.production_version, v.sha256,"
         "  d.canary_version, d.canary_weight, c.sha256 AS canary_sha256"
         " FROM s"
-        " LEFT JOIN (wanted w FULL JOIN models m ON m.name = w.name) ON true"
+        " LEFT JOIN (wanted w LEFT JOIN models m ON m.name = w.name) ON true"
         " LEFT JOIN model_versions v ON v.model = m.name AND v.version = m.production_version"
         " LEFT JOIN deployments d ON d.model = m.name AND d.canary_version > 0"
         " LEFT JOIN model_versions c ON c.model = m.name AND c.version = d.canary_version"
-        " WHERE cardinality($1::text[]) = 0 OR w.name IS NOT NULL"
-        " ORDER BY coalesce(w.name, m.name)",
+        " ORDER BY w.name",
         list(models),
     )
     sequence = int(rows[0]["last"]) if rows else await latest_sequence(conn)
