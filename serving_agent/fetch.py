@@ -66,8 +66,10 @@ class Fetcher:
         url = await self._presigned_url(spec)
         part = self.cache.part_for(spec.sha256)
         if url:
+            log.info("%s: downloading from the store through a presigned URL", spec.name)
             await asyncio.to_thread(self._download_url, url, part, spec.size_bytes)
         else:
+            log.info("%s: downloading through the registry stream", spec.name)
             await self._download_stream(spec, part)
         digest = await asyncio.to_thread(file_sha256, part)
         if digest != spec.sha256:
