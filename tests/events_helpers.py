@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -189,8 +190,16 @@ class PrivatePostgres:
             psutil.Process(pid).wait(30)
 
     def start(self) -> None:
-        with self.server._lock:
-            self.server.ensure_postgres_running()
+        # pg_ctl runs as another user, so it is forked without vfork; forking a process full
+        # of gRPC threads very rarely kills the child before exec. Retry that.
+        for attempt in range(3):
+            try:
+                with self.server._lock:
+                    self.server.ensure_postgres_running()
+                return
+            except subprocess.CalledProcessError:
+                if attempt == 2:
+                    raise
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
