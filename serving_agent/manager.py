@@ -214,9 +214,12 @@ class ModelManager:
         loader, mv.loader = mv.loader, None
         if loader is not None:
             await asyncio.to_thread(loader.unload)
+        log.info("%s unloaded", mv.spec.name)
+        if mv.desired:  # desired again while it drained (a quick rollback): load it afresh
+            self._set_state(mv, State.NEW)
+            return
         del self.versions[mv.version]
         self.hooks.forgot(self.model, mv)
-        log.info("%s unloaded", mv.spec.name)
 
 
 class ManagerHooks:
