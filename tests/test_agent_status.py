@@ -162,3 +162,41 @@ def test_cache_evicts_least_recently_used_unreferenced_blobs(tmp_path):
     assert cache.evict(referenced={"a" * 64}) == ["b" * 64]
     assert cache.get("a" * 64) is not None and cache.get("c" * 64) is not None
     assert cache.size() == 200
+
+
+async def test_unload_waits_for_in_flight_leases_to_drain(client, registry, tmp_path):
+    import asyncio
+
+    from serving_agent import Agent, AgentConfig
+    from serving_agent.policy import State
+
+    v1 = client.register("drain", onnx_scale_model(1.0), filename="d.onnx")
+    client.promote("drain", v1.version, "production")
+    agent = Agent(AgentConfig(registry=registry.address, models=("drain",), cache_dir=tmp_path / "cache"))
+    await agent.start()
+    try:
+        await agent.wait_ready(60)
+        mgr = agent.models["drain"]
+        with mgr.lease() as held:  # a request in flight on v1
+            assert held.version == 1
+            v2 = await asyncio.to_thread(client.register, "drain", onnx_scale_model(2.0), filename="d.onnx")
+            await asyncio.to_thread(client.promote, "drain", v2.version, "production")
+            for _ in range(600):
+                if 1 in mgr.versions and mgr.versions[1].state is State.UNLOADING:
+                    break
+                await asyncio.sleep(0.05)
+            assert mgr.versions[1].state is State.UNLOADING
+            assert mgr.versions[2].state is State.READY
+            assert mgr.route().version == 2, "new requests go to v2 while v1 drains"
+            await asyncio.sleep(0.3)
+            assert held.loader is not None, "v1 was unloaded under a request in flight"
+            outputs = await asyncio.to_thread(held.loader.predict, {"x": np.ones((1, 4), np.float32)})
+            assert float(outputs["y"][0, 0]) == 1.0
+        for _ in range(200):
+            if 1 not in mgr.versions:
+                break
+            await asyncio.sleep(0.05)
+        assert list(mgr.versions) == [2]
+        assert held.loader is None
+    finally:
+        await agent.stop()
