@@ -60,6 +60,7 @@ MAX_PARTS = 10_000
 #: caps at 5 GiB; smaller requests also finish well inside the read timeout.
 DEFAULT_COPY_THRESHOLD = 1 * GiB
 DEFAULT_COPY_PART_SIZE = 256 * MiB
+COPY_CONCURRENCY = 4
 #: A download reads the blob with ranged GETs of this many bytes, streamed in chunks, so no
 #: single request stays open for a whole multi-GB blob behind a slow client.
 DEFAULT_READ_WINDOW = 64 * MiB
@@ -412,10 +413,21 @@ class S3BlobStore(BlobStore):
             )
             return Part(number, etag)
 
+        limit = asyncio.Semaphore(COPY_CONCURRENCY)  # leave pool threads for other requests
+
+        async def bounded(number: int, start: int) -> Part:
+            async with limit:
+                return await copy_part(number, start)
+
         try:
-            parts = await asyncio.gather(
-                *(copy_part(i + 1, start) for i, start in enumerate(range(0, size, part)))
+            results = await asyncio.gather(
+                *(bounded(i + 1, start) for i, start in enumerate(range(0, size, part))),
+                return_exceptions=True,
             )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+            parts = [r for r in results if isinstance(r, Part)]
             await self._call(
                 f"complete the copy to {target}",
                 self.client._complete_multipart_upload,
@@ -541,13 +553,15 @@ class S3BlobStore(BlobStore):
             except S3Error:
                 pass
 
+        # Incomplete multipart uploads anywhere under the prefix: uploads to tmp/, and a
+        # multipart copy to a final key that was cut (it is no object until completed).
         marker: str | None = None
         while True:
             page = await self._call(
                 "list incomplete multipart uploads",
                 self.client._list_multipart_uploads,
                 self.bucket,
-                prefix=tmp,
+                prefix=self.key(""),
                 key_marker=marker,
             )
             for upload in page.uploads:
@@ -563,7 +577,7 @@ class S3BlobStore(BlobStore):
                         removed += 1
                     except S3Error:
                         pass
-            # Every upload has its own tmp key, so the key marker alone pages correctly.
+            # Every upload has its own key, so the key marker alone pages correctly.
             if not page.is_truncated or not page.next_key_marker or page.next_key_marker == marker:
                 return removed
             marker = page.next_key_marker
