@@ -93,6 +93,7 @@ class SeaweedFS:
             "-master.telemetry=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false",  # like MinIO and AWS: a missing bucket is an error
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)

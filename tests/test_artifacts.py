@@ -476,6 +476,41 @@ def test_s3_outage_during_upload_is_unavailable_and_a_retry_makes_one_version(ow
     sdk.close()
 
 
+def test_a_store_that_refuses_requests_gives_unavailable_not_internal(seaweedfs, s3_bucket, make_registry, tmp_path):
+    store = S3Store(seaweedfs, s3_bucket)
+    reg = make_registry(**store.overrides)
+    with Client(reg.address) as sdk:
+        sdk.register("gone", b"before the bucket vanished")
+        for o in store.client.list_objects(s3_bucket, recursive=True):
+            store.client.remove_object(s3_bucket, o.object_name)
+        store.client.remove_bucket(s3_bucket)
+        with pytest.raises(errors.Unavailable, match="refused .*NoSuchBucket"):
+            sdk.register("gone", os.urandom(20 * MiB))
+        with pytest.raises(errors.Unavailable, match="NoSuchBucket"):
+            sdk.download("gone", 1, dest=tmp_path)
+        assert [v.version for v in sdk.list_versions("gone")] == [1]
+
+
+def _start_server(database_url: str, tmp_path: Path, **env_overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(
+        MODELREG_ADDRESS=f"127.0.0.1:{free_port()}",
+        MODELREG_DATABASE_URL=database_url,
+        MODELREG_DATA_DIR=str(tmp_path / "data"),
+        **env_overrides,
+    )
+    return subprocess.run([str(BIN / "modelreg"), "server"], env=env, capture_output=True, text=True, timeout=90)
+
+
+def test_server_with_wrong_s3_credentials_exits_with_a_clear_message(seaweedfs, s3_bucket, database_url, tmp_path):
+    env = seaweedfs.registry_env(s3_bucket)
+    env["MODELREG_S3_SECRET_KEY"] = "not-the-secret"
+    proc = _start_server(database_url, tmp_path, **env)
+    assert proc.returncode != 0
+    assert "cannot start with the artifact store" in proc.stderr and "SignatureDoesNotMatch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_server_exits_with_a_clear_message_when_s3_is_unreachable(database_url, tmp_path):
     env = dict(os.environ)
     env.update(
