@@ -318,6 +318,23 @@ def test_presigned_url_serves_the_bytes_straight_from_s3(seaweedfs, s3_bucket, m
     got = json.loads(run_cli("url", "psg", "1", "-o", "json", address=reg.address).stdout)
     assert got["sha256"] == resp.sha256 and got["sizeBytes"] == str(len(data))
     assert got["url"].startswith(f"http://{seaweedfs.endpoint}/") and got["expireTime"]
+    # Ops get the same with grpcurl (server reflection).
+    proc = subprocess.run(
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-d",
+            '{"name": "models/psg/versions/1", "expires_in_seconds": 300}',
+            reg.address,
+            "modelreg.v1.RegistryService/GetArtifactUrl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    with urllib.request.urlopen(json.loads(proc.stdout)["url"], timeout=30) as r:
+        assert r.read() == data
 
 
 def test_presigned_url_expires(seaweedfs, s3_bucket, make_registry):
