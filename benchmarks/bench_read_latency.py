@@ -37,6 +37,7 @@ def run(env, cfg) -> list[Row]:
             "floor_empty_grpc": subjects["floor_empty_grpc"],
             "mlflow_fresh": lambda: env.load(dict(peer, mode="fresh"), peer=True),
             "floor_asyncpg_pk": subjects["floor_asyncpg_pk"],
+            "mlflow_keepalive": lambda: env.load(dict(peer, mode="keepalive"), peer=True),
         }
     res = alternate(cfg.reps, subjects)
     p50 = {k: med(res, k, "p50_us") for k in res}
@@ -48,7 +49,8 @@ def run(env, cfg) -> list[Row]:
             ratio=ratio(p50["ours_get"], floor), ratio_of="ours/floor", target=("<=", 1.5), details=detail),
     ]
     if cfg.with_peer:
-        for key, label in (("mlflow_client", "MLflow get, MlflowClient"), ("mlflow_fresh", "MLflow get, fresh conn")):
+        for key, label in (("mlflow_client", "MLflow get, MlflowClient"), ("mlflow_fresh", "MLflow get, fresh conn"),
+                           ("mlflow_keepalive", "MLflow get, raw keep-alive")):
             rows.append(Row(goal="2", bench=NAME, figure="GetModelVersion p50 vs MLflow, 1 client", ours=p50["ours_get"],
                             unit="µs", ref=p50[key], ref_label=label, ratio=ratio(p50["ours_get"], p50[key]),
                             ratio_of="ours/MLflow", target=("<=", 0.1), details=detail))

@@ -4,6 +4,8 @@
 object like `load_grpc`. Threads stand for clients. Two ways in, both reported:
   client  MlflowClient (requests.Session underneath, connections kept alive)
   fresh   raw HTTP/1.1 with a new TCP connection per request (http.client)
+  keepalive  raw HTTP/1.1 on one persistent connection per client (splits MlflowClient's
+          own cost from the server's)
 Ops: get (model-versions/get), latest (registered-models/get-latest-versions, Production),
 transition (model-versions/transition-stage to Production, archiving the current one),
 alias (registered-models/alias: point `production` at a version), create
@@ -28,15 +30,18 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 
 class Fresh:
-    """REST calls on a new connection each time: no keep-alive reuse at all."""
+    """REST calls on a new connection each time: no keep-alive reuse at all. With
+    `keepalive`, one persistent raw connection instead (no MlflowClient on top)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, keepalive: bool = False):
         hostport = uri.split("://", 1)[1].rstrip("/")
         self.host, port = hostport.rsplit(":", 1)
         self.port = int(port)
+        self.keepalive = keepalive
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60) if keepalive else None
 
     def _req(self, method: str, path: str, body: dict | None = None) -> dict:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        conn = self.conn or http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             payload = json.dumps(body) if body is not None else None
             headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -47,7 +52,8 @@ class Fresh:
                 raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
             return json.loads(data) if data else {}
         finally:
-            conn.close()
+            if not self.keepalive:
+                conn.close()
 
     def get(self, name: str, version: int) -> None:
         self._req("GET", f"/api/2.0/mlflow/model-versions/get?name={name}&version={version}")
@@ -114,7 +120,13 @@ def _call(api, spec: dict, worker: int, i: int, out: dict) -> None:
 
 
 def measure(spec: dict) -> dict:
-    make = Client if spec.get("mode", "client") == "client" else Fresh
+    mode = spec.get("mode", "client")
+    if mode == "client":
+        make = Client
+    elif mode == "keepalive":
+        make = lambda uri: Fresh(uri, keepalive=True)  # noqa: E731
+    else:
+        make = Fresh
     concurrency = spec.get("concurrency", 1)
     apis = [make(spec["uri"]) for _ in range(concurrency)]
     latencies: list[float] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -47,7 +48,7 @@ def config(quick: bool, with_peer: bool) -> Config:
     if quick:
         return Config(quick, with_peer, reps=1, duration=0.5, lat_duration=0.3, clients=16, ours_procs=1,
                       history_small=20, history_big=100, promote_count=20, reg_per_client=2, big_bytes=16 << 20)
-    return Config(quick, with_peer, reps=3, duration=3.0, lat_duration=2.0, clients=16, ours_procs=2,
+    return Config(quick, with_peer, reps=3, duration=3.0, lat_duration=2.0, clients=16, ours_procs=1,
                   history_small=20, history_big=2000, promote_count=300, reg_per_client=20, big_bytes=2 << 30)
 
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config(args.quick, args.peer)
     selected = [m for m in mods if args.only in (None, m.NAME)]
 
+    load_before = os.getloadavg()
     env = BenchEnv(quick=args.quick, with_peer=args.peer)
     rows: list[Row] = []
     failures: dict[str, str] = {}
@@ -90,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         "peer": "mlflow server (MLflow 3, 1 worker)" if cfg.with_peer else None,
         "config": cfg.__dict__,
         "wall_s": round(time.time() - t0, 1),
+        # Other work on the machine skews figures: the 1-minute load average before and after.
+        "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "failures": failures,
     }
+    print(f"\n1-minute load average before/after: {meta['loadavg_1m'][0]} / {meta['loadavg_1m'][1]} "
+          f"on {os.cpu_count()} CPUs; ratios are the result, absolute times are context")
     write_json(args.out, rows, meta)
     print(f"\nwrote {args.out}")
     return 1 if failures else 0

@@ -1,0 +1,125 @@
+"""Where our server's time goes: `python -m benchmarks.profile WORKLOAD [--seconds S]`.
+
+Starts the same environment as the benchmarks, puts one workload on our `modelreg server`
+process and samples it with py-spy (installed into benchmarks/.venv-mlflow, never into our
+venv), then prints the hottest functions by own time and by inclusive time, and writes the
+collapsed stacks to $TMPDIR/modelreg-profile-WORKLOAD.txt (flamegraph.pl/speedscope input).
+
+Workloads: get (GetModelVersion by number, 16 clients), production (resolve production,
+16 clients), promote (1 client), register (16 clients, 1 KiB artifacts), download (a
+256 MiB artifact, repeatedly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from benchmarks import fixtures
+from benchmarks.env import MLFLOW_PY, BenchEnv, ensure_mlflow_venv, log
+
+WORKLOADS = ("get", "production", "promote", "register", "download")
+
+
+def py_spy() -> str:
+    ensure_mlflow_venv()
+    exe = MLFLOW_PY.parent / "py-spy"
+    if not exe.exists():
+        log("installing py-spy into benchmarks/.venv-mlflow")
+        subprocess.run([str(MLFLOW_PY), "-m", "pip", "install", "-q", "py-spy"], check=True)
+    return str(exe)
+
+
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _frame_key(frame: str) -> str:
+    m = FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    path = m["file"]
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{m['func']} ({path})"
+
+
+def summarize(collapsed: str, top: int = 25) -> str:
+    own: collections.Counter = collections.Counter()
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame_key(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    out = [f"{total} samples"]
+    out.append("\nby own time:")
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    out.append("\nby inclusive time:")
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
+    p.add_argument("workload", choices=WORKLOADS)
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args(argv)
+    spy = py_spy()
+    env = BenchEnv(quick=False, with_peer=False)
+    try:
+        fixtures.ours_model(env, "bench-read", 20, production=10)
+        fixtures.ours_model(env, "bench-promote", 2, production=1)
+        if args.workload == "get":
+            spec = {"op": "get", "names": [f"models/bench-read/versions/{i}" for i in range(1, 21)], "concurrency": 16}
+        elif args.workload == "production":
+            spec = {"op": "get", "names": ["models/bench-read/versions/production"], "concurrency": 16}
+        elif args.workload == "promote":
+            spec = {"op": "promote", "names": [f"models/bench-promote/versions/{v}" for v in (1, 2)], "concurrency": 1}
+        elif args.workload == "register":
+            spec = {"op": "register", "model": "bench-profile-register", "concurrency": 16, "warmup_calls": 0}
+        else:
+            from modelreg import Client
+
+            path = env.tmp / "big.onnx"
+            block = os.urandom(1 << 20)
+            with open(path, "wb") as f:
+                for _ in range(256):
+                    f.write(block)
+            with Client(env.ours, actor="bench", timeout=None) as c:
+                v = c.register("bench-profile-big", str(path), format="onnx")
+            spec = {"op": "download", "name": f"models/bench-profile-big/versions/{v.version}", "concurrency": 1,
+                    "chunk_size": 1 << 20, "warmup_calls": 0}
+        spec = dict(spec, target=env.ours, duration=args.seconds + 2)
+        out_file = Path(tempfile.gettempdir()) / f"modelreg-profile-{args.workload}.txt"
+        holder: dict = {}
+        t = threading.Thread(target=lambda: holder.update(r=env.load(spec)))
+        t.start()
+        log(f"py-spy record on our server (pid {env.ours_pid}) for {args.seconds:g}s under '{args.workload}'")
+        subprocess.run([spy, "record", "--pid", str(env.ours_pid), "--duration", str(int(args.seconds)), "--rate", "250",
+                        "--format", "raw", "--output", str(out_file), "--nonblocking"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t.join()
+        r = holder.get("r", {})
+        print(f"workload {args.workload}: {r.get('throughput', 0):.0f} calls/s, p50 {r.get('p50_us', 0):.0f} µs")
+        print(summarize(out_file.read_text()))
+        print(f"\ncollapsed stacks: {out_file}")
+    finally:
+        env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
