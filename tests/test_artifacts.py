@@ -25,6 +25,7 @@ from s3_helpers import SeaweedFS, own_seaweedfs, s3_bucket, seaweedfs  # noqa: F
 
 from modelreg import Client, errors
 from modelreg.v1 import registry_service_pb2 as rs
+from modelreg.v1 import resources_pb2 as res
 from registry_server.blobstore.s3 import S3BlobStore
 
 MiB = 1024 * 1024
@@ -482,6 +483,7 @@ def test_s3_outage_during_upload_is_unavailable_and_a_retry_makes_one_version(ow
     first = sdk.stub.RegisterModelVersion(requests(), timeout=120)
     again = sdk.stub.RegisterModelVersion(requests(), timeout=120)
     assert not first.deduplicated and again.deduplicated
+    assert first.model_version.state == res.MODEL_VERSION_STATE_READY
     assert again.model_version == first.model_version
     assert [v.version for v in sdk.list_versions("outage")] == [1]
     assert sdk.download("outage", 1, dest=tmp_path).read_bytes() == data
