@@ -3,7 +3,8 @@
 Ours: GetModelVersion by number (cycling over 20 versions) and resolving `production`
 (`models/m/versions/production`), against a `modelreg server` process. Peer: MLflow's
 `model-versions/get` through MlflowClient (keep-alive) and with a fresh connection per
-request. Floor (context): a bare grpc.aio server doing one asyncpg primary-key lookup.
+request. Floors (context): a bare grpc.aio server doing one asyncpg primary-key lookup, and the same
+server answering an empty call (no work at all: the ceiling of one grpc.aio process).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def run(env, cfg) -> list[Row]:
         "floor_lookup": lambda: env.load(
             dict(base, op="lookup", target=env.floor, key=f"{MODEL}/{n // 2}"), procs=cfg.ours_procs
         ),
+        "floor_empty": lambda: env.load(dict(base, op="empty", target=env.floor), procs=cfg.ours_procs),
     }
     if cfg.with_peer:
         fixtures.mlflow_model(env, MODEL, n, production=n // 2)
@@ -42,6 +44,7 @@ def run(env, cfg) -> list[Row]:
             "ours_production": subjects["ours_production"],
             "mlflow_fresh": lambda: env.load(dict(peer, mode="fresh"), peer=True),
             "floor_lookup": subjects["floor_lookup"],
+            "floor_empty": subjects["floor_empty"],
         }
     res = alternate(cfg.reps, subjects)
     tput = {k: med(res, k, "throughput") for k in res}
@@ -60,7 +63,15 @@ def run(env, cfg) -> list[Row]:
         rows.append(Row(goal="1", bench=NAME, figure=f"{what} vs bare grpc.aio+asyncpg lookup, {fig}", ours=tput[ours_key],
                         unit="req/s", ref=tput["floor_lookup"], ref_label="floor", ratio=ratio(tput[ours_key], tput["floor_lookup"]),
                         ratio_of="ours/floor", details=detail))
+    rows.append(Row(goal="1", bench=NAME, figure=f"GetModelVersion by number vs bare grpc.aio empty call, {fig}",
+                    ours=tput["ours_get"], unit="req/s", ref=tput["floor_empty"], ref_label="floor: no work at all",
+                    ratio=ratio(tput["ours_get"], tput["floor_empty"]), ratio_of="ours/floor",
+                    note="ceiling of one grpc.aio process here", details=detail))
     if cfg.with_peer:
+        rows.append(Row(goal="1", bench=NAME, figure=f"bare grpc.aio empty call vs MLflow get, {fig}", ours=tput["floor_empty"],
+                        unit="req/s", ref=tput["mlflow_client"], ref_label="MLflow get, MlflowClient",
+                        ratio=ratio(tput["floor_empty"], tput["mlflow_client"]), ratio_of="floor/MLflow",
+                        note="even zero work per request", details=detail))
         rows.append(Row(goal="1", bench=NAME, figure=f"bare grpc.aio+asyncpg lookup vs MLflow get, {fig}", ours=tput["floor_lookup"],
                         unit="req/s", ref=tput["mlflow_client"], ref_label="MLflow get, MlflowClient",
                         ratio=ratio(tput["floor_lookup"], tput["mlflow_client"]), ratio_of="floor/MLflow",

@@ -70,13 +70,24 @@ async def pg_lookup(spec: dict) -> dict:
     return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed, "extra": {}}
 
 
-async def _promote_once(conn, model: str, number: int, channel: str = "modelreg_events") -> None:
-    """The statements `Repository.promote` runs for "promote `number` to production,
-    archiving the current one", with nothing else around them."""
+async def _has_deployments(conn) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('deployments') IS NOT NULL"))
+
+
+async def _promote_once(
+    conn, model: str, number: int, channel: str = "modelreg_events", deployments: bool = False
+) -> None:
+    """The writes a promotion to production makes (archive the current one, move the
+    pointer, the outbox events, NOTIFY, stage history and, once deployments exist, the
+    deployment row and its history), with the same row locks and nothing else around them."""
     async with conn.transaction():
         mrow = await conn.fetchrow(
             "SELECT name, production_version, last_version FROM models WHERE name = $1 FOR UPDATE", model
         )
+        revision = 0
+        if deployments:
+            await conn.execute("INSERT INTO deployments (model) VALUES ($1) ON CONFLICT DO NOTHING", model)
+            revision = await conn.fetchval("SELECT revision FROM deployments WHERE model = $1 FOR UPDATE", model)
         await conn.fetchrow(
             "SELECT stage FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE", model, number
         )
@@ -95,36 +106,57 @@ async def _promote_once(conn, model: str, number: int, channel: str = "modelreg_
             "production",
         )
         await conn.execute("UPDATE models SET production_version = $2, updated_at = now() WHERE name = $1", model, number)
-        last = await conn.fetchval("UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last", 2)
+        state = {"stable_version": number, "canary_version": 0, "canary_weight": 0, "revision": revision + 1}
+        if deployments:
+            await conn.execute(
+                "UPDATE deployments SET canary_version = 0, canary_weight = 0, revision = $2, updated_by = $3,"
+                " updated_at = now() WHERE model = $1",
+                model,
+                revision + 1,
+                "bench",
+            )
+        n = 3 if deployments else 2
+        last = await conn.fetchval("UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last", n)
+        first = last - n + 1
+        events = [
+            (first, "STAGE_CHANGED", model, previous or 0, "production", "archived", "bench", "floor", {}),
+            (first + 1, "STAGE_CHANGED", model, number, "archived", "production", "bench", "floor", {}),
+        ]
+        if deployments:
+            events.append((first + 2, "DEPLOYMENT_CHANGED", model, number, "", "", "bench", "floor", state))
         await conn.executemany(
             "INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            [
-                (last - 1, "STAGE_CHANGED", model, previous or 0, "production", "archived", "bench", "floor", {}),
-                (last, "STAGE_CHANGED", model, number, "archived", "production", "bench", "floor", {}),
-            ],
+            events,
         )
         await conn.execute("SELECT pg_notify($1, $2)", channel, str(last))
         await conn.executemany(
             "INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7)",
             [
-                (model, previous or 0, "production", "archived", "bench", "floor", last - 1),
-                (model, number, "archived", "production", "bench", "floor", last),
+                (model, previous or 0, "production", "archived", "bench", "floor", first),
+                (model, number, "archived", "production", "bench", "floor", first + 1),
             ],
         )
+        if deployments:
+            await conn.executemany(
+                "INSERT INTO deployment_history (model, revision, action, actor, reason, before, after, sequence)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                [(model, revision + 1, "PROMOTE", "bench", "floor", dict(state, stable_version=previous or 0), state, last)],
+            )
 
 
 async def promote_tx(spec: dict) -> dict:
     conn = await db.connect(spec["database_url"])
     model, versions = spec["model"], spec["versions"]
+    dep = await _has_deployments(conn)
     for i in range(10):
-        await _promote_once(conn, model, versions[i % len(versions)])
+        await _promote_once(conn, model, versions[i % len(versions)], deployments=dep)
     latencies = []
     t0 = time.perf_counter()
     for i in range(spec["count"]):
         s = time.perf_counter()
-        await _promote_once(conn, model, versions[i % len(versions)])
+        await _promote_once(conn, model, versions[i % len(versions)], deployments=dep)
         latencies.append(time.perf_counter() - s)
     elapsed = time.perf_counter() - t0
     await conn.close()
@@ -139,11 +171,12 @@ async def notify(spec: dict) -> dict:
     arrived: asyncio.Queue[float] = asyncio.Queue()
     await listener.add_listener("bench_floor", lambda *args: arrived.put_nowait(time.perf_counter()))
     model, versions = spec["model"], spec["versions"]
+    dep = await _has_deployments(writer)
     latencies = []
     t0 = time.perf_counter()
     for i in range(spec["count"] + 5):
         s = time.perf_counter()
-        await _promote_once(writer, model, versions[i % len(versions)], channel="bench_floor")
+        await _promote_once(writer, model, versions[i % len(versions)], channel="bench_floor", deployments=dep)
         got = await asyncio.wait_for(arrived.get(), 10)
         if i >= 5:
             latencies.append(got - s)

@@ -49,7 +49,7 @@ def config(quick: bool, with_peer: bool) -> Config:
         return Config(quick, with_peer, reps=1, duration=0.5, lat_duration=0.3, clients=16, ours_procs=1,
                       history_small=20, history_big=100, promote_count=20, reg_per_client=2, big_bytes=16 << 20)
     return Config(quick, with_peer, reps=3, duration=3.0, lat_duration=2.0, clients=16, ours_procs=1,
-                  history_small=20, history_big=2000, promote_count=300, reg_per_client=20, big_bytes=2 << 30)
+                  history_small=20, history_big=2000, promote_count=200, reg_per_client=20, big_bytes=2 << 30)
 
 
 def modules():
