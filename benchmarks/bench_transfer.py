@@ -5,7 +5,7 @@ through the DownloadArtifact stream with 1 MiB chunks (the load generator counts
 does not hash them), next to the floor: reading the stored blob file in 1 MiB chunks (and
 reading + sha256, which the server does on the way out to catch corruption). The server's
 RSS is sampled every 20 ms during the upload and the downloads; growth is peak - before.
-The S3 parts (presigned fetch and upload vs a raw S3 SDK GET/PUT) wait for the S3 store.
+The S3 parts (presigned fetch and upload vs a raw S3 SDK GET/PUT) are in bench_s3.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 
 from benchmarks.common import alternate, med, ratio, reps_detail
 from benchmarks.env import RssSampler, log
-from benchmarks.report import Row, not_measurable
+from benchmarks.report import Row
 
 NAME = "transfer"
 GOALS = "11"
@@ -84,7 +84,4 @@ def run(env, cfg) -> list[Row]:
             target=("<", 200), goal_on="ours", details=detail),
         Row(goal="11", bench=NAME, figure=f"server RSS growth during downloads, {label}", ours=max(down_rss) / MIB,
             unit="MiB", target=("<", 200), goal_on="ours", details=detail),
-        not_measurable("11", NAME, "agent fetch via presigned URL vs raw S3 SDK GET (≥ 80 %)",
-                       "the S3 blob store (issue 3) and the serving agent (issue 5)"),
-        not_measurable("11", NAME, "upload to S3 through the registry vs raw S3 SDK PUT (≥ 80 %)", "the S3 blob store (issue 3)"),
     ]

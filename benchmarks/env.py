@@ -116,6 +116,7 @@ class BenchEnv:
         self._mlflow: str | None = None
         self._floor: str | None = None
         self.cache: dict = {}
+        self.closers: list = []
 
     # ------------------------------------------------------------------ Postgres
 
@@ -141,24 +142,31 @@ class BenchEnv:
     def ours(self) -> str:
         """Address of a `modelreg server` subprocess (one process, like the peer's one worker)."""
         if self._ours is None:
-            url = self.database("modelreg_bench")
-            self.ours_url = url
-            port = free_port()
-            env = dict(os.environ)
-            env.update(
-                MODELREG_DATABASE_URL=url,
-                MODELREG_ADDRESS=f"127.0.0.1:{port}",
-                MODELREG_DATA_DIR=str(self.tmp / "modelreg"),
-                MODELREG_ARTIFACTS=str(self.tmp / "modelreg" / "artifacts"),
-            )
-            modelreg = Path(PY).parent / "modelreg"
-            cmd = [str(modelreg), "server", "--log-level", "WARNING"] if modelreg.exists() else [PY, "-m", "modelreg.cli", "server"]
-            log(f"starting our server: modelreg server on 127.0.0.1:{port}")
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "modelreg.log", "wb"))
-            self.procs.append(proc)
-            wait_for_port(port, 60, proc)
-            self._ours = (proc, f"127.0.0.1:{port}")
+            self.ours_url = self.database("modelreg_bench")
+            self._ours = self.spawn_server("modelreg", self.ours_url, {})
         return self._ours[1]
+
+    def spawn_server(self, name: str, database_url: str, extra_env: dict) -> tuple[subprocess.Popen, str]:
+        """Starts a `modelreg server` process on a free port; returns (process, address)."""
+        port = free_port()
+        env = dict(os.environ)
+        env.update(
+            MODELREG_DATABASE_URL=database_url,
+            MODELREG_ADDRESS=f"127.0.0.1:{port}",
+            MODELREG_DATA_DIR=str(self.tmp / name),
+            MODELREG_ARTIFACTS=str(self.tmp / name / "artifacts"),
+        )
+        env.update(extra_env)
+        modelreg = Path(PY).parent / "modelreg"
+        cmd = [str(modelreg), "server", "--log-level", "WARNING"] if modelreg.exists() else [PY, "-m", "modelreg.cli", "server"]
+        log(f"starting our server: modelreg server on 127.0.0.1:{port} (artifacts: {env['MODELREG_ARTIFACTS']})")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "wb"))
+        self.procs.append(proc)
+        try:
+            wait_for_port(port, 60, proc)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {(self.tmp / f'{name}.log').read_text()[-1500:]}") from None
+        return proc, f"127.0.0.1:{port}"
 
     @property
     def ours_pid(self) -> int:
@@ -279,6 +287,11 @@ class BenchEnv:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception as e:  # noqa: BLE001 - best effort at exit
+                log(f"cleanup: {e}")
         if self.pg is not None:
             try:
                 self.pg.cleanup()

@@ -24,6 +24,7 @@ MODULES = [
     "benchmarks.bench_registration",
     "benchmarks.bench_events",
     "benchmarks.bench_transfer",
+    "benchmarks.bench_s3",
     "benchmarks.bench_pending",
 ]
 
