@@ -651,6 +651,20 @@ def test_cli_watch_table_and_events_list(client, registry, cli):
     assert bad.returncode == 2 and "unknown event type" in bad.stderr
 
 
+def test_cli_watch_says_it_is_reconnecting_when_the_registry_is_down():
+    from conftest import free_port
+
+    env = dict(os.environ, MODELREG_ADDRESS=f"127.0.0.1:{free_port()}")
+    proc = subprocess.Popen([str(BIN / "modelreg"), "watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert "watch interrupted (UNAVAILABLE" in line and "reconnecting in" in line
+
+
 def test_grpcurl_receives_a_snapshot(client, registry):
     v = client.register("gc", b"w")
     client.promote("gc", v.version, "production")

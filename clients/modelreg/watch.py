@@ -144,7 +144,9 @@ class _Cursor:
 
 class Watcher:
     """A resuming iterator over WatchEvents. Stop it with `close()` (from any thread) or by
-    leaving the `for` loop. `last_sequence` is the resume point it has reached."""
+    leaving the `for` loop. `last_sequence` is the resume point it has reached.
+    `on_retry(error, delay)` is called before each reconnect (error is None when the server
+    ended the stream without one; delay is 0 for a resync)."""
 
     def __init__(
         self,
@@ -159,8 +161,10 @@ class Watcher:
         metadata: Sequence[tuple[str, str]] = (),
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
+        on_retry: Callable[[grpc.RpcError | None, float], None] | None = None,
     ):
         self._stub = es_grpc.EventServiceStub(channel)
+        self._on_retry = on_retry
         self._cursor = _Cursor(models, types, after_sequence, snapshot, snapshot_on_resume, bookmark_interval)
         self._metadata = tuple(metadata)
         self._backoff = (backoff_first, backoff_max)
@@ -213,6 +217,7 @@ class Watcher:
                         if cur.accept(msg):
                             yield msg
                     retry_now = False  # the server ended the stream cleanly: reconnect
+                    self.last_error = None
                 except grpc.RpcError as err:
                     if self._closed.is_set():
                         return
@@ -221,8 +226,11 @@ class Watcher:
                 if self._closed.is_set():
                     return
                 cur.reconnects += 1
+                delay = 0.0 if retry_now else backoff_delay(attempt, *self._backoff)
+                if self._on_retry is not None:
+                    self._on_retry(self.last_error, delay)
                 if not retry_now:
-                    self._closed.wait(backoff_delay(attempt, *self._backoff))
+                    self._closed.wait(delay)
                     attempt += 1
         finally:
             if self._call is not None:

@@ -40,7 +40,10 @@ class Bookmark:
 
 
 class ShuttingDown(Unavailable):
-    def __init__(self, cursor: int):
+    def __init__(self, cursor: int | None):
+        if cursor is None:
+            super().__init__("the registry is shutting down; reconnect and watch again", reason=SHUTTING_DOWN)
+            return
         super().__init__(
             f"the registry is shutting down; reconnect and resume with after_sequence={cursor}",
             reason=SHUTTING_DOWN,
@@ -110,7 +113,7 @@ class EventStream:
 
     async def _run(self) -> AsyncIterator[Snapshot | store.EventRow | Bookmark]:
         if self.hub.closing:
-            raise ShuttingDown(self.cursor or 0)
+            raise ShuttingDown(self.cursor)
         if self.cursor is not None:
             await self._check_retained(self.cursor)
         if self.snapshot:

@@ -110,12 +110,20 @@ def watch(args) -> int:
     if args.snapshot_only and args.no_snapshot:
         raise UsageError("--snapshot-only and --no-snapshot contradict each other; pick one")
     client = Client(args.address, timeout=None)
+    def on_retry(err, delay: float) -> None:
+        why = f"{err.code().name}: {err.details()}" if err is not None else "the server ended the stream"
+        if delay:
+            print(f"watch interrupted ({why}); reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
+        else:
+            print(f"watch restarting from a fresh snapshot ({why})", file=sys.stderr, flush=True)
+
     watcher = client.watch(
         args.models,
         types=types,
         after_sequence=args.after_sequence,
         snapshot=not args.no_snapshot,
         bookmark_interval=args.bookmark_interval,
+        on_retry=on_retry,
     )
     seen = 0
     try:
@@ -133,9 +141,6 @@ def watch(args) -> int:
                 seen += 1
                 if args.count and seen >= args.count:
                     break
-            if watcher.last_error is not None and args.output != "json":
-                print(f"reconnected after: {watcher.last_error.code().name}", file=sys.stderr, flush=True)
-                watcher.last_error = None
     finally:
         watcher.close()
         client.close()
