@@ -101,6 +101,7 @@ class OnnxLoader(Loader):
     def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions):
         super().__init__(path, spec, options)
         self.session = None
+        self.delegate: YoloLoader | None = None
 
     def load(self) -> None:
         import onnxruntime as ort
@@ -109,6 +110,14 @@ class OnnxLoader(Loader):
         if self.options.intra_op_threads:
             so.intra_op_num_threads = self.options.intra_op_threads
         self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=choose_providers(self.options))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "names" in meta and "stride" in meta:  # a YOLO export: serve it through ultralytics
+            self.session = None
+            imgsz = _imgsz(meta.get("imgsz")) or _imgsz(self.spec.config.get("imgsz"))
+            self.delegate = YoloLoader(self.path, self.spec, self.options, imgsz)
+            self.delegate.load()
+            self.kind = "detector"
+            return
         self.input_meta = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -123,9 +132,18 @@ class OnnxLoader(Loader):
         return out
 
     def warmup(self) -> None:
+        if self.delegate is not None:
+            return self.delegate.warmup()
         self.session.run(None, self.sample_inputs())
 
+    def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
+        if self.delegate is not None:
+            return self.delegate.detect(image, conf, iou, max_det)
+        return super().detect(image, conf, iou, max_det)
+
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+        if self.delegate is not None:
+            return self.delegate.predict(inputs, output_names)
         missing = [n for n in self.input_meta if n not in inputs]
         extra = [n for n in inputs if n not in self.input_meta]
         if missing or extra:
@@ -151,6 +169,9 @@ class OnnxLoader(Loader):
 
     def unload(self) -> None:
         self.session = None
+        if self.delegate is not None:
+            self.delegate.unload()
+            self.delegate = None
         super().unload()
 
 
@@ -223,31 +244,12 @@ def _imgsz(value: Any) -> int | None:
     return int(value) if value else None
 
 
-def onnx_yolo_metadata(path: Path) -> dict[str, str] | None:
-    """The Ultralytics export metadata of an ONNX file, or None for a plain graph."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "names" in meta and "stride" in meta:
-        return meta
-    return None
-
-
 def make_loader(path: Path, spec: VersionSpec, options: RuntimeOptions) -> Loader:
-    """Picks the loader for an artifact. Reading an ONNX file's metadata is cheap; nothing
-    is loaded here."""
-    imgsz = _imgsz(spec.config.get("imgsz"))
+    """Picks the loader for an artifact by its registered format. Nothing is read or loaded
+    here; an ONNX file exported by Ultralytics is recognised from its metadata in `load()`."""
     if spec.format == "ultralytics_pt":
-        return YoloLoader(path, spec, options, imgsz)
+        return YoloLoader(path, spec, options, _imgsz(spec.config.get("imgsz")))
     if spec.format == "onnx":
-        try:
-            meta = onnx_yolo_metadata(path)
-        except Exception as e:  # noqa: BLE001 - a corrupt file fails in load() with onnxruntime's message
-            meta = None
-            _ = e
-        if meta is not None:
-            return YoloLoader(path, spec, options, _imgsz(meta.get("imgsz")) or imgsz)
         return OnnxLoader(path, spec, options)
     raise ValueError(
         f"{spec.name} has format {spec.format!r}; the agent serves onnx and ultralytics_pt artifacts only"
