@@ -97,6 +97,7 @@ class Fetcher:
             return
         req = urllib.request.Request(url)
         if offset:
+            log.info("resuming the download at byte %d of %d", offset, size)
             req.add_header("Range", f"bytes={offset}-")
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the registry's URL
@@ -116,6 +117,8 @@ class Fetcher:
                 offset = 0
             if spec.size_bytes and offset == spec.size_bytes:
                 return
+            if offset:
+                log.info("%s: resuming the download at byte %d of %d", spec.name, offset, spec.size_bytes)
             try:
                 call = self.stub.DownloadArtifact(
                     rs.DownloadArtifactRequest(name=spec.name, offset=offset), metadata=self.metadata

@@ -114,3 +114,19 @@ def test_registry_restart_agent_resumes_without_missing_a_promotion(registry_at,
     with Client(address, actor="tester") as reg:
         st = wait_until(lambda: (s := reg.rollout_status("resume")).complete and s, 30, what="rollout complete")
     assert st.desired_version == 2
+
+
+def test_a_cut_download_resumes_from_its_part_file(client, registry, agent_procs, tmp_path):
+    data = onnx_scale_model(3.0)
+    v1 = client.register("partial", data, filename="p.onnx")
+    client.promote("partial", v1.version, "production")
+    cache = tmp_path / "cache"
+    (cache / "blobs").mkdir(parents=True)
+    half = len(data) // 2
+    (cache / "blobs" / f"{v1.artifact.sha256}.part").write_bytes(data[:half])  # what a cut left behind
+    agent = AgentProcess(registry.address, ["partial"], cache, tmp_path / "agent.log", free_port()).start()
+    agent_procs.append(agent)
+    agent.wait_serving()
+    assert f"resuming the download at byte {half} of {len(data)}" in agent.log()
+    assert _output(agent, "partial") == ("models/partial/versions/1", 3.0)
+    assert not (cache / "blobs" / f"{v1.artifact.sha256}.part").exists()
