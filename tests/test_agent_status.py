@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from agent_helpers import AgentProcess, onnx_scale_model, wait_until
-from conftest import free_port
 from modelreg import errors
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc

@@ -4,10 +4,8 @@ requests, refused artifacts, status reports and `modelreg status`."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
