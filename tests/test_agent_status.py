@@ -199,3 +199,22 @@ async def test_unload_waits_for_in_flight_leases_to_drain(client, registry, tmp_
         assert held.loader is None
     finally:
         await agent.stop()
+
+
+def test_ops_read_rollout_status_and_agents_with_grpcurl(client, registry):
+    v = client.register("ops", onnx_scale_model(1.0), filename="o.onnx")
+    client.promote("ops", v.version, "production")
+    serving = ag.ServedVersion(version=1, sha256=v.artifact.sha256, state=ag.SERVED_VERSION_STATE_SERVING)
+    report(registry.address, "edge-1", model="models/ops", versions=[serving])
+
+    def grpcurl(method: str, body: str) -> dict:
+        proc = subprocess.run([str(GRPCURL), "-plaintext", "-d", body, registry.address, method],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    st = grpcurl("modelreg.v1.AgentService/GetRolloutStatus", '{"model": "models/ops"}')
+    assert st["desired_version"] == "1" and st["complete"] is True
+    assert st["agents"][0]["agent"] == "agents/edge-1"
+    listed = grpcurl("modelreg.v1.AgentService/ListAgents", '{"model": "models/ops"}')
+    assert [a["agent_id"] for a in listed["agents"]] == ["edge-1"]
