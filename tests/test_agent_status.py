@@ -218,3 +218,11 @@ def test_ops_read_rollout_status_and_agents_with_grpcurl(client, registry):
     assert st["agents"][0]["agent"] == "agents/edge-1"
     listed = grpcurl("modelreg.v1.AgentService/ListAgents", '{"model": "models/ops"}')
     assert [a["agent_id"] for a in listed["agents"]] == ["edge-1"]
+
+
+def test_agent_cli_rejects_a_bad_model_id_with_usage_error():
+    from conftest import run_cli
+
+    proc = run_cli("agent", "--model", "Bad Name", address="127.0.0.1:1", check=False)
+    assert proc.returncode == 2
+    assert "--model 'Bad Name' is not a model id" in proc.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from pathlib import Path
 
 from modelreg.cli import UsageError
@@ -13,6 +14,7 @@ from modelreg.cli import output as out
 from modelreg.client import Client
 from modelreg.v1 import agent_service_pb2 as ag
 
+MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 STATE_NAMES = {
     ag.SERVED_VERSION_STATE_LOADING: "loading",
     ag.SERVED_VERSION_STATE_SERVING: "serving",
@@ -88,13 +90,20 @@ def run_agent(args) -> int:
         raise UsageError("--intra-op-threads must not be negative; 0 means onnxruntime's default")
     if args.report_interval <= 0:
         raise UsageError("--report-interval must be positive")
+    models = tuple(dict.fromkeys(m.removeprefix("models/") for m in args.model))
+    for m in models:
+        if not MODEL_ID.match(m):
+            raise UsageError(
+                f"--model {m!r} is not a model id: use 1 to 63 lowercase letters, digits, '-', '_' and '.', "
+                "starting and ending with a letter or digit (for example --model fraud-detector)"
+            )
     listen = listen_address(args.listen or os.environ.get("MODELREG_AGENT_LISTEN") or "127.0.0.1:50052", args.uds)
     if args.uds:
         Path(args.uds).parent.mkdir(parents=True, exist_ok=True)
         Path(args.uds).unlink(missing_ok=True)
     config = AgentConfig(
         registry=args.registry or args.address,
-        models=tuple(dict.fromkeys(m.removeprefix("models/") for m in args.model)),
+        models=models,
         cache_dir=Path(args.cache_dir or os.environ.get("MODELREG_AGENT_CACHE_DIR") or ".modelreg-agent"),
         cache_max_bytes=args.cache_max_bytes or 10 * 1024**3,
         agent_id=args.agent_id or "",
