@@ -50,12 +50,16 @@ def test_canary_weight_and_sticky_routing_keys(client, start_agent):
         sticky = {key: c.predict("can", X, routing_key=key).model_version for key in (f"user-{i}" for i in range(200))}
         for key, version in list(sticky.items())[:50]:
             assert c.predict("can", X, routing_key=key).model_version == version, "a routing key switched versions"
+    st = wait_until(lambda: (s := client.rollout_status("can")).complete and s, 30, what="canary rollout observed")
+    assert (st.desired_version, st.desired_canary_version, st.canary_weight) == (1, 2, 30)
     share = Counter(sticky.values())
     assert set(share) == {"models/can/versions/1", "models/can/versions/2"}
     assert 20 <= share["models/can/versions/2"] <= 100, share  # 30% of 200 keys, hashed
 
     client.promote_canary("can")
     wait_until(lambda: states(agent, "can") == {2: serving}, 60, what="canary promoted, v1 unloaded")
+    st = wait_until(lambda: (s := client.rollout_status("can")).complete and s, 30, what="promotion observed")
+    assert (st.desired_version, st.desired_canary_version) == (2, 0)
     with agent.client() as c:
         assert c.predict("can", X, routing_key="user-1").model_version == "models/can/versions/2"
 

@@ -15,7 +15,7 @@ from registry_server.domain.names import model_name, parse_model_name
 from registry_server.errors import InvalidArgument, ModelNotFound
 from registry_server.services import convert as cv
 from registry_server.services.status import grpc_errors
-from registry_server.storage.agents import AgentRecord, AgentRepository, ServedVersionRow
+from registry_server.storage.agents import AgentRecord, AgentRepository, Desired, ServedVersionRow
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 STATE_TO_ROW = {
@@ -33,15 +33,14 @@ def stale_after_seconds() -> int:
     return int(os.environ.get("MODELREG_AGENT_STALE_SECONDS", "30"))
 
 
-def converged(versions: list[ServedVersionRow], desired_version: int, desired_sha256: str) -> bool:
-    """An agent converged when it serves the desired version with the desired digest and
-    no other version it serves is left over from before (a canary it was asked for is fine)."""
-    if desired_version == 0:
-        return not any(v.state == "serving" for v in versions)
-    serving = [v for v in versions if v.state == "serving"]
-    ok = any(v.version == desired_version and v.sha256 == desired_sha256 for v in serving)
-    leftovers = [v for v in serving if v.version != desired_version and not v.desired]
-    return ok and not leftovers
+def converged(versions: list[ServedVersionRow], desired: Desired) -> bool:
+    """An agent converged when it serves the desired version (and the canary, while one
+    runs) with the desired digests, and no other version is left serving."""
+    serving = {v.version: v for v in versions if v.state == "serving"}
+    wanted = {desired.version: desired.sha256} if desired.version else {}
+    if desired.canary_version:
+        wanted[desired.canary_version] = desired.canary_sha256
+    return set(serving) == set(wanted) and all(serving[v].sha256 == sha for v, sha in wanted.items())
 
 
 def _served_to_proto(v: ServedVersionRow) -> ag.ServedVersion:
@@ -156,18 +155,25 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
     @grpc_errors
     async def GetRolloutStatus(self, request: ag.GetRolloutStatusRequest, context) -> ag.GetRolloutStatusResponse:
         model = parse_model_name(request.model, "model")
-        exists, version, sha = await self.repo.desired(model)
-        if not exists:
+        desired = await self.repo.desired(model)
+        if desired is None:
             raise ModelNotFound(model)
         now = datetime.now(timezone.utc)
-        resp = ag.GetRolloutStatusResponse(model=model_name(model), desired_version=version, desired_sha256=sha)
+        resp = ag.GetRolloutStatusResponse(
+            model=model_name(model),
+            desired_version=desired.version,
+            desired_sha256=desired.sha256,
+            desired_canary_version=desired.canary_version,
+            desired_canary_sha256=desired.canary_sha256,
+            canary_weight=desired.canary_weight,
+        )
         after = ""
         while True:
             batch = await self.repo.list_agents(after, 500, model)
             for a in batch:
                 versions = a.models.get(model, [])
                 stale = self._is_stale(a, now)
-                ok = converged(versions, version, sha)
+                ok = converged(versions, desired)
                 resp.agents.append(
                     ag.AgentRollout(
                         agent=f"agents/{a.agent_id}",

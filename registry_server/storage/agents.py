@@ -25,6 +25,15 @@ class ServedVersionRow:
 
 
 @dataclass
+class Desired:
+    version: int = 0
+    sha256: str = ""
+    canary_version: int = 0
+    canary_sha256: str = ""
+    canary_weight: int = 0
+
+
+@dataclass
 class AgentRecord:
     agent_id: str
     node: str = ""
@@ -136,8 +145,9 @@ class AgentRepository:
                 )
             return list(agents.values())
 
-    async def desired(self, model: str) -> tuple[bool, int, str]:
-        """(model exists, production version or 0, its sha256 or '')."""
+    async def desired(self, model: str) -> Desired | None:
+        """What agents should serve for a model (production, and the deployment's canary),
+        or None when the model does not exist."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT m.production_version, v.sha256 FROM models m"
@@ -145,6 +155,19 @@ class AgentRepository:
                 " WHERE m.name = $1",
                 model,
             )
-        if row is None:
-            return False, 0, ""
-        return True, row["production_version"] or 0, row["sha256"] or ""
+            if row is None:
+                return None
+            desired = Desired(row["production_version"] or 0, row["sha256"] or "")
+            has_deployments = await conn.fetchval("SELECT to_regclass('deployments') IS NOT NULL")
+            if has_deployments:
+                canary = await conn.fetchrow(
+                    "SELECT d.canary_version, d.canary_weight, v.sha256 FROM deployments d"
+                    " JOIN model_versions v ON v.model = d.model AND v.version = d.canary_version"
+                    " WHERE d.model = $1 AND d.canary_version > 0",
+                    model,
+                )
+                if canary is not None:
+                    desired.canary_version = canary["canary_version"]
+                    desired.canary_sha256 = canary["sha256"]
+                    desired.canary_weight = canary["canary_weight"]
+        return desired

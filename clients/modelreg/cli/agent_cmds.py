@@ -140,6 +140,8 @@ def run_status(args) -> int:
     out.kv([
         ("model", st.model),
         ("desired", f"v{st.desired_version} ({st.desired_sha256[:12]})" if st.desired_version else "none"),
+        *([("canary", f"v{st.desired_canary_version} ({st.desired_canary_sha256[:12]}) at {st.canary_weight}%")]
+          if st.desired_canary_version else []),
         ("agents", f"{st.converged_agents}/{st.live_agents} converged"),
         ("complete", "yes" if st.complete else "no"),
     ])

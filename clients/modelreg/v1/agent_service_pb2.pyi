@@ -365,8 +365,8 @@ class AgentRollout(_message.Message):
     node: _builtins.str
     """The node it runs on."""
     converged: _builtins.bool
-    """True when the agent serves the desired version with the desired sha256 and no
-    other stable version is left serving.
+    """True when the agent serves the desired version (and the canary, while one runs) with
+    the desired sha256 and no other version is left serving.
     """
     stale: _builtins.bool
     """True when the agent has not reported for `stale_after_seconds`; stale agents do not
@@ -411,6 +411,9 @@ class GetRolloutStatusResponse(_message.Message):
     COMPLETE_FIELD_NUMBER: _builtins.int
     CONVERGED_AGENTS_FIELD_NUMBER: _builtins.int
     LIVE_AGENTS_FIELD_NUMBER: _builtins.int
+    DESIRED_CANARY_VERSION_FIELD_NUMBER: _builtins.int
+    DESIRED_CANARY_SHA256_FIELD_NUMBER: _builtins.int
+    CANARY_WEIGHT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model, `models/{model}`."""
     desired_version: _builtins.int
@@ -423,6 +426,12 @@ class GetRolloutStatusResponse(_message.Message):
     """Live (not stale) agents that converged."""
     live_agents: _builtins.int
     """Live (not stale) agents that follow the model."""
+    desired_canary_version: _builtins.int
+    """The canary version of the model's deployment, or 0 when no canary runs."""
+    desired_canary_sha256: _builtins.str
+    """The canary version's sha256."""
+    canary_weight: _builtins.int
+    """Percentage of requests the canary gets, 0 to 100."""
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentRollout]:
         """One entry per agent that follows the model, in id order."""
@@ -437,10 +446,13 @@ class GetRolloutStatusResponse(_message.Message):
         complete: _builtins.bool = ...,
         converged_agents: _builtins.int = ...,
         live_agents: _builtins.int = ...,
+        desired_canary_version: _builtins.int = ...,
+        desired_canary_sha256: _builtins.str = ...,
+        canary_weight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "complete", b"complete", "converged_agents", b"converged_agents", "desired_sha256", b"desired_sha256", "desired_version", b"desired_version", "live_agents", b"live_agents", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "canary_weight", b"canary_weight", "complete", b"complete", "converged_agents", b"converged_agents", "desired_canary_sha256", b"desired_canary_sha256", "desired_canary_version", b"desired_canary_version", "desired_sha256", b"desired_sha256", "desired_version", b"desired_version", "live_agents", b"live_agents", "model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
