@@ -221,9 +221,13 @@ class Agent:
                 raise WrongModelKind(
                     f"{mv.spec.name} is a tensor model; call Predict with named tensors instead of Detect"
                 )
-            if isinstance(image, (bytes, bytearray)):
-                image = decode_image(bytes(image))
-            result = await self._timed(mgr, mv, "detect", mv_call(mv, "detect", image, confidence, iou, max_detections))
+            loader = mv.loader
+
+            def run() -> Detections:  # decoding and inference, off the event loop
+                img = decode_image(bytes(image)) if isinstance(image, (bytes, bytearray)) else image
+                return loader.detect(img, confidence, iou, max_detections)
+
+            result = await self._timed(mgr, mv, "detect", run)
             return Detection(mv.spec.name, result)
 
     async def _timed(self, mgr: ModelManager, mv, method: str, fn):
