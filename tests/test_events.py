@@ -431,6 +431,30 @@ def test_events_still_arrive_after_the_listening_connection_is_killed(client, re
     assert col.sequences() == all_sequences(client)[-2:]
 
 
+def test_an_event_committed_without_notify_still_arrives(client, registry):
+    """NOTIFY only wakes the servers; the table is the truth (the slow poll finds it)."""
+    col = Collector(client.watch())
+    col.wait_for(lambda c: c.of("snapshot"))
+
+    async def write_silently():
+        conn = await db.connect(registry.database_url)
+        try:
+            async with conn.transaction():
+                seq = await conn.fetchval("UPDATE event_sequence SET last = last + 1 WHERE id = 1 RETURNING last")
+                await conn.execute(
+                    "INSERT INTO events (sequence, type, model, actor) VALUES ($1, 'MODEL_CREATED', 'silent', 'sql')",
+                    seq,
+                )
+            return seq
+        finally:
+            await conn.close()
+
+    seq = asyncio.run(write_silently())
+    col.wait_for(lambda c: c.sequences() == [seq])
+    assert col.of("event")[0].model == "models/silent"
+    col.close()
+
+
 @pytest.mark.slow
 def test_postgres_restart_under_open_streams_loses_nothing(make_registry):
     pg = PrivatePostgres()
