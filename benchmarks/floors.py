@@ -7,6 +7,7 @@ Run as subprocesses by the harness (`python -m benchmarks.floors MODE SPEC_JSON`
   pg_lookup   sequential asyncpg primary-key lookups on one connection (prepared statement).
   promote_tx  a bare asyncpg transaction doing the same writes as a promotion.
   notify      the same writes with NOTIFY on a private channel, until a LISTENer has it.
+  ort         onnxruntime in-process: session creation, warm-up and run latency.
   file_read   reads a file in 1 MiB chunks (raw, and raw + sha256).
 Each measuring mode prints one JSON object like the load generators.
 """
@@ -187,6 +188,38 @@ async def notify(spec: dict) -> dict:
     return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed, "extra": {}}
 
 
+def ort(spec: dict) -> dict:
+    """onnxruntime in-process with the agent's session options: session creation (median
+    of 3), the first run (warm-up), then sequential runs on zeros of `input` = [name, shape]
+    (default x = float32 [1, 4]); `count` runs or `duration` seconds, whichever ends first."""
+    import numpy as np
+    import onnxruntime
+
+    created = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        session = onnxruntime.InferenceSession(spec["path"], sess_options=onnxruntime.SessionOptions(),
+                                               providers=["CPUExecutionProvider"])
+        created.append(time.perf_counter() - t0)
+    name, shape = spec.get("input", ["x", [1, 4]])
+    x = {name: np.zeros(shape, np.float32)}
+    t0 = time.perf_counter()
+    session.run(None, x)
+    warmup = time.perf_counter() - t0
+    latencies = []
+    start = time.perf_counter()
+    stop = start + spec.get("duration", 1e9)
+    for _ in range(spec.get("count", 2000)):
+        if time.perf_counter() > stop:
+            break
+        s = time.perf_counter()
+        session.run(None, x)
+        latencies.append(time.perf_counter() - s)
+    elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed,
+            "extra": {"session_s": sorted(created)[1], "warmup_s": warmup}}
+
+
 def file_read(spec: dict) -> dict:
     chunk = spec.get("chunk_size", 1 << 20)
     out = {}
@@ -219,6 +252,8 @@ if __name__ == "__main__":
         result = asyncio.run(notify(spec))
     elif mode == "file_read":
         result = file_read(spec)
+    elif mode == "ort":
+        result = ort(spec)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     json.dump(result, sys.stdout)

@@ -12,6 +12,8 @@ Ops:
   download  DownloadArtifact of `name` with `chunk_size`; reports bytes moved
   empty     the floor server's empty unary call
   lookup    the floor server's asyncpg primary-key lookup
+  predict   a serving agent's Predict on `model` with zeros of float32 `input` = [name, shape]
+            (default ["x", [1, 4]])
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ class Worker:
         )
         self.i = 0
         self.extra: dict = {}
+        if spec["op"] == "predict":
+            from modelreg.v1 import inference_service_pb2 as inf
+            from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
+
+            self.infer = inf_grpc.InferenceServiceStub(self.channel)
+            name, shape = spec.get("input", ["x", [1, 4]])
+            size = 4
+            for d in shape:
+                size *= d
+            self.predict_req = inf.PredictRequest(
+                model=spec["model"],
+                inputs=[inf.Tensor(name=name, dtype=inf.DATA_TYPE_FLOAT32, shape=shape, data=bytes(size))],
+            )
 
     async def call(self) -> None:
         op = self.spec["op"]
@@ -80,6 +95,8 @@ class Worker:
             await self._download()
         elif op == "empty":
             await self.empty(b"")
+        elif op == "predict":
+            await self.infer.Predict(self.predict_req)
         elif op == "lookup":
             await self.lookup(self.spec.get("key", "").encode())
         else:

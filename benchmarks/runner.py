@@ -25,6 +25,7 @@ MODULES = [
     "benchmarks.bench_events",
     "benchmarks.bench_transfer",
     "benchmarks.bench_s3",
+    "benchmarks.bench_agent",
     "benchmarks.bench_pending",
 ]
 
