@@ -113,6 +113,7 @@ class Agent:
         self._changed = asyncio.Event()
         self._ready = asyncio.Event()
         self._listeners: list = []  # called with (ready: bool) on every change
+        self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,6 +156,7 @@ class Agent:
         self._on_change()
 
     async def stop(self) -> None:
+        self._stopping = True  # the final report says this agent no longer serves
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -169,6 +171,8 @@ class Agent:
 
     @property
     def ready(self) -> bool:
+        if self._stopping:
+            return False
         return bool(self.models) and all(m.ready() for m in self.models.values())
 
     def add_listener(self, fn) -> None:

@@ -196,13 +196,18 @@ class YoloLoader(Loader):
         if not self.imgsz:
             args = getattr(getattr(self.model, "model", None), "args", None) or {}
             self.imgsz = _imgsz(args.get("imgsz") if isinstance(args, dict) else None) or DEFAULT_IMGSZ
-        self.device = "cuda:0" if "CUDAExecutionProvider" in self._providers() else "cpu"
+        self.device = "cuda:0" if self._use_cuda() else "cpu"
 
-    def _providers(self) -> list[str]:
+    def _use_cuda(self) -> bool:
+        """CUDA when the providers allow it (the default does) and torch sees a GPU."""
+        if self.options.providers and "CUDAExecutionProvider" not in self.options.providers:
+            return False
         try:
-            return choose_providers(self.options)
-        except Exception:  # noqa: BLE001 - onnxruntime absent: torch decides
-            return []
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except Exception:  # noqa: BLE001 - no usable torch: CPU
+            return False
 
     def _predict(self, image: np.ndarray, conf: float, iou: float, max_det: int):
         with self.lock:
