@@ -92,7 +92,8 @@ def yolo_onnx(workdir) -> bytes:
                          env=dict(os.environ, YOLO_OFFLINE="1"))
     if out.returncode != 0:
         raise RuntimeError(f"YOLOv8n export failed: {out.stderr[-1500:]}")
-    model = onnx.load(out.stdout.strip().splitlines()[-1])
+    exported = workdir / out.stdout.strip().splitlines()[-1]  # relative to workdir unless absolute
+    model = onnx.load(str(exported))
     del model.metadata_props[:]
     return model.SerializeToString()
 
