@@ -7,7 +7,8 @@ collapsed stacks to $TMPDIR/modelreg-profile-WORKLOAD.txt (flamegraph.pl/speedsc
 
 Workloads: get (GetModelVersion by number, 16 clients), production (resolve production,
 16 clients), promote (1 client), register (16 clients, 1 KiB artifacts), download (a
-256 MiB artifact, repeatedly).
+256 MiB artifact, repeatedly), watch (1,000 WatchEvents streams on one model while it is
+promoted every 100 ms).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from benchmarks import fixtures
 from benchmarks.env import MLFLOW_PY, BenchEnv, ensure_mlflow_venv, log
 
-WORKLOADS = ("get", "production", "promote", "register", "download")
+WORKLOADS = ("get", "production", "promote", "register", "download", "watch")
 
 
 def py_spy() -> str:
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 v = c.register("bench-profile-big", str(path), format="onnx")
             spec = {"op": "download", "name": f"models/bench-profile-big/versions/{v.version}", "concurrency": 1,
                     "chunk_size": 1 << 20, "warmup_calls": 0}
+        if args.workload == "watch":
+            return _profile_watch(env, spy, args.seconds)
         spec = dict(spec, target=env.ours, duration=args.seconds + 2)
         out_file = Path(tempfile.gettempdir()) / f"modelreg-profile-{args.workload}.txt"
         holder: dict = {}
@@ -118,6 +121,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncollapsed stacks: {out_file}")
     finally:
         env.close()
+    return 0
+
+
+def _profile_watch(env, spy: str, seconds: float) -> int:
+    import json
+    import time
+
+    from benchmarks.env import PY, REPO
+    from modelreg import Client
+
+    fixtures.ours_model(env, "bench-events", 2, production=1)
+    watchers = []
+    for _ in range(2):
+        spec = {"target": env.ours, "model": "bench-events", "watchers": 500}
+        watchers.append(subprocess.Popen([PY, "-m", "benchmarks.load_events", json.dumps(spec)], cwd=str(REPO),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for w in watchers:
+        assert w.stdout.readline().strip() == "ready"
+    out_file = Path(tempfile.gettempdir()) / "modelreg-profile-watch.txt"
+    spy_proc = subprocess.Popen([spy, "record", "--pid", str(env.ours_pid), "--duration", str(int(seconds)), "--rate", "250",
+                                 "--format", "raw", "--output", str(out_file), "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    promotions = 0
+    with Client(env.ours, actor="bench") as c:
+        current = c.get_version("bench-events", "production").version
+        stop = time.time() + seconds
+        while time.time() < stop:
+            current = 2 if current == 1 else 1
+            c.promote("bench-events", current, "production", reason="profile")
+            promotions += 1
+            time.sleep(0.1)
+    spy_proc.wait()
+    for w in watchers:
+        w.communicate("stop\n", timeout=120)
+    print(f"workload watch: 1000 watchers, {promotions} promotions")
+    print(summarize(out_file.read_text()))
+    print(f"\ncollapsed stacks: {out_file}")
     return 0
 
 
