@@ -3,7 +3,8 @@
 Run as subprocesses by the harness (`python -m benchmarks.floors MODE SPEC_JSON`):
   server      a bare grpc.aio server (generic handlers, no protobuf) with two methods:
               /bench.Floor/Empty (returns nothing) and /bench.Floor/Lookup (one asyncpg
-              primary-key lookup on model_versions). Prints its port, serves until killed.
+              primary-key lookup on model_versions, from a pool that skips asyncpg's reset
+              query on release). Prints its port, serves until killed.
   pg_lookup   sequential asyncpg primary-key lookups on one connection (prepared statement).
   promote_tx  a bare asyncpg transaction doing the same writes as a promotion.
   notify      the same writes with NOTIFY on a private channel, until a LISTENer has it.
@@ -20,6 +21,7 @@ import json
 import sys
 import time
 
+import asyncpg
 import grpc
 
 from registry_server.storage import db
@@ -28,7 +30,13 @@ LOOKUP_SQL = "SELECT * FROM model_versions WHERE model = $1 AND version = $2"
 
 
 async def serve(spec: dict) -> None:
-    pool = await db.create_pool(spec["database_url"], min_size=2, max_size=20)
+    async def no_reset(conn) -> None:
+        # asyncpg's default reset runs "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+        # RESET ALL" on every release: a second round trip per request. A bare floor skips it.
+        return None
+
+    pool = await asyncpg.create_pool(**db.connect_kwargs(spec["database_url"]), min_size=2, max_size=20,
+                                     reset=no_reset, statement_cache_size=256)
 
     async def empty(request: bytes, context) -> bytes:
         return b""
