@@ -54,6 +54,20 @@ def config(quick: bool, with_peer: bool) -> Config:
                   history_small=20, history_big=2000, promote_count=200, reg_per_client=20, big_bytes=2 << 30)
 
 
+def _revision() -> dict:
+    """The commit measured, and whether the server/agent code differed from it (a shared tree)."""
+    import subprocess
+
+    from benchmarks.env import REPO
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    dirty = git("status", "--porcelain", "--", "registry_server", "serving_agent", "clients")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": dirty.splitlines()}
+
+
 def modules():
     return [importlib.import_module(m) for m in MODULES]
 
@@ -71,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = [m for m in mods if args.only in (None, m.NAME)]
 
     load_before = os.getloadavg()
+    revision = _revision()
     env = BenchEnv(quick=args.quick, with_peer=args.peer)
     rows: list[Row] = []
     failures: dict[str, str] = {}
@@ -90,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         env.close()
     print(table(rows))
     meta = {
+        "revision": revision,
         "quick": cfg.quick,
         "peer": "mlflow server (MLflow 3, 1 worker)" if cfg.with_peer else None,
         "config": cfg.__dict__,
@@ -100,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"\n1-minute load average before/after: {meta['loadavg_1m'][0]} / {meta['loadavg_1m'][1]} "
           f"on {os.cpu_count()} CPUs; ratios are the result, absolute times are context")
+    dirty = f" plus uncommitted {', '.join(revision['uncommitted_changes'])}" if revision["uncommitted_changes"] else ""
+    print(f"measured commit {revision['commit']}{dirty}")
     write_json(args.out, rows, meta)
     print(f"\nwrote {args.out}")
     return 1 if failures else 0
