@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import random
 from datetime import timedelta
@@ -70,6 +71,9 @@ class EventHub:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
+        # The listening connection also serves the hub's reads (so a saturated pool never
+        # delays delivery); one operation at a time on it.
+        self._listener_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._streams_done = asyncio.Event()
         self._streams_done.set()
@@ -159,13 +163,22 @@ class EventHub:
         """Reads every committed event after `last_seen` into the tail; returns how many."""
         total = 0
         while True:
-            rows = await store.fetch_after(self.pool, self.last_seen, READ_BATCH)
+            rows = await self._fetch_new()
             if not rows:
                 return total
             self._append(rows)
             total += len(rows)
             if len(rows) < READ_BATCH:
                 return total
+
+    async def _fetch_new(self) -> list[store.EventRow]:
+        conn = self._listener
+        if conn is None or conn.is_closed():
+            return await store.fetch_after(self.pool, self.last_seen, READ_BATCH)
+        async with self._listener_lock:
+            return await asyncio.wait_for(
+                store.fetch_after(conn, self.last_seen, READ_BATCH), LISTEN_PROBE_INTERVAL * 2
+            )
 
     async def _read_loop(self) -> None:
         failing = False
@@ -203,14 +216,16 @@ class EventHub:
         delay = LISTEN_BACKOFF_FIRST
         while True:
             lost = asyncio.Event()
+            conn: asyncpg.Connection | None = None
             try:
                 kwargs = db.connect_kwargs(self.database_url)
                 conn = await asyncpg.connect(
                     **kwargs, server_settings={"application_name": LISTENER_APPLICATION_NAME}, timeout=10
                 )
-                self._listener = conn
                 conn.add_termination_listener(lambda _c: lost.set())
+                await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
                 await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+                self._listener = conn
                 self.listener_connected.set()
                 log.info("listening for events on channel %s", EVENTS_CHANNEL)
                 delay = LISTEN_BACKOFF_FIRST
@@ -219,12 +234,15 @@ class EventHub:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), LISTEN_PROBE_INTERVAL)
                     if not lost.is_set() and not conn.is_closed():
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), LISTEN_PROBE_INTERVAL)
+                        async with self._listener_lock:
+                            await asyncio.wait_for(conn.fetchval("SELECT 1"), LISTEN_PROBE_INTERVAL)
                 log.warning("the event listening connection was lost; reconnecting")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep trying; the poll covers the gap
                 log.warning("cannot LISTEN for events (retrying in %.1fs): %r", delay, exc)
+            if conn is not None and self._listener is not conn and not conn.is_closed():
+                conn.terminate()  # failed half-way through setting up
             await self._drop_listener()
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, LISTEN_BACKOFF_MAX)
