@@ -242,6 +242,15 @@ def test_sdk_cursor_drops_duplicates_and_forgets_its_cursor_on_resync():
     assert cur.last_sequence is None and cur.resyncs == 1
     req = cur.request()
     assert not req.HasField("after_sequence") and not req.skip_snapshot
+    assert cur.accept(es.WatchEventsResponse(snapshot=es.Snapshot(sequence=20)))  # shown: re-read state
+
+    # snapshot=False "from now": the snapshot is still fetched (it is the cursor) but hidden.
+    quiet = _Cursor([], [], None, False, False, 0)
+    assert not quiet.request().skip_snapshot
+    assert not quiet.accept(es.WatchEventsResponse(snapshot=es.Snapshot(sequence=7)))
+    assert quiet.last_sequence == 7
+    quiet.connected_once = True
+    assert quiet.request().skip_snapshot and quiet.request().after_sequence == 7
 
 
 # ---------------------------------------------------------------------- ordering and durability

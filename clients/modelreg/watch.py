@@ -97,17 +97,22 @@ class _Cursor:
         self.snapshot_on_resume = snapshot_on_resume
         self.bookmark_interval = bookmark_interval
         self.connected_once = False
+        self.show_snapshot = snapshot
         self.reconnects = 0
         self.resyncs = 0
 
     def request(self) -> es.WatchEventsRequest:
-        want_snapshot = self.snapshot if not self.connected_once else self.snapshot_on_resume
         if self.last_sequence is None:
-            want_snapshot = True  # a resync (or a first watch "from now") needs the state
+            # Without a cursor the snapshot is what gives us one, so always ask for it; the
+            # caller sees it if they wanted it, and always after a resync (re-read state).
+            ask = True
+            self.show_snapshot = True if self.resyncs else self.snapshot
+        else:
+            ask = self.show_snapshot = self.snapshot if not self.connected_once else self.snapshot_on_resume
         req = es.WatchEventsRequest(
             models=self.models,
             types=self.types,
-            skip_snapshot=not want_snapshot,
+            skip_snapshot=not ask,
             bookmark_interval_seconds=self.bookmark_interval,
         )
         if self.last_sequence is not None:
@@ -125,8 +130,10 @@ class _Cursor:
         elif kind == "bookmark":
             if self.last_sequence is None or msg.bookmark.sequence > self.last_sequence:
                 self.last_sequence = msg.bookmark.sequence
-        elif kind == "snapshot" and self.last_sequence is None:
-            self.last_sequence = msg.snapshot.sequence
+        elif kind == "snapshot":
+            if self.last_sequence is None:
+                self.last_sequence = msg.snapshot.sequence
+            return self.show_snapshot
         return True
 
     def failed(self, err: grpc.RpcError) -> bool:
