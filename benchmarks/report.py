@@ -30,11 +30,15 @@ class Row:
     met: bool | None = None
     note: str = ""
     details: dict = field(default_factory=dict)
-    # "ratio": the target applies to `ratio`; "ours": to the absolute figure `ours` (in `unit`).
+    # "ratio": the target applies to `ratio`; "ours": to the absolute figure `ours` (in `unit`);
+    # "diff": to ours - ref (in `unit`).
     goal_on: str = "ratio"
 
     def evaluate(self) -> Row:
-        subject = self.ours if self.goal_on == "ours" else self.ratio
+        if self.goal_on == "diff":
+            subject = None if self.ours is None or self.ref is None else self.ours - self.ref
+        else:
+            subject = self.ours if self.goal_on == "ours" else self.ratio
         if subject is not None and self.target is not None:
             op, value = self.target
             self.met = bool(OPS[op](subject, value))
@@ -48,6 +52,8 @@ class Row:
         sign = op.replace("<=", "≤").replace(">=", "≥")
         if self.goal_on == "ours":
             return f"ours {sign} {value:g} {self.unit}"
+        if self.goal_on == "diff":
+            return f"ours − ref {sign} {value:g} {self.unit}"
         return f"{self.ratio_of} {sign} {value:g}"
 
 

@@ -26,6 +26,7 @@ MODULES = [
     "benchmarks.bench_transfer",
     "benchmarks.bench_s3",
     "benchmarks.bench_agent",
+    "benchmarks.bench_router",
     "benchmarks.bench_pending",
 ]
 

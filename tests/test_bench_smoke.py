@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MEASURED = {"read_throughput", "read_latency", "history", "promotion", "registration", "events", "transfer", "s3_transfer", "agent"}
+MEASURED = {"read_throughput", "read_latency", "history", "promotion", "registration", "events", "transfer", "s3_transfer", "agent", "router"}
 
 
 @pytest.mark.timeout(240)
@@ -42,14 +42,14 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path):
         assert r["figure"] in proc.stdout
         if r["ref"] is not None:
             assert r["ref"] > 0, r
-        if r["ratio"] is not None:
-            assert r["ratio"] > 0, r
+        if r["ratio"] is not None:  # a distance from a target may be exactly 0
+            assert r["ratio"] >= 0, r
         if r["target"] is not None:
             assert r["met"] in (True, False), r
     goals = {r["goal"] for r in rows}
-    assert {"1", "2", "3", "4", "5", "6", "7", "8", "10", "11"} <= goals
+    assert {"1", "2", "3", "4", "5", "6", "7", "8", "10", "11", "12"} <= goals
     # Goals not measured yet are rows that say what they need, not silence.
-    for goal in ("9", "12"):
+    for goal in ("9",):
         assert any(r["goal"] == goal and "needs" in r["note"] for r in rows)
     # Registration numbered the versions exactly 1..N.
     (check,) = [r for r in rows if r["bench"] == "registration" and "1..N" in r["figure"]]
