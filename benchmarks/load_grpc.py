@@ -96,7 +96,10 @@ class Worker:
         elif op == "empty":
             await self.empty(b"")
         elif op == "predict":
-            await self.infer.Predict(self.predict_req)
+            resp = await self.infer.Predict(self.predict_req)
+            if self.spec.get("count_versions"):
+                key = f"served {resp.model_version}"
+                self.extra[key] = self.extra.get(key, 0) + 1
         elif op == "lookup":
             await self.lookup(self.spec.get("key", "").encode())
         else:

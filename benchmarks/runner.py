@@ -26,8 +26,8 @@ MODULES = [
     "benchmarks.bench_transfer",
     "benchmarks.bench_s3",
     "benchmarks.bench_agent",
+    "benchmarks.bench_swaps",
     "benchmarks.bench_router",
-    "benchmarks.bench_pending",
 ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MEASURED = {"read_throughput", "read_latency", "history", "promotion", "registration", "events", "transfer", "s3_transfer", "agent", "router"}
+MEASURED = {"read_throughput", "read_latency", "history", "promotion", "registration", "events", "transfer", "s3_transfer", "agent", "swaps", "router"}
 
 
 @pytest.mark.timeout(240)
@@ -37,8 +37,11 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path):
         if r["note"].startswith("not measurable yet"):
             assert r["ours"] is None
             continue
-        # Every measured figure printed in the table is there and positive.
-        assert r["ours"] is not None and r["ours"] > 0, r
+        # Every measured figure printed in the table is there; rates, times and sizes are positive
+        # (a count of failed requests may be 0).
+        assert r["ours"] is not None and r["ours"] >= 0, r
+        if r["unit"] in ("req/s", "ver/s", "µs", "ms", "GiB/s", "%"):
+            assert r["ours"] > 0, r
         assert r["figure"] in proc.stdout
         if r["ref"] is not None:
             assert r["ref"] > 0, r
@@ -47,10 +50,11 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path):
         if r["target"] is not None:
             assert r["met"] in (True, False), r
     goals = {r["goal"] for r in rows}
-    assert {"1", "2", "3", "4", "5", "6", "7", "8", "10", "11", "12"} <= goals
-    # Goals not measured yet are rows that say what they need, not silence.
-    for goal in ("9",):
-        assert any(r["goal"] == goal and "needs" in r["note"] for r in rows)
+    assert {str(g) for g in range(1, 13)} <= goals
+    # A goal that cannot be measured here is a row that says what it needs, not silence.
+    for r in rows:
+        if r["ours"] is None:
+            assert "needs" in r["note"], r
     # Registration numbered the versions exactly 1..N.
     (check,) = [r for r in rows if r["bench"] == "registration" and "1..N" in r["figure"]]
     assert check["ours"] == 1.0, check["note"]
