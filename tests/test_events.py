@@ -300,6 +300,7 @@ def test_changes_made_while_no_one_watches_arrive_on_resume(make_registry):
         v = c.register("quiet", b"w")
         watcher = c.watch(["quiet"])
         col = Collector(watcher)
+        col.wait_for(lambda x: x.of("snapshot"))  # else the snapshot may already include the change
         c.promote("quiet", v.version, "staging")
         col.wait_for(lambda x: len(x.of("event")) == 1)
         col.close()

@@ -41,6 +41,8 @@ LISTEN_PROBE_INTERVAL = 5.0
 LISTEN_BACKOFF_FIRST = 0.5
 LISTEN_BACKOFF_MAX = 10.0
 LISTENER_APPLICATION_NAME = "modelreg-listener"
+# Seconds stop() waits for the loops to finish their current query before cancelling them.
+STOP_TIMEOUT = 5.0
 
 
 def prune_interval(retention: timedelta) -> float:
@@ -75,6 +77,10 @@ class EventHub:
         # delays delivery); one operation at a time on it.
         self._listener_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        # Set by stop(): the loops finish their current query and return (cancelling a
+        # query mid-flight leaves asyncpg cancel-request tasks behind).
+        self._stopping = asyncio.Event()
+        self._lost: asyncio.Event | None = None
         self._streams_done = asyncio.Event()
         self._streams_done.set()
 
@@ -99,12 +105,23 @@ class EventHub:
     async def stop(self) -> None:
         self.closing = True
         self._publish()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        self._stopping.set()
+        self._wake.set()
+        if self._lost is not None:
+            self._lost.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+            for t in pending:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
         await self._drop_listener()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps up to `seconds`, less when the hub stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     # ------------------------------------------------------------------ streams' API
 
@@ -182,10 +199,12 @@ class EventHub:
 
     async def _read_loop(self) -> None:
         failing = False
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
+            if self._stopping.is_set():
+                return
             try:
                 await self.read_new()
                 if failing:
@@ -214,8 +233,8 @@ class EventHub:
 
     async def _listen_loop(self) -> None:
         delay = LISTEN_BACKOFF_FIRST
-        while True:
-            lost = asyncio.Event()
+        while not self._stopping.is_set():
+            lost = self._lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
             try:
                 kwargs = db.connect_kwargs(self.database_url)
@@ -236,6 +255,8 @@ class EventHub:
                     if not lost.is_set() and not conn.is_closed():
                         async with self._listener_lock:
                             await asyncio.wait_for(conn.fetchval("SELECT 1"), LISTEN_PROBE_INTERVAL)
+                if self._stopping.is_set():
+                    break
                 log.warning("the event listening connection was lost; reconnecting")
             except asyncio.CancelledError:
                 raise
@@ -244,8 +265,10 @@ class EventHub:
             if conn is not None and self._listener is not conn and not conn.is_closed():
                 conn.terminate()  # failed half-way through setting up
             await self._drop_listener()
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            await self._pause(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, LISTEN_BACKOFF_MAX)
+        async with self._listener_lock:  # let an in-flight read finish before closing
+            await self._drop_listener()
 
     # ------------------------------------------------------------------ retention
 
@@ -254,7 +277,7 @@ class EventHub:
 
     async def _prune_loop(self) -> None:
         interval = prune_interval(self.retention)
-        while True:
+        while not self._stopping.is_set():
             try:
                 removed = await self.prune()
                 if removed:
@@ -263,4 +286,4 @@ class EventHub:
                 raise
             except Exception as exc:  # noqa: BLE001 - retry at the next sweep
                 log.warning("event retention sweep failed: %r", exc)
-            await asyncio.sleep(interval)
+            await self._pause(interval)
