@@ -142,6 +142,10 @@ def test_list_events_pages_and_filters(client):
     assert [e.model for e in list_events(client._channel, page_size=2)] == [f"models/p{i}" for i in range(5)]
     assert [e.model for e in list_events(client._channel, models=["p3"])] == ["models/p3"]
     assert [e.sequence for e in list_events(client._channel, after_sequence=3)] == [4, 5]
+    with pytest.raises(grpc.RpcError) as e:
+        es_grpc.EventServiceStub(client._channel).ListEvents(es.ListEventsRequest(page_token="bogus"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token is not valid" in e.value.details()
 
 
 @pytest.mark.parametrize(
