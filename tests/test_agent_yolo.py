@@ -44,6 +44,8 @@ def png(width: int = 96, height: int = 80) -> bytes:
     return data.tobytes()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # torch + ultralytics start-up in two processes on a busy 2-core machine
 def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo_files, tmp_path):
     pt, onnx_file = yolo_files
     v1 = client.register("detector", pt, model_type="yolov8n", config={"imgsz": IMGSZ})
