@@ -114,7 +114,7 @@ class Hammer:
     def __init__(self, address: str, model: str):
         from serving_agent.client import InferenceClient
 
-        self.client = InferenceClient(address, timeout=10)
+        self.client = InferenceClient(address, timeout=30)
         self.model = model
         self.versions: list[str] = []
         self.scales: list[float] = []
