@@ -27,6 +27,7 @@ from registry_server.config import Settings
 from registry_server.registry import Registry
 from registry_server.services.agents import AgentServicer
 from registry_server.services.deployments import DeploymentServicer
+from registry_server.services.events import attach_event_service
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
 from registry_server.storage.agents import AgentRepository
@@ -68,6 +69,7 @@ class RunningServer:
     blobs: BlobStore
     health: object
     database_url: str
+    registry: Registry | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     closers: list = field(default_factory=list)
 
@@ -131,13 +133,11 @@ async def start(settings: Settings) -> RunningServer:
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentRepository(pool)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    extra_closers = []
-    try:
-        from registry_server.services.events import attach_event_service
-    except ImportError:  # the event stream is wired in once it exists
-        attach_event_service = None
-    if attach_event_service is not None:
-        extra_closers.append(await attach_event_service(server, pool, url, settings))
+    extra_closers = [
+        await attach_event_service(server, pool, url, settings, on_events=registry.cache.on_events)
+    ]
+    # Every replica's writes now reach this process's cache as invalidations.
+    registry.cache.enabled = True
     reflection.enable_server_reflection(
         SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
@@ -156,6 +156,7 @@ async def start(settings: Settings) -> RunningServer:
         blobs=blobs,
         health=health_servicer,
         database_url=url,
+        registry=registry,
         closers=[c for c in extra_closers if c is not None],
     )
     running.tasks.append(asyncio.create_task(_janitor(blobs, settings)))

@@ -68,3 +68,12 @@ class VersionCache:
     def invalidate_models(self, models: Iterable[str]) -> None:
         for m in set(models):
             self.invalidate(m)
+
+    def on_events(self, rows) -> None:
+        """The event hub's feed: drops every model an event names; `None` (events may have
+        been missed) drops everything."""
+        if rows is None:
+            for model in list(self._generation) + list(self._models):
+                self.invalidate(model)
+            return
+        self.invalidate_models(r.model for r in rows)

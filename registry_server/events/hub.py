@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import random
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
@@ -80,6 +81,9 @@ class EventHub:
         # Set by stop(): the loops finish their current query and return (cancelling a
         # query mid-flight leaves asyncpg cancel-request tasks behind).
         self._stopping = asyncio.Event()
+        # Called with every batch of new events, in order; `None` when events may have been
+        # missed (the sequence jumped), so the listener must forget what it derived.
+        self.listeners: list[Callable[[list[store.EventRow] | None], None]] = []
         self._lost: asyncio.Event | None = None
         self._streams_done = asyncio.Event()
         self._streams_done.set()
@@ -171,10 +175,19 @@ class EventHub:
             log.warning("event sequence jumped from %d to %d", self.last_seen, rows[0].sequence)
             self.tail.clear()
             self.tail_first = rows[0].sequence
+            self._notify_listeners(None)
         self.tail.extend(rows)
+        self._notify_listeners(rows)
         self.tail_first = self.tail[0].sequence
         self.last_seen = rows[-1].sequence
         self._publish()
+
+    def _notify_listeners(self, rows: list[store.EventRow] | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(rows)
+            except Exception:  # noqa: BLE001 - a listener must not stop delivery
+                log.exception("event listener failed")
 
     async def read_new(self) -> int:
         """Reads every committed event after `last_seen` into the tail; returns how many."""

@@ -176,12 +176,19 @@ class EventServicer(es_grpc.EventServiceServicer):
 
 
 async def attach_event_service(
-    server: grpc.aio.Server, pool: asyncpg.Pool, database_url: str, settings: Settings
+    server: grpc.aio.Server,
+    pool: asyncpg.Pool,
+    database_url: str,
+    settings: Settings,
+    on_events: Callable[[list[store.EventRow] | None], None] | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Starts the process's event hub, adds EventService to `server` and returns the
     closer: it ends every open stream with UNAVAILABLE (resume with after_sequence=N)
-    within the shutdown grace period, then stops the hub."""
+    within the shutdown grace period, then stops the hub. `on_events` is called with every
+    batch of committed events (the read cache's invalidation feed)."""
     hub = EventHub(pool, database_url, retention=settings.event_retention)
+    if on_events is not None:
+        hub.listeners.append(on_events)
     await hub.start()
     es_grpc.add_EventServiceServicer_to_server(EventServicer(hub, pool, settings), server)
 

@@ -30,7 +30,8 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
-    ConnectionError,
+    # ConnectionError, and FileNotFoundError when the embedded Postgres's socket is gone.
+    OSError,
     TimeoutError,
 )
 

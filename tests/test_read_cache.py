@@ -1,0 +1,41 @@
+"""The hot read cache: reads are served from memory, and every write, on this replica or
+another one on the same database, is visible to the next read."""
+
+from __future__ import annotations
+
+import time
+
+from modelreg import Client
+
+
+def test_reads_are_cached_and_own_writes_are_visible_at_once(registry, client):
+    client.register("hot", b"v1")
+    client.register("hot", b"v2")
+    client.promote("hot", 1, "production")
+    for _ in range(5):
+        assert client.get_version("hot", "production").version == 1
+    cache = registry.running.registry.cache
+    assert cache.hits >= 4
+    client.promote("hot", 2, "production")
+    assert client.get_version("hot", "production").version == 2
+    client.update_version("hot", 2, description="new words")
+    assert client.get_version("hot", 2).description == "new words"
+    client.register("hot", b"v3")
+    assert client.get_version("hot", "latest").version == 3
+
+
+def test_a_write_through_another_replica_reaches_this_replicas_cache(make_registry):
+    a, b = make_registry(), make_registry()
+    ca, cb = Client(a.address), Client(b.address)
+    ca.register("shared", b"one")
+    ca.register("shared", b"two")
+    ca.promote("shared", 1, "production")
+    assert cb.get_version("shared", "production").version == 1
+    assert cb.get_version("shared", "production").version == 1  # now cached on b
+    ca.promote("shared", 2, "production")
+    deadline = time.monotonic() + 10
+    while cb.get_version("shared", "production").version != 2:
+        assert time.monotonic() < deadline, "replica b kept serving the old production version"
+        time.sleep(0.01)
+    ca.close()
+    cb.close()
