@@ -8,7 +8,8 @@ collapsed stacks to $TMPDIR/modelreg-profile-WORKLOAD.txt (flamegraph.pl/speedsc
 Workloads: get (GetModelVersion by number, 16 clients), production (resolve production,
 16 clients), promote (1 client), register (16 clients, 1 KiB artifacts), download (a
 256 MiB artifact, repeatedly), watch (1,000 WatchEvents streams on one model while it is
-promoted every 100 ms).
+promoted every 100 ms), swap (a serving agent, not the server, under 8 Predict clients while
+two versions are promoted in turn every 150 ms).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from benchmarks import fixtures
 from benchmarks.env import MLFLOW_PY, BenchEnv, ensure_mlflow_venv, log
 
-WORKLOADS = ("get", "production", "promote", "register", "download", "watch")
+WORKLOADS = ("get", "production", "promote", "register", "download", "watch", "swap")
 
 
 def py_spy() -> str:
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                     "chunk_size": 1 << 20, "warmup_calls": 0}
         if args.workload == "watch":
             return _profile_watch(env, spy, args.seconds)
+        if args.workload == "swap":
+            return _profile_swap(env, spy, args.seconds)
         spec = dict(spec, target=env.ours, duration=args.seconds + 2)
         out_file = Path(tempfile.gettempdir()) / f"modelreg-profile-{args.workload}.txt"
         holder: dict = {}
@@ -156,6 +159,45 @@ def _profile_watch(env, spy: str, seconds: float) -> int:
     for w in watchers:
         w.communicate("stop\n", timeout=120)
     print(f"workload watch: 1000 watchers, {promotions} promotions")
+    print(summarize(out_file.read_text()))
+    print(f"\ncollapsed stacks: {out_file}")
+    return 0
+
+
+def _profile_swap(env, spy: str, seconds: float) -> int:
+    import time
+
+    from benchmarks.bench_agent import Agents, onnx_model
+    from modelreg import Client
+
+    with Client(env.ours, actor="bench") as c:
+        a = c.register("bench-swap", onnx_model(16, 101), format="onnx", filename="model.onnx").version
+        b = c.register("bench-swap", onnx_model(16, 102), format="onnx", filename="model.onnx").version
+        c.promote("bench-swap", a, "production", reason="profile")
+    agents = Agents(env, ["bench-swap"])
+    agents.add(1)
+    load = {"op": "predict", "target": agents.addresses[0], "model": "bench-swap", "concurrency": 8,
+            "duration": seconds + 3}
+    holder: dict = {}
+    t = threading.Thread(target=lambda: holder.update(r=env.load(load)))
+    t.start()
+    time.sleep(1.5)
+    out_file = Path(tempfile.gettempdir()) / "modelreg-profile-swap.txt"
+    spy_proc = subprocess.Popen([spy, "record", "--pid", str(agents.procs[0].pid), "--duration", str(int(seconds)),
+                                 "--rate", "250", "--format", "raw", "--output", str(out_file), "--nonblocking",
+                                 "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    swaps = 0
+    with Client(env.ours, actor="bench") as c:
+        stop = time.time() + seconds
+        while time.time() < stop:
+            c.promote("bench-swap", b if swaps % 2 == 0 else a, "production", reason="profile")
+            swaps += 1
+            time.sleep(0.15)
+    spy_proc.wait()
+    t.join()
+    r = holder.get("r", {})
+    print(f"workload swap: {swaps} promotions, {r.get('throughput', 0):.0f} req/s, p99 {r.get('p99_us', 0):.0f} µs, "
+          f"{r.get('errors', 0)} failed")
     print(summarize(out_file.read_text()))
     print(f"\ncollapsed stacks: {out_file}")
     return 0
