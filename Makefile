@@ -54,8 +54,8 @@ lint: $(STAMP)
 test: $(STAMP) proto-check lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-## Benchmarks side by side with MLflow; `make bench ONLY=name` runs one.
-bench: $(BASE_STAMP)
+## Benchmarks side by side with MLflow (needs the dev, agent and ultralytics extras for every row); `make bench ONLY=name` runs one.
+bench: $(STAMP)
 	$(PY) -m benchmarks $(if $(ONLY),--only $(ONLY),)
 
 clean:
