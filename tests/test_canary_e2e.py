@@ -4,6 +4,7 @@ and a canary that fails at run time is aborted by the registry by itself."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
@@ -82,6 +83,18 @@ def test_canary_share_matches_the_weight(client, registry, start_agent):
     # 99.9 % binomial interval for p = 0.1: n p +- 3.29 sqrt(n p (1 - p)).
     half = 3.29 * (n * 0.1 * 0.9) ** 0.5
     assert n * 0.1 - half <= share <= n * 0.1 + half, share
+    # Ops see the split in `modelreg deployment`, from the agent's reports.
+    from conftest import run_cli
+
+    def observed() -> dict | None:
+        out = json.loads(run_cli("deployment", "split", "-o", "json", address=registry.address).stdout)
+        counts = {v["version"]: int(v.get("requestCount", 0)) for v in out["rollout"]["agents"][0]["versions"]}
+        return counts if counts.get("2", 0) >= share else None
+
+    counts = wait_until(observed, 30, what="the agent's report of the split")
+    assert counts["1"] >= n - share
+    table = run_cli("deployment", "split", address=registry.address).stdout
+    assert "SHARE" in table and "v2" in table
 
     client.set_canary("split", 2, 0)
     wait_until(lambda: only(agent, "split", 1), 30, what="weight 0 applied")

@@ -131,10 +131,13 @@ def test_deployment_cli_walkthrough(cli, tmp_path):
     cli("promote", "web", "1", "production")
     out = json.loads(cli("canary", "web", "2", "--weight", "10", "--reason", "try", "-o", "json").stdout)
     assert out["deployment"]["canaryVersion"] == "2" and out["deployment"]["canaryWeight"] == 10
-    shown = json.loads(cli("deployment", "web", "-o", "json").stdout)["deployment"]
+    both = json.loads(cli("deployment", "web", "-o", "json").stdout)
+    shown = both["deployment"]
     assert shown["stableVersion"] == "1" and shown["etag"]
+    assert both["rollout"]["desiredCanaryVersion"] == "2"
     text = cli("deployment", "web").stdout
     assert "v2 at 10%" in text
+    assert "no agent follows this model yet" in text
     out = json.loads(cli("canary", "web", "--promote", "-o", "json").stdout)
     assert out["deployment"]["stableVersion"] == "2"
     out = json.loads(cli("rollback", "web", "--reason", "bad", "-o", "json").stdout)

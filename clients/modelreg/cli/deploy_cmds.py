@@ -126,35 +126,44 @@ def deployment(args) -> int:
         raise UsageError("usage: modelreg deployment NAME | deployment history NAME | deployment policy NAME [flags]")
     with Client(args.address) as c:
         d = c.get_deployment(words[0])
-        rollout = _rollout(c, words[0])
+        rollout = c.rollout_status(words[0])
     if args.output == "json":
-        payload = {"deployment": out.to_dict(d)}
-        if rollout is not None:
-            payload["rollout"] = out.to_dict(rollout)
-        out.print_json(payload)
+        out.print_json({"deployment": out.to_dict(d), "rollout": out.to_dict(rollout)})
         return 0
     _print_deployment(d)
-    if rollout is not None:
-        _print_rollout(rollout)
+    _print_rollout(rollout)
     return 0
 
 
-def _rollout(c: Client, model: str):
-    """Observed state from agent reports, when the registry has the agent service."""
-    get = getattr(c, "rollout_status", None)
-    if get is None:
-        return None
-    return get(model)
+STATE_NAMES = {0: "?", 1: "loading", 2: "serving", 3: "failed", 4: "unloading"}
 
 
 def _print_rollout(rollout) -> None:
-    """Prints observed state per agent; the agent module formats it when present."""
-    try:
-        from modelreg.cli.agent_cmds import print_rollout
-    except ImportError:
-        return
+    """Observed state per agent, from their reports: what each serves and the split of the
+    requests it answered per version."""
     print()
-    print_rollout(rollout)
+    done = "complete" if rollout.complete else "in progress"
+    print(f"observed ({rollout.converged_agents}/{rollout.live_agents} agents converged, rollout {done}):")
+    rows = []
+    for a in rollout.agents:
+        total = sum(v.request_count for v in a.versions) or 1
+        for v in a.versions:
+            rows.append(
+                [
+                    a.agent.removeprefix("agents/"),
+                    f"v{v.version}",
+                    STATE_NAMES.get(v.state, "?") + (f" ({v.error})" if v.error else ""),
+                    v.request_count,
+                    f"{100 * v.request_count / total:.1f}%",
+                    v.error_count,
+                    f"{v.p95_latency_ms:.2f}",
+                    "yes" if a.stale else "no",
+                ]
+            )
+    if rows:
+        out.table(["agent", "version", "state", "requests", "share", "errors", "p95 ms", "stale"], rows)
+    else:
+        print("  no agent follows this model yet")
 
 
 def _history(args, model: str) -> int:
