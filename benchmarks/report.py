@@ -83,7 +83,8 @@ def table(rows: list[Row]) -> str:
             lines.append((r.goal, r.figure, "-", "-", "-", "-", r.note))
             continue
         ref = f"{_num(r.ref, r.unit)} ({r.ref_label})" if r.ref is not None else (r.ref_label or "-")
-        ratio = f"{_num(r.ratio)}× {r.ratio_of}" if r.ratio is not None else "-"
+        unit = "" if "points" in r.ratio_of else "×"  # a distance in points is not a ratio
+        ratio = f"{_num(r.ratio)}{unit} {r.ratio_of}" if r.ratio is not None else "-"
         met = {True: "met", False: "NOT met", None: "-"}[r.met]
         if r.note:
             met = f"{met}  ({r.note})"
