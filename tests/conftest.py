@@ -29,6 +29,9 @@ import pytest
 
 from registry_server.storage import db
 
+# The SeaweedFS S3 server fixtures, shared by every test module (one server per session).
+pytest_plugins = ["s3_helpers"]
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

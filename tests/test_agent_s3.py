@@ -13,7 +13,6 @@ from agent_helpers import AgentProcess, onnx_scale_model, wait_until
 from conftest import free_port
 from modelreg import Client
 from modelreg.v1 import agent_service_pb2 as ag
-from s3_helpers import s3_bucket, seaweedfs  # noqa: F401 - fixtures
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import grpc
 import pytest
 from conftest import BIN, free_port, run_cli
-from s3_helpers import SeaweedFS, own_seaweedfs, s3_bucket, seaweedfs  # noqa: F401 - fixtures
+from s3_helpers import SeaweedFS
 
 from modelreg import Client, errors
 from modelreg.v1 import registry_service_pb2 as rs
