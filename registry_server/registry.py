@@ -3,6 +3,7 @@ and the blob store; the rules themselves live in `domain`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -170,7 +171,8 @@ class Registry:
         position = 0
         try:
             async for chunk in self.blobs.read(version.sha256, 0, chunk_size):
-                digest.update(chunk)
+                # hashlib drops the GIL on large buffers: hash off the event loop.
+                await asyncio.to_thread(digest.update, chunk)
                 end = position + len(chunk)
                 if end > offset:
                     yield chunk[max(0, offset - position):] if position < offset else chunk

@@ -92,7 +92,9 @@ class Loader:
         raise WrongModelKind(f"{self.spec.name} is a tensor model; call Predict with named tensors instead of Detect")
 
     def unload(self) -> None:
-        gc.collect()
+        # References drop with the session/model; collect only the young generations for
+        # cycles. A full collection pauses every request on the agent (a p99 spike per swap).
+        gc.collect(1)
 
 
 class OnnxLoader(Loader):

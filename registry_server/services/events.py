@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -111,11 +113,25 @@ def parse_types(values, field: str = "types") -> list[str]:
     return out
 
 
+RESPONSE_CACHE = 4096
+
+
 class EventServicer(es_grpc.EventServiceServicer):
     def __init__(self, hub: EventHub, pool: asyncpg.Pool, settings: Settings):
         self.hub = hub
         self.pool = pool
         self.settings = settings
+        # An event fans out to every watcher: build its response once, not once per stream.
+        self._responses: collections.OrderedDict[int, es.WatchEventsResponse] = collections.OrderedDict()
+
+    def _event_response(self, ev: store.EventRow) -> es.WatchEventsResponse:
+        resp = self._responses.get(ev.sequence)
+        if resp is None:
+            resp = es.WatchEventsResponse(event=event_to_proto(ev))
+            self._responses[ev.sequence] = resp
+            if len(self._responses) > RESPONSE_CACHE:
+                self._responses.popitem(last=False)
+        return resp
 
     @grpc_errors
     async def WatchEvents(self, request: es.WatchEventsRequest, context):
@@ -146,7 +162,7 @@ class EventServicer(es_grpc.EventServiceServicer):
                 elif isinstance(item, Bookmark):
                     yield es.WatchEventsResponse(bookmark=es.Bookmark(sequence=item.sequence))
                 else:
-                    yield es.WatchEventsResponse(event=event_to_proto(item))
+                    yield self._event_response(item)
         except DATABASE_DOWN as exc:
             resume = (
                 f"resume with after_sequence={stream.cursor}" if stream.cursor is not None else "watch again"

@@ -82,7 +82,18 @@ async def create_pool(url: str, min_size: int = 2, max_size: int = 20) -> asyncp
         # Statement cache keeps prepared statements per connection: the hot reads are
         # a handful of fixed queries.
         statement_cache_size=256,
+        reset=_reset,
     )
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Connection reset on release to the pool. asyncpg's default runs a multi-statement reset
+    query (RESET ALL, UNLISTEN, unlock advisory locks, ...) on every release: a second round
+    trip per read. Pool connections here never change session state (the event hub LISTENs
+    on its own connection; advisory session locks are released in `finally`), so only an
+    unfinished transaction needs undoing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 def _migrations() -> list[tuple[int, str, str]]:
