@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -95,9 +96,15 @@ def postgres() -> Iterator[Postgres]:
     try:
         yield Postgres(url=server.get_uri(), server=server)
     finally:
-        server.cleanup_mode = "delete"
+        # Stop it with a signal rather than pg_ctl: forking this (threaded) process to run
+        # pg_ctl as another user can crash the child.
+        import psutil
+
+        server.cleanup_mode = None
         with contextlib.suppress(Exception):
-            server._cleanup()
+            pid = server.get_pid()
+            os.kill(pid, signal.SIGINT)
+            psutil.Process(pid).wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
