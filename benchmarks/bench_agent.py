@@ -35,7 +35,6 @@ MIB = 1 << 20
 
 def onnx_model(weight_bytes: int, seed: int) -> bytes:
     """y = x * W[0:1], x float32 [N, 4]; W is float32 [rows, 4] of `weight_bytes`."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rows = max(1, weight_bytes // 16)

@@ -11,7 +11,6 @@ blobs that no loaded or desired version references until the cache fits `max_byt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,16 +20,7 @@ from pathlib import Path
 
 log = logging.getLogger("modelreg.agent.cache")
 
-CHUNK = 1024 * 1024
 EXTENSIONS = ("onnx", "pt", "bin")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class BlobCache:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-
+from modelreg.client import file_sha256
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
-from serving_agent.cache import BlobCache, file_sha256
+
+from serving_agent.cache import BlobCache
 from serving_agent.errors import FetchError, IntegrityError
 from serving_agent.spec import VersionSpec
 

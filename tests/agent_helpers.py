@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BIN = Path(sys.executable).parent
 
@@ -140,3 +141,27 @@ class Hammer:
         self.stop_event.set()
         self.thread.join(15)
         self.client.close()
+
+
+def serving_states(agent: AgentProcess, model: str) -> dict[int, int]:
+    """What the agent says it holds for a model: version -> ServedVersionState."""
+    with agent.client() as c:
+        return {v.version: v.state for v in c.serving_status([model]).models[0].versions}
+
+
+@pytest.fixture
+def agents(tmp_path):
+    """Starts real `modelreg agent` processes; every one is stopped at the end."""
+    from conftest import free_port
+
+    started: list[AgentProcess] = []
+
+    def start(registry: str, models: list[str], name: str = "a1", extra=None, cache_dir: Path | None = None):
+        a = AgentProcess(registry, models, cache_dir or tmp_path / f"cache-{name}", tmp_path / f"agent-{name}.log",
+                         free_port(), extra=["--agent-id", name, *(extra or [])]).start()
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.stop()

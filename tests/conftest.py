@@ -30,8 +30,9 @@ import pytest
 
 from registry_server.storage import db
 
-# The SeaweedFS S3 server fixtures, shared by every test module (one server per session).
-pytest_plugins = ["s3_helpers"]
+# Fixtures shared by every test module: the SeaweedFS S3 server (one per session) and the
+# serving-agent processes.
+pytest_plugins = ["s3_helpers", "agent_helpers"]
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -223,11 +224,12 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
 
 @pytest.fixture
 def spawn_registry(database_url: str, tmp_path: Path):
-    """Starts `modelreg server` processes on the test's database (real console script)."""
+    """Starts `modelreg server` processes on the test's database (real console script).
+    `port` puts a server where an earlier one was (a restart); default a free port."""
     procs: list[subprocess.Popen] = []
 
-    def spawn(**env_overrides) -> tuple[subprocess.Popen, str]:
-        port = free_port()
+    def spawn(port: int | None = None, **env_overrides) -> tuple[subprocess.Popen, str]:
+        port = port or free_port()
         env = dict(os.environ)
         env.update(
             MODELREG_ADDRESS=f"127.0.0.1:{port}",
@@ -237,7 +239,7 @@ def spawn_registry(database_url: str, tmp_path: Path):
             MODELREG_SHUTDOWN_GRACE="1",
         )
         env.update(env_overrides)
-        log = open(tmp_path / f"server-{port}.log", "wb")  # noqa: SIM115
+        log = open(tmp_path / f"server-{port}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen([str(BIN / "modelreg"), "server"], env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
         wait_for_port(port, proc=proc)

@@ -7,44 +7,22 @@ import json
 from collections import Counter
 
 import numpy as np
-import pytest
 
-from agent_helpers import AgentProcess, onnx_scale_model, wait_until
-from conftest import free_port
+from agent_helpers import onnx_scale_model, serving_states, wait_until
 from modelreg.v1 import agent_service_pb2 as ag
 
 X = {"x": np.ones((1, 4), np.float32)}
 
 
-@pytest.fixture
-def start_agent(registry, tmp_path):
-    started: list[AgentProcess] = []
-
-    def start(models: list[str], name: str = "a1") -> AgentProcess:
-        a = AgentProcess(registry.address, models, tmp_path / f"cache-{name}", tmp_path / f"agent-{name}.log",
-                         free_port(), extra=["--agent-id", name]).start()
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.stop()
-
-
-def states(agent: AgentProcess, model: str) -> dict[int, int]:
-    with agent.client() as c:
-        return {v.version: v.state for v in c.serving_status([model]).models[0].versions}
-
-
-def test_canary_weight_and_sticky_routing_keys(client, start_agent):
+def test_canary_weight_and_sticky_routing_keys(client, registry, agents):
     v1 = client.register("can", onnx_scale_model(1.0), filename="c.onnx")
     client.promote("can", v1.version, "production")
     v2 = client.register("can", onnx_scale_model(2.0), filename="c.onnx")
-    agent = start_agent(["can"])
+    agent = agents(registry.address, ["can"])
     agent.wait_serving()
     client.set_canary("can", v2.version, 30)
     serving = ag.SERVED_VERSION_STATE_SERVING
-    wait_until(lambda: states(agent, "can") == {1: serving, 2: serving}, 60, what="stable and canary loaded")
+    wait_until(lambda: serving_states(agent, "can") == {1: serving, 2: serving}, 60, what="stable and canary loaded")
 
     with agent.client() as c:
         sticky = {key: c.predict("can", X, routing_key=key).model_version for key in (f"user-{i}" for i in range(200))}
@@ -57,18 +35,18 @@ def test_canary_weight_and_sticky_routing_keys(client, start_agent):
     assert 20 <= share["models/can/versions/2"] <= 100, share  # 30% of 200 keys, hashed
 
     client.promote_canary("can")
-    wait_until(lambda: states(agent, "can") == {2: serving}, 60, what="canary promoted, v1 unloaded")
+    wait_until(lambda: serving_states(agent, "can") == {2: serving}, 60, what="canary promoted, v1 unloaded")
     st = wait_until(lambda: (s := client.rollout_status("can")).complete and s, 30, what="promotion observed")
     assert (st.desired_version, st.desired_canary_version) == (2, 0)
     with agent.client() as c:
         assert c.predict("can", X, routing_key="user-1").model_version == "models/can/versions/2"
 
 
-def test_health_serving_only_once_every_model_has_a_version(client, start_agent):
+def test_health_serving_only_once_every_model_has_a_version(client, registry, agents):
     v = client.register("first", onnx_scale_model(1.0), filename="f.onnx")
     client.promote("first", v.version, "production")
     client.create_model("second")
-    agent = start_agent(["first", "second"])
+    agent = agents(registry.address, ["first", "second"])
     with agent.client() as c:
         wait_until(lambda: c.predict("first", X).model_version == "models/first/versions/1", 60,
                    what="first model serving")
@@ -79,13 +57,13 @@ def test_health_serving_only_once_every_model_has_a_version(client, start_agent)
         assert c.predict("second", X).model_version == "models/second/versions/1"
 
 
-def test_unknown_watch_cursor_resyncs_from_the_snapshot(client, start_agent, tmp_path):
+def test_unknown_watch_cursor_resyncs_from_the_snapshot(client, registry, agents, tmp_path):
     v = client.register("resync", onnx_scale_model(9.0), filename="r.onnx")
     client.promote("resync", v.version, "production")
     cache = tmp_path / "cache-cursor"
     cache.mkdir()
     (cache / "state.json").write_text(json.dumps({"sequence": 999999, "models": {}}))
-    agent = start_agent(["resync"], name="cursor")
+    agent = agents(registry.address, ["resync"], name="cursor")
     agent.wait_serving()
     with agent.client() as c:
         assert c.predict("resync", X).model_version == "models/resync/versions/1"

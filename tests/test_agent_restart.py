@@ -3,42 +3,12 @@ registry is down, and a promotion made while the agent was away is not missed.""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import numpy as np
 import pytest
 
-from agent_helpers import BIN, AgentProcess, onnx_scale_model, wait_until
-from conftest import free_port, wait_for_port
+from agent_helpers import AgentProcess, onnx_scale_model, wait_until
+from conftest import free_port
 from modelreg import Client
-
-
-@pytest.fixture
-def registry_at(database_url, tmp_path):
-    """Starts `modelreg server` processes on a given port (so one can come back where it was)."""
-    procs: list[subprocess.Popen] = []
-
-    def spawn(port: int) -> tuple[subprocess.Popen, str]:
-        env = dict(os.environ)
-        env.update(
-            MODELREG_ADDRESS=f"127.0.0.1:{port}",
-            MODELREG_DATABASE_URL=database_url,
-            MODELREG_ARTIFACTS=str(tmp_path / "artifacts"),
-            MODELREG_DATA_DIR=str(tmp_path / "data"),
-            MODELREG_SHUTDOWN_GRACE="1",
-        )
-        log = open(tmp_path / f"server-{port}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([str(BIN / "modelreg"), "server"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        wait_for_port(port, proc=proc)
-        return proc, f"127.0.0.1:{port}"
-
-    yield spawn
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-            p.wait(15)
 
 
 @pytest.fixture
@@ -60,9 +30,9 @@ def _output(agent: AgentProcess, model: str):
     return r.model_version, float(r.outputs["y"][0, 0])
 
 
-def test_agent_restarted_while_registry_down_serves_from_cache(registry_at, agent_procs, tmp_path):
+def test_agent_restarted_while_registry_down_serves_from_cache(spawn_registry, agent_procs, tmp_path):
     port = free_port()
-    proc, address = registry_at(port)
+    proc, address = spawn_registry(port)
     with Client(address, actor="tester") as reg:
         v1 = reg.register("offline", onnx_scale_model(7.0), filename="o.onnx")
         reg.promote("offline", v1.version, "production")
@@ -86,9 +56,9 @@ def test_agent_restarted_while_registry_down_serves_from_cache(registry_at, agen
     assert "registry unreachable" in second.log()
 
 
-def test_registry_restart_agent_resumes_without_missing_a_promotion(registry_at, agent_procs, tmp_path):
+def test_registry_restart_agent_resumes_without_missing_a_promotion(spawn_registry, agent_procs, tmp_path):
     port = free_port()
-    proc, address = registry_at(port)
+    proc, address = spawn_registry(port)
     with Client(address, actor="tester") as reg:
         v1 = reg.register("resume", onnx_scale_model(1.0), filename="r.onnx")
         reg.promote("resume", v1.version, "production")
@@ -100,14 +70,14 @@ def test_registry_restart_agent_resumes_without_missing_a_promotion(registry_at,
 
     # While the agent's registry is down, v2 is promoted through another replica on the same
     # database (the agent does not know that address).
-    other, other_address = registry_at(free_port())
+    other, other_address = spawn_registry(free_port())
     with Client(other_address, actor="tester") as reg:
         v2 = reg.register("resume", onnx_scale_model(2.0), filename="r.onnx")
         reg.promote("resume", v2.version, "production")
     _stop(other)
     assert _output(agent, "resume") == ("models/resume/versions/1", 1.0), "the agent stops serving while away"
 
-    registry_at(port)
+    spawn_registry(port)
     wait_until(lambda: _output(agent, "resume")[0] == "models/resume/versions/2", 60,
                what="the agent picking up v2 after the registry came back")
     assert _output(agent, "resume") == ("models/resume/versions/2", 2.0)

@@ -9,31 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent_helpers import AgentProcess, Hammer, onnx_scale_model, wait_until
+from agent_helpers import Hammer, onnx_scale_model, serving_states, wait_until
 from conftest import free_port
 from modelreg import errors
 from modelreg.v1 import agent_service_pb2 as ag
-
-
-@pytest.fixture
-def agents(tmp_path):
-    started: list[AgentProcess] = []
-
-    def start(registry: str, models: list[str], name: str = "a1", extra=None, cache_dir: Path | None = None):
-        a = AgentProcess(registry, models, cache_dir or tmp_path / f"cache-{name}", tmp_path / f"agent-{name}.log",
-                         free_port(), extra=["--agent-id", name, *(extra or [])]).start()
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.stop()
-
-
-def served(agent: AgentProcess, model: str) -> dict[int, int]:
-    with agent.client() as c:
-        st = c.serving_status([model])
-    return {v.version: v.state for v in st.models[0].versions}
 
 
 def test_promote_v2_under_load_swaps_with_zero_failed_requests(client, registry, agents, cli):
@@ -46,7 +25,7 @@ def test_promote_v2_under_load_swaps_with_zero_failed_requests(client, registry,
         wait_until(lambda: len(hammer.versions) >= 20, 30, what="requests on v1")
         v2 = client.register("scaler", onnx_scale_model(2.0), filename="scaler.onnx")
         client.promote("scaler", v2.version, "production", reason="better")
-        wait_until(lambda: served(agent, "scaler") == {2: ag.SERVED_VERSION_STATE_SERVING}, 60,
+        wait_until(lambda: serving_states(agent, "scaler") == {2: ag.SERVED_VERSION_STATE_SERVING}, 60,
                    what="v1 unloaded, only v2 serving")
         n = len(hammer.versions)
         wait_until(lambda: len(hammer.versions) >= n + 20, 30, what="requests on v2")

@@ -11,8 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from agent_helpers import AgentProcess, Hammer, onnx_scale_model, wait_until
-from conftest import free_port
+from agent_helpers import AgentProcess, Hammer, onnx_scale_model, serving_states, wait_until
 from modelreg import Client
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import deployment_service_pb2 as ds
@@ -38,26 +37,6 @@ def onnx_fails_for_batches_above_one() -> bytes:
     return model.SerializeToString()
 
 
-@pytest.fixture
-def start_agent(tmp_path):
-    started: list[AgentProcess] = []
-
-    def start(registry: str, models: list[str], name: str = "a1") -> AgentProcess:
-        a = AgentProcess(registry, models, tmp_path / f"cache-{name}", tmp_path / f"agent-{name}.log",
-                         free_port(), extra=["--agent-id", name]).start()
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.stop()
-
-
-def states(agent: AgentProcess, model: str) -> dict[int, int]:
-    with agent.client() as c:
-        return {v.version: v.state for v in c.serving_status([model]).models[0].versions}
-
-
 def served(agent: AgentProcess, model: str, n: int) -> Counter:
     with agent.client() as c:
         return Counter(c.predict(model, X1).model_version.rsplit("/", 1)[-1] for _ in range(n))
@@ -69,14 +48,14 @@ def only(agent: AgentProcess, model: str, version: int, n: int = 300) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_canary_share_matches_the_weight(client, registry, start_agent):
+def test_canary_share_matches_the_weight(client, registry, agents):
     client.register("split", onnx_scale_model(1.0), filename="s.onnx")
     client.register("split", onnx_scale_model(2.0), filename="s.onnx")
     client.promote("split", 1, "production")
-    agent = start_agent(registry.address, ["split"])
+    agent = agents(registry.address, ["split"])
     agent.wait_serving()
     client.set_canary("split", 2, 10)
-    wait_until(lambda: states(agent, "split") == {1: SERVING, 2: SERVING}, 60, what="canary loaded")
+    wait_until(lambda: serving_states(agent, "split") == {1: SERVING, 2: SERVING}, 60, what="canary loaded")
 
     n = 10_000
     share = served(agent, "split", n)["2"]
@@ -103,16 +82,16 @@ def test_canary_share_matches_the_weight(client, registry, start_agent):
     wait_until(lambda: only(agent, "split", 2), 30, what="weight 100 applied")
     assert served(agent, "split", 1000) == Counter({"2": 1000})
     # A weight change reloads nothing: both versions stayed loaded throughout.
-    assert states(agent, "split") == {1: SERVING, 2: SERVING}
+    assert serving_states(agent, "split") == {1: SERVING, 2: SERVING}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_promote_abort_and_rollback_fail_no_request_under_load(client, registry, start_agent):
+def test_promote_abort_and_rollback_fail_no_request_under_load(client, registry, agents):
     for scale in (1.0, 2.0, 3.0):
         client.register("live", onnx_scale_model(scale), filename="l.onnx")
     client.promote("live", 1, "production")
-    agent = start_agent(registry.address, ["live"])
+    agent = agents(registry.address, ["live"])
     agent.wait_serving()
 
     def recent_only(hammer: Hammer, version: int, n: int = 100) -> bool:
@@ -143,14 +122,14 @@ def test_promote_abort_and_rollback_fail_no_request_under_load(client, registry,
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_failing_canary_is_aborted_automatically_and_every_agent_returns_to_stable(make_registry, start_agent):
+def test_failing_canary_is_aborted_automatically_and_every_agent_returns_to_stable(make_registry, agents):
     registry = make_registry(canary_judge_interval=0.5)
     client = Client(registry.address, actor="tester")
     client.register("guarded", onnx_scale_model(1.0), filename="g.onnx")
     client.register("guarded", onnx_fails_for_batches_above_one(), filename="bad.onnx")
     client.promote("guarded", 1, "production")
     client.set_canary_policy("guarded", max_error_rate=0.2, min_requests=20)
-    agents = [start_agent(registry.address, ["guarded"], name=f"node-{i}") for i in range(2)]
+    agents = [agents(registry.address, ["guarded"], name=f"node-{i}") for i in range(2)]
     for a in agents:
         a.wait_serving()
 

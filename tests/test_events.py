@@ -26,7 +26,6 @@ from modelreg.v1 import event_service_pb2_grpc as es_grpc
 from modelreg.v1 import resources_pb2 as res
 from modelreg.watch import AsyncWatcher, list_events
 from registry_server.storage import db
-from registry_server.storage import events as store
 from registry_server.storage.repository import EventDraft, Repository
 
 

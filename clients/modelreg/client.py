@@ -267,7 +267,7 @@ class Client(DeploymentMixin):
             if not path.exists():
                 raise errors.InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, f"no such file: {path}")
             size = path.stat().st_size
-            digest = kw.get("sha256") or _file_sha256(path)
+            digest = kw.get("sha256") or file_sha256(path)
 
             def source() -> Iterator[bytes]:
                 with open(path, "rb") as f:
@@ -477,9 +477,7 @@ class Client(DeploymentMixin):
                 return
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike) -> str:
+    """Lowercase hex sha256 of a file, read in chunks (bounded memory)."""
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

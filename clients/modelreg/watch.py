@@ -149,7 +149,26 @@ class _Cursor:
         return False
 
 
-class Watcher:
+class _Progress:
+    """What a watcher has seen so far (both watchers keep it in a `_Cursor`)."""
+
+    _cursor: _Cursor
+
+    @property
+    def last_sequence(self) -> int | None:
+        """The last sequence received; resume after it."""
+        return self._cursor.last_sequence
+
+    @property
+    def reconnects(self) -> int:
+        return self._cursor.reconnects
+
+    @property
+    def resyncs(self) -> int:
+        return self._cursor.resyncs
+
+
+class Watcher(_Progress):
     """A resuming iterator over WatchEvents. Stop it with `close()` (from any thread) or by
     leaving the `for` loop. `last_sequence` is the resume point it has reached.
     `on_retry(error, delay)` is called before each reconnect (error is None when the server
@@ -178,18 +197,6 @@ class Watcher:
         self._closed = threading.Event()
         self._call: grpc.Call | None = None
         self.last_error: grpc.RpcError | None = None
-
-    @property
-    def last_sequence(self) -> int | None:
-        return self._cursor.last_sequence
-
-    @property
-    def reconnects(self) -> int:
-        return self._cursor.reconnects
-
-    @property
-    def resyncs(self) -> int:
-        return self._cursor.resyncs
 
     def close(self) -> None:
         self._closed.set()
@@ -244,7 +251,7 @@ class Watcher:
                 self._call.cancel()
 
 
-class AsyncWatcher:
+class AsyncWatcher(_Progress):
     """The Watcher over grpc.aio: `async for item in AsyncWatcher("host:port", models=[...])`.
     Stop it with `await close()` or by leaving the loop."""
 
@@ -271,18 +278,6 @@ class AsyncWatcher:
         self._closed = asyncio.Event()
         self._call = None
         self.last_error: grpc.RpcError | None = None
-
-    @property
-    def last_sequence(self) -> int | None:
-        return self._cursor.last_sequence
-
-    @property
-    def reconnects(self) -> int:
-        return self._cursor.reconnects
-
-    @property
-    def resyncs(self) -> int:
-        return self._cursor.resyncs
 
     async def close(self) -> None:
         self._closed.set()

@@ -54,8 +54,9 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         await context.abort(exc.code, exc.message)
     if isinstance(exc, _UNAVAILABLE):
         log.warning("backend unavailable: %r", exc)
+        what = "database" if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) else "database or disk"
         await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"the registry's database is unavailable ({exc}); retry shortly"
+            grpc.StatusCode.UNAVAILABLE, f"the registry's {what} is unavailable ({exc!r}); retry shortly"
         )
     log.exception("internal error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (a bug in modelreg): {exc!r}")

@@ -244,8 +244,8 @@ class DeploymentRepository:
             before_id,
             limit,
         )
-        if not rows and not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-            raise ModelNotFound(model)
+        if not rows:
+            await self.repo.require_model(model)
         return [
             (
                 r["id"],
@@ -267,8 +267,7 @@ class DeploymentRepository:
 
     async def get(self, model: str) -> Deployment:
         async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-                raise ModelNotFound(model)
+            await self.repo.require_model(model, conn)
             return await self._deployment(conn, model)
 
     async def change(
@@ -364,8 +363,8 @@ class DeploymentRepository:
             before_id,
             limit,
         )
-        if not rows and not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-            raise ModelNotFound(model)
+        if not rows:
+            await self.repo.require_model(model)
         return [
             HistoryEntry(
                 id=r["id"],

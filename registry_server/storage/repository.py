@@ -375,8 +375,7 @@ class Repository:
                 "SELECT * FROM model_versions WHERE model = $1 ORDER BY version DESC LIMIT 1", model
             )
         if row is None:
-            if not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-                raise ModelNotFound(model)
+            await self.require_model(model)
             if isinstance(ref, str):
                 what = {"production": "in production", "staging": "in staging", "latest": "registered"}[ref]
                 raise _no_alias(model, ref, what)
@@ -403,8 +402,8 @@ class Repository:
                 before,
                 limit,
             )
-        if not rows and not await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-            raise ModelNotFound(model)
+        if not rows:
+            await self.require_model(model)
         return [_version(r) for r in rows]
 
     async def get_versions(self, model: str, numbers: Sequence[int]) -> list[ModelVersion]:
@@ -461,9 +460,13 @@ class Repository:
             )
             return orphans
 
-    async def _raise_missing(self, conn: asyncpg.Connection, model: str, version: int) -> None:
-        if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
+    async def require_model(self, model: str, conn: asyncpg.Connection | None = None) -> None:
+        """Raises ModelNotFound unless the model exists (the error for an empty result)."""
+        if not await (conn or self.pool).fetchval("SELECT 1 FROM models WHERE name = $1", model):
             raise ModelNotFound(model)
+
+    async def _raise_missing(self, conn: asyncpg.Connection, model: str, version: int) -> None:
+        await self.require_model(model, conn)
         raise VersionNotFound(model, version)
 
 

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from modelreg.client import Client
+from modelreg.client import Client, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,6 @@ def _config(args: Any) -> dict[str, Any]:
     """The trainer's arguments, as JSON-safe values."""
     raw = vars(args) if not isinstance(args, dict) else args
     return {k: (v if isinstance(v, _JSON_SCALARS) else str(v)) for k, v in raw.items()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ModelregCallback:
@@ -109,7 +101,7 @@ class ModelregCallback:
         if not weights.exists():
             log.warning("modelreg: no weights to register (%s)", weights)
             return
-        sha = _sha256(weights)
+        sha = file_sha256(weights)
         data = str(getattr(trainer.args, "data", "") or "")
         model_type = self.model_type or Path(str(getattr(trainer.args, "model", "") or "model")).stem
         self.version = self.client.register(
@@ -121,7 +113,7 @@ class ModelregCallback:
             metrics=_numbers(trainer.metrics),
             metric_history=self.history,
             dataset_id=self.dataset_id or data,
-            dataset_hash=self.dataset_hash or (_sha256(Path(data)) if data and Path(data).is_file() else ""),
+            dataset_hash=self.dataset_hash or (file_sha256(Path(data)) if data and Path(data).is_file() else ""),
             run_id=str(trainer.save_dir),
             code_revision=self.code_revision,
             tags=self.tags,
