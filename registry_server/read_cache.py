@@ -11,6 +11,10 @@ writes), other replicas' writes through the event hub within milliseconds.
 Races: a read that started before an invalidation must not store its (now stale) result.
 Each model has a generation number, bumped on invalidation; a result is stored only if the
 generation it was read under is still current.
+
+Echoes: this process's own committed events come back through the event hub a moment
+later. Their models were already dropped after the commit, so dropping them again would
+only throw away entries read since; the cache remembers its own sequences and skips them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from registry_server.domain.models import ModelVersion
 
 MAX_ENTRIES = 50_000
+MAX_OWN_SEQUENCES = 10_000
 
 
 class VersionCache:
@@ -33,6 +38,7 @@ class VersionCache:
         self.enabled = False
         self.hits = 0
         self.misses = 0
+        self._own: dict[int, None] = {}  # insertion-ordered, so the oldest go first
 
     def generation(self, model: str) -> int:
         return self._generation.get(model, 0)
@@ -69,11 +75,24 @@ class VersionCache:
         for m in set(models):
             self.invalidate(m)
 
+    def committed_own(self, sequences: Iterable[int]) -> None:
+        """Sequences this process committed and already invalidated for (see module doc)."""
+        for seq in sequences:
+            self._own[seq] = None
+        while len(self._own) > MAX_OWN_SEQUENCES:
+            del self._own[next(iter(self._own))]
+
     def on_events(self, rows) -> None:
-        """The event hub's feed: drops every model an event names; `None` (events may have
-        been missed) drops everything."""
+        """The event hub's feed: drops every model an event names, except for the echoes of
+        this process's own commits; `None` (events may have been missed) drops everything."""
         if rows is None:
             for model in list(self._generation) + list(self._models):
                 self.invalidate(model)
             return
-        self.invalidate_models(r.model for r in rows)
+        theirs = set()
+        for r in rows:
+            if r.sequence in self._own:
+                del self._own[r.sequence]
+            else:
+                theirs.add(r.model)
+        self.invalidate_models(theirs)

@@ -39,6 +39,7 @@ class Registry:
         self.deployments = DeploymentRepository(repo)
         self.cache = cache or VersionCache()
         repo.on_change = self.cache.invalidate_models
+        repo.on_committed = self.cache.committed_own
 
     # ------------------------------------------------------------------ registration
 

@@ -104,19 +104,28 @@ class Repository:
         # Called with the models a transaction emitted events for: once before commit and
         # once after it ends (the read cache drops them; see read_cache.py).
         self.on_change = on_change
+        # Called after a commit with the event sequences it made durable: this process has
+        # already dropped their models, so the echo from the event hub can be skipped.
+        self.on_committed: Callable[[range], None] | None = None
         self._touched: dict[int, set[str]] = {}
+        self._emitted: dict[int, list[range]] = {}
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection in a transaction; reports the models it changed when it ends."""
         async with self.pool.acquire() as conn:
             touched: set[str] = set()
+            emitted: list[range] = []
             self._touched[id(conn)] = touched
+            self._emitted[id(conn)] = emitted
             try:
                 async with conn.transaction():
                     yield conn
+                if self.on_committed is not None:
+                    for seqs in emitted:
+                        self.on_committed(seqs)
             finally:
-                del self._touched[id(conn)]
+                del self._touched[id(conn)], self._emitted[id(conn)]
                 if touched and self.on_change is not None:
                     self.on_change(touched)
 
@@ -135,6 +144,8 @@ class Repository:
             "UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last", len(drafts)
         )
         first = last - len(drafts) + 1
+        if id(conn) in self._emitted:
+            self._emitted[id(conn)].append(range(first, last + 1))
         await conn.executemany(
             "INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
