@@ -30,6 +30,8 @@ WORKLOADS = ("get", "production", "promote", "register", "download", "watch", "s
 
 
 def py_spy() -> str:
+    if os.environ.get("PY_SPY"):  # a py-spy you already have
+        return os.environ["PY_SPY"]
     ensure_mlflow_venv()
     exe = MLFLOW_PY.parent / "py-spy"
     if not exe.exists():

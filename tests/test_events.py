@@ -444,8 +444,39 @@ def test_events_still_arrive_after_the_listening_connection_is_killed(client, re
     assert col.sequences() == all_sequences(client)[-2:]
 
 
+def test_events_carried_by_notify_and_too_big_for_it_both_arrive_as_stored(client, registry):
+    """A NOTIFY carries its events when they fit in Postgres's 8000-byte payload; a promotion
+    with a long reason does not fit and reaches the watcher through the table. Either way the
+    watcher gets exactly what ListEvents reads from the table."""
+    client.register("talk", b"one")
+    client.register("talk", b"two")
+    col = Collector(client.watch(models=["talk"]))
+    col.wait_for(lambda c: c.of("snapshot"))
+    start = col.of("snapshot")[0].sequence
+    client.promote("talk", 1, "production", reason="short")
+    client.promote("talk", 2, "production", reason="x" * 9000)
+    stored = [e for e in list_events(client._channel) if e.sequence > start]
+    col.wait_for(lambda c: len(c.of("event")) >= len(stored))
+    col.close()
+    assert [e.event for e in col.items if e.WhichOneof("payload") == "event"] == stored
+    assert {e.reason for e in stored if e.type == es.EVENT_TYPE_STAGE_CHANGED} >= {"short", "x" * 9000}
+
+
+def test_notify_payload_round_trips_events_and_falls_back_to_the_sequence_when_too_big():
+    from datetime import datetime, timezone
+
+    from registry_server.storage.events import EventRow, notify_payload, parse_notify_payload
+
+    at = datetime(2026, 11, 29, 7, 0, 0, 123456, tzinfo=timezone.utc)
+    rows = [EventRow(41, "STAGE_CHANGED", "m", 2, "staging", "production", "ci", "why", {"k": [1, "two"]}, at)]
+    assert parse_notify_payload(notify_payload(rows)) == rows
+    big = [EventRow(42, "STAGE_CHANGED", "m", 2, "", "production", "ci", "x" * 9000, {}, at)]
+    assert notify_payload(big) == "42"
+    assert parse_notify_payload("42") is None
+
+
 def test_an_event_committed_without_notify_still_arrives(client, registry):
-    """NOTIFY only wakes the servers; the table is the truth (the slow poll finds it)."""
+    """The table is the truth: an event that no NOTIFY announced is found by the slow poll."""
     col = Collector(client.watch())
     col.wait_for(lambda c: c.of("snapshot"))
 

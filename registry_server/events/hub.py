@@ -4,8 +4,11 @@ them and wakes every stream, so a thousand watchers cost one query per batch, no
 thousand.
 
 Invariants:
-- NOTIFY ONLY WAKES THE HUB; THE TABLE IS THE TRUTH. A lost notification (the listening
-  connection dropped, the payload was coalesced) costs at most one poll interval.
+- THE TABLE IS THE TRUTH. A NOTIFY carries its transaction's events (Postgres delivers
+  notifications in commit order, which is sequence order), so the hub delivers them without
+  a query when they continue exactly where it is; anything else (a payload too big to
+  carry them, a gap) only wakes the reader, which reads the table. A lost notification
+  (the listening connection dropped) costs at most one poll interval.
 - `last_seen` only grows, and the tail holds the contiguous events
   `tail_first .. last_seen`. Sequences are assigned under a row lock held to commit, so a
   read of `sequence > last_seen` never skips an event that commits later.
@@ -153,8 +156,10 @@ class EventHub:
         `timeout` seconds, whichever comes first."""
         if self.last_seen > after or self.closing:
             return
+        # asyncio.timeout, not wait_for: no extra task per waiting stream per event.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
     def wake(self) -> None:
         """Asks the hub to read the table now."""
@@ -169,6 +174,11 @@ class EventHub:
         old.set()
 
     def _append(self, rows: list[store.EventRow]) -> None:
+        if rows[0].sequence <= self.last_seen:
+            # The reader and a notification can both bring the same events.
+            rows = [r for r in rows if r.sequence > self.last_seen]
+            if not rows:
+                return
         if rows[0].sequence != self.last_seen + 1:
             # Only after retention pruned past us or the database was replaced; the
             # table is the truth, so restart the tail there.
@@ -232,8 +242,12 @@ class EventHub:
 
     # ------------------------------------------------------------------ listening
 
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        rows = store.parse_notify_payload(payload)
+        if rows and rows[0].sequence <= self.last_seen + 1 and not self._stopping.is_set():
+            self._append(rows)
+        else:
+            self._wake.set()
 
     async def _drop_listener(self) -> None:
         conn, self._listener = self._listener, None

@@ -17,12 +17,17 @@ from registry_server.services.status import actor_of, grpc_errors
 MODEL_MASK_FIELDS = ("description", "tags", "default_config", "model_type")
 VERSION_MASK_FIELDS = ("description", "tags")
 MAX_URL_EXPIRY = 7 * 24 * 3600
+MAX_MEMO_RESPONSES = 10_000
 
 
 class RegistryServicer(rs_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry):
         self.registry = registry
         self.repo = registry.repo
+        # GetModelVersion answers built once per cached version object: the read cache hands
+        # out the same immutable ModelVersion until an event replaces it, so its response
+        # can be reused (keyed by identity, checked against the object itself).
+        self._responses: dict[int, tuple[dm.ModelVersion, rs.GetModelVersionResponse]] = {}
 
     # ------------------------------------------------------------------ models
 
@@ -104,7 +109,14 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
     @grpc_errors
     async def GetModelVersion(self, request: rs.GetModelVersionRequest, context) -> rs.GetModelVersionResponse:
         version = await self.registry.resolve(parse_version_name(request.name))
-        return rs.GetModelVersionResponse(model_version=cv.version_to_proto(version))
+        memo = self._responses.get(id(version))
+        if memo is not None and memo[0] is version:
+            return memo[1]
+        response = rs.GetModelVersionResponse(model_version=cv.version_to_proto(version))
+        if len(self._responses) >= MAX_MEMO_RESPONSES:
+            self._responses.clear()
+        self._responses[id(version)] = (version, response)
+        return response
 
     @grpc_errors
     async def ListModelVersions(self, request: rs.ListModelVersionsRequest, context) -> rs.ListModelVersionsResponse:

@@ -8,6 +8,7 @@ retention deletes only a prefix (never the latest event).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,39 @@ class EventRow:
     reason: str
     details: dict[str, Any]
     created_at: datetime
+
+
+# Postgres refuses NOTIFY payloads of 8000 bytes or more.
+NOTIFY_PAYLOAD_LIMIT = 7900
+
+
+def notify_payload(rows: Sequence[EventRow]) -> str:
+    """What a transaction NOTIFYs: its events as JSON, so every listening hub can deliver
+    them without reading the table; just the last sequence when they do not fit (the hub
+    then reads the table, which is the truth either way)."""
+    body = json.dumps(
+        [
+            [r.sequence, r.type, r.model, r.version, r.from_stage, r.to_stage, r.actor, r.reason, r.details,
+             r.created_at.isoformat()]
+            for r in rows
+        ],
+        separators=(",", ":"),
+    )
+    return body if len(body.encode()) < NOTIFY_PAYLOAD_LIMIT else str(rows[-1].sequence)
+
+
+def parse_notify_payload(payload: str) -> list[EventRow] | None:
+    """The events a NOTIFY carries, or None when it carries only a sequence (or is not
+    ours to understand)."""
+    if not payload.startswith("["):
+        return None
+    try:
+        return [
+            EventRow(int(q), t, m, int(v), f, to, a, reason, d or {}, datetime.fromisoformat(at))
+            for q, t, m, v, f, to, a, reason, d, at in json.loads(payload)
+        ]
+    except (ValueError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)

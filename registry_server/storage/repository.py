@@ -29,6 +29,7 @@ from registry_server.errors import (
     ModelNotFound,
     VersionNotFound,
 )
+from registry_server.storage.events import EventRow, notify_payload
 
 EVENTS_CHANNEL = "modelreg_events"
 
@@ -140,21 +141,25 @@ class Repository:
             self._touched[id(conn)].update(touched)
         if self.on_change is not None:
             self.on_change(touched)
-        last = await conn.fetchval(
-            "UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last", len(drafts)
+        last, at = await conn.fetchrow(
+            "UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last, clock_timestamp()", len(drafts)
         )
         first = last - len(drafts) + 1
         if id(conn) in self._emitted:
             self._emitted[id(conn)].append(range(first, last + 1))
+        rows = [
+            EventRow(first + i, d.type, d.model, d.version, d.from_stage, d.to_stage, actor, d.reason, d.details or {}, at)
+            for i, d in enumerate(drafts)
+        ]
         await conn.executemany(
-            "INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             [
-                (first + i, d.type, d.model, d.version, d.from_stage, d.to_stage, actor, d.reason, d.details or {})
-                for i, d in enumerate(drafts)
+                (r.sequence, r.type, r.model, r.version, r.from_stage, r.to_stage, r.actor, r.reason, r.details, r.created_at)
+                for r in rows
             ],
         )
-        await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(last))
+        await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, notify_payload(rows))
         return last
 
     # ---------------------------------------------------------------- models
