@@ -462,17 +462,18 @@ def test_events_carried_by_notify_and_too_big_for_it_both_arrive_as_stored(clien
     assert {e.reason for e in stored if e.type == es.EVENT_TYPE_STAGE_CHANGED} >= {"short", "x" * 9000}
 
 
-def test_notify_payload_round_trips_events_and_falls_back_to_the_sequence_when_too_big():
+def test_notify_payloads_are_parsed_and_a_bare_sequence_means_read_the_table():
     from datetime import datetime, timezone
 
-    from registry_server.storage.events import EventRow, notify_payload, parse_notify_payload
+    from registry_server.storage.events import EventRow, parse_notify_payload
 
+    payload = '[[41,"STAGE_CHANGED","m",2,"staging","production","ci","why",{"k":[1,"two"]},"2026-11-29T07:00:00.123456+00:00"]]'
     at = datetime(2026, 11, 29, 7, 0, 0, 123456, tzinfo=timezone.utc)
-    rows = [EventRow(41, "STAGE_CHANGED", "m", 2, "staging", "production", "ci", "why", {"k": [1, "two"]}, at)]
-    assert parse_notify_payload(notify_payload(rows)) == rows
-    big = [EventRow(42, "STAGE_CHANGED", "m", 2, "", "production", "ci", "x" * 9000, {}, at)]
-    assert notify_payload(big) == "42"
+    assert parse_notify_payload(payload) == [
+        EventRow(41, "STAGE_CHANGED", "m", 2, "staging", "production", "ci", "why", {"k": [1, "two"]}, at)
+    ]
     assert parse_notify_payload("42") is None
+    assert parse_notify_payload("[not json") is None
 
 
 def test_an_event_committed_without_notify_still_arrives(client, registry):

@@ -35,28 +35,15 @@ class EventRow:
     created_at: datetime
 
 
-# Postgres refuses NOTIFY payloads of 8000 bytes or more.
+# Postgres refuses NOTIFY payloads of 8000 bytes or more; larger batches NOTIFY just the
+# last sequence.
 NOTIFY_PAYLOAD_LIMIT = 7900
 
 
-def notify_payload(rows: Sequence[EventRow]) -> str:
-    """What a transaction NOTIFYs: its events as JSON, so every listening hub can deliver
-    them without reading the table; just the last sequence when they do not fit (the hub
-    then reads the table, which is the truth either way)."""
-    body = json.dumps(
-        [
-            [r.sequence, r.type, r.model, r.version, r.from_stage, r.to_stage, r.actor, r.reason, r.details,
-             r.created_at.isoformat()]
-            for r in rows
-        ],
-        separators=(",", ":"),
-    )
-    return body if len(body.encode()) < NOTIFY_PAYLOAD_LIMIT else str(rows[-1].sequence)
-
-
 def parse_notify_payload(payload: str) -> list[EventRow] | None:
-    """The events a NOTIFY carries, or None when it carries only a sequence (or is not
-    ours to understand)."""
+    """The events a NOTIFY carries (written by `repository._EMIT_SQL`: a JSON array of
+    `[sequence, type, model, version, from_stage, to_stage, actor, reason, details,
+    created_at]`), or None when it carries only a sequence (or is not ours to understand)."""
     if not payload.startswith("["):
         return None
     try:

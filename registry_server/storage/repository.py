@@ -9,6 +9,7 @@ the global counter is held only for the tail of a transaction.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,30 @@ from registry_server.errors import (
     ModelNotFound,
     VersionNotFound,
 )
-from registry_server.storage.events import EventRow, notify_payload
+from registry_server.storage.events import NOTIFY_PAYLOAD_LIMIT
 
 EVENTS_CHANNEL = "modelreg_events"
+
+# Appends events under the sequence counter's row lock and NOTIFYs them, in one statement:
+# the payload is the events as JSON (what `events.parse_notify_payload` reads) or, when that
+# would not fit in a NOTIFY, just the last sequence.
+_EMIT_SQL = """
+WITH s AS (
+    UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last, clock_timestamp() AS at
+), ins AS (
+    INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at)
+    SELECT s.last - $1 + d.i, d.type, d.model, d.version, d.from_stage, d.to_stage, $9, d.reason, d.details::jsonb, s.at
+    FROM s, unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
+        WITH ORDINALITY AS d(type, model, version, from_stage, to_stage, reason, details, i)
+    RETURNING sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at
+), p AS (
+    SELECT json_agg(json_build_array(sequence, type, model, version, from_stage, to_stage, actor, reason, details,
+                                     created_at) ORDER BY sequence)::text AS body
+    FROM ins
+)
+SELECT s.last, pg_notify($10, CASE WHEN octet_length(p.body) < $11 THEN p.body ELSE s.last::text END)
+FROM s, p
+"""
 
 
 @dataclass(frozen=True)
@@ -141,25 +163,25 @@ class Repository:
             self._touched[id(conn)].update(touched)
         if self.on_change is not None:
             self.on_change(touched)
-        last, at = await conn.fetchrow(
-            "UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last, clock_timestamp()", len(drafts)
+        # One round trip: the counter row lock is held from here to commit, so every
+        # statement after it is time that every other writer waits.
+        last = await conn.fetchval(
+            _EMIT_SQL,
+            len(drafts),
+            [d.type for d in drafts],
+            [d.model for d in drafts],
+            [d.version for d in drafts],
+            [d.from_stage for d in drafts],
+            [d.to_stage for d in drafts],
+            [d.reason for d in drafts],
+            [json.dumps(d.details or {}) for d in drafts],
+            actor,
+            EVENTS_CHANNEL,
+            NOTIFY_PAYLOAD_LIMIT,
         )
         first = last - len(drafts) + 1
         if id(conn) in self._emitted:
             self._emitted[id(conn)].append(range(first, last + 1))
-        rows = [
-            EventRow(first + i, d.type, d.model, d.version, d.from_stage, d.to_stage, actor, d.reason, d.details or {}, at)
-            for i, d in enumerate(drafts)
-        ]
-        await conn.executemany(
-            "INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            [
-                (r.sequence, r.type, r.model, r.version, r.from_stage, r.to_stage, r.actor, r.reason, r.details, r.created_at)
-                for r in rows
-            ],
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, notify_payload(rows))
         return last
 
     # ---------------------------------------------------------------- models
@@ -308,22 +330,19 @@ class Repository:
                 sha256,
                 size,
             )
-            number = await conn.fetchval(
-                "UPDATE models SET last_version = last_version + 1, updated_at = now()"
-                " WHERE name = $1 RETURNING last_version",
-                nv.model,
-            )
-            if number is None:
-                raise ModelNotFound(nv.model)
+            # The model row lock taken here is held to commit; the next number and the
+            # version row go in one round trip.
             try:
                 row = await conn.fetchrow(
-                    "INSERT INTO model_versions (model, version, format, model_type, config, metrics,"
+                    "WITH n AS (UPDATE models SET last_version = last_version + 1, updated_at = now()"
+                    " WHERE name = $1 RETURNING last_version)"
+                    " INSERT INTO model_versions (model, version, format, model_type, config, metrics,"
                     " metric_history, dataset_id, dataset_hash, parent_version, run_id, code_revision,"
                     " tags, description, created_by, sha256, size_bytes, filename, request_id)"
-                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)"
-                    " RETURNING *",
+                    " SELECT $1, n.last_version, $2::text, $3::text, $4::jsonb, $5::jsonb, $6::jsonb, $7::text,"
+                    " $8::text, $9::bigint, $10::text, $11::text, $12::jsonb, $13::text, $14::text, $15::text,"
+                    " $16::bigint, $17::text, $18::text FROM n RETURNING *",
                     nv.model,
-                    number,
                     nv.format.value,
                     model_type,
                     config,
@@ -345,6 +364,9 @@ class Repository:
             except asyncpg.UniqueViolationError as e:
                 # Rolls back the whole transaction, version counter included: no gap.
                 raise RequestIdTaken() from e
+            if row is None:
+                raise ModelNotFound(nv.model)
+            number = row["version"]
             await self._emit(
                 conn,
                 actor,
