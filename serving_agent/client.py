@@ -77,14 +77,11 @@ class InferenceClient:
 
     def predict(self, model: str, inputs: dict[str, np.ndarray], *, output_names: list[str] | None = None,
                 routing_key: str = "") -> PredictResult:
-        from serving_agent.server import array_to_tensor, tensor_to_array
+        from serving_agent.server import add_tensor, tensor_to_array
 
-        req = inf.PredictRequest(
-            model=_model(model),
-            inputs=[array_to_tensor(k, np.asarray(v)) for k, v in inputs.items()],
-            output_names=output_names or [],
-            routing_key=routing_key,
-        )
+        req = inf.PredictRequest(model=_model(model), output_names=output_names or [], routing_key=routing_key)
+        for k, v in inputs.items():
+            add_tensor(req.inputs, k, np.asarray(v))
         resp = self._call(self.stub.Predict, req)
         return PredictResult(resp.model_version, {t.name: tensor_to_array(t) for t in resp.outputs})
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
+import os
 import signal
 import sys
 
@@ -39,26 +41,31 @@ TO_DTYPE = {np.dtype(v): k for k, v in DTYPES.items()}
 
 
 def tensor_to_array(t: inf.Tensor) -> np.ndarray:
+    """A read-only view on the tensor's bytes (no copy on a little-endian machine)."""
     if t.dtype not in DTYPES:
         raise BadInput(f"tensor {t.name!r} needs a dtype (DATA_TYPE_FLOAT32, DATA_TYPE_INT64, ...)")
     dtype = np.dtype(DTYPES[t.dtype]).newbyteorder("<")
     shape = tuple(int(d) for d in t.shape)
     if any(d < 0 for d in shape):
         raise BadInput(f"tensor {t.name!r} has a negative dimension in shape {list(shape)}")
+    data = t.data  # each read of a bytes field copies it out of the message: read it once
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(t.data) != expected:
+    if len(data) != expected:
         raise BadInput(
-            f"tensor {t.name!r}: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(t.data)}"
+            f"tensor {t.name!r}: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(data)}"
         )
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
-def array_to_tensor(name: str, a: np.ndarray) -> inf.Tensor:
-    a = np.ascontiguousarray(a)
+def add_tensor(tensors, name: str, a: np.ndarray) -> inf.Tensor:
+    """Appends `a` to a repeated Tensor field (`request.inputs`, `response.outputs`) in place:
+    one copy of the data into the message. Building a Tensor and passing it in a list would
+    copy it again, which for megabytes of image tensors costs more than the transport."""
     code = TO_DTYPE.get(a.dtype.newbyteorder("="))
     if code is None:
-        raise BadInput(f"output {name!r} has dtype {a.dtype}, which the inference API cannot carry")
-    return inf.Tensor(name=name, dtype=code, shape=list(a.shape), data=a.astype(a.dtype.newbyteorder("<")).tobytes())
+        raise BadInput(f"tensor {name!r} has dtype {a.dtype}, which the inference API cannot carry")
+    data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()  # no-op cast on little-endian
+    return tensors.add(name=name, dtype=code, shape=a.shape, data=data)
 
 
 def agent_errors(fn):
@@ -90,10 +97,10 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         result = await self.agent.predict(
             request.model, inputs, list(request.output_names) or None, routing_key=request.routing_key
         )
-        return inf.PredictResponse(
-            model_version=result.model_version,
-            outputs=[array_to_tensor(k, v) for k, v in result.outputs.items()],
-        )
+        response = inf.PredictResponse(model_version=result.model_version)
+        for k, v in result.outputs.items():
+            add_tensor(response.outputs, k, v)
+        return response
 
     @agent_errors
     async def Detect(self, request: inf.DetectRequest, context) -> inf.DetectResponse:
@@ -126,6 +133,30 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         return inf.GetServingStatusResponse(agent=self.agent.status(list(request.models) or None))
 
 
+def keep_freed_memory() -> None:
+    """Tunes glibc malloc for a process that moves megabytes per request (the agent process
+    only: never called when the agent runs as a library inside an application).
+
+    By default glibc hands big freed blocks straight back to the kernel (mmap above a moving
+    threshold, trimming the heap top), so every Predict with image-sized tensors maps fresh
+    pages and the kernel zeroes them on first touch: for YOLOv8n at 640 (4.9 MB in, 2.8 MB
+    out) that was ~15 ms of CPU per request, a quarter of the model's own time. Keeping
+    blocks up to 32 MiB in the heap and up to 128 MiB free at its top makes the buffers of
+    one request reuse the pages of the last. MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_
+    or GLIBC_TUNABLES in the environment win: then nothing is changed."""
+    if not sys.platform.startswith("linux") or any(
+        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+    ):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 128 << 20)
+
+
 def listen_address(listen: str, uds: str) -> str:
     return f"unix:{uds}" if uds else listen
 
@@ -133,6 +164,7 @@ def listen_address(listen: str, uds: str) -> str:
 async def serve(config: AgentConfig, listen: str, metrics_port: int | None, metrics_host: str = "127.0.0.1",
                 ready_line: bool = True) -> None:
     """Runs an agent with its inference server until SIGTERM/SIGINT."""
+    keep_freed_memory()
     agent = Agent(config)
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
