@@ -12,9 +12,11 @@ import grpc
 import pytest
 
 from modelreg import errors
+from modelreg.v1 import event_service_pb2 as es
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
+from modelreg.watch import list_events
 
 
 def blob_files(root: Path) -> list[Path]:
@@ -164,6 +166,40 @@ async def test_concurrent_retries_with_one_request_id_create_one_version(registr
         results = await asyncio.gather(*(register() for _ in range(10)))
     assert {r.model_version.version for r in results} == {1}
     assert sum(not r.deduplicated for r in results) == 1
+
+
+async def test_registrations_committed_together_keep_numbers_events_and_request_ids(registry, client):
+    """Registrations that arrive together are committed together (group commit); a request-id
+    race inside one batch fails only the losers, which get the winner's version."""
+    async with grpc.aio.insecure_channel(registry.address) as channel:
+        stub = rs_grpc.RegistryServiceStub(channel)
+        await stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/batch")))
+
+        async def register(data: bytes, request_id: str = "") -> rs.RegisterModelVersionResponse:
+            async def requests():
+                yield rs.RegisterModelVersionRequest(
+                    header=rs.RegisterModelVersionHeader(parent="models/batch", request_id=request_id)
+                )
+                yield rs.RegisterModelVersionRequest(chunk=data)
+
+            return await stub.RegisterModelVersion(requests(), timeout=120)
+
+        calls = [register(f"distinct {i}".encode()) for i in range(60)]
+        calls += [register(b"retried", request_id="retry-7") for _ in range(10)]
+        results = await asyncio.gather(*calls)
+    distinct, retried = results[:60], results[60:]
+    assert len({r.model_version.version for r in retried}) == 1
+    assert sum(not r.deduplicated for r in retried) == 1
+    numbers = sorted({r.model_version.version for r in results})
+    assert numbers == list(range(1, 62))
+    assert [v.version for v in client.list_versions("batch")] == list(range(61, 0, -1))
+    ready = [
+        e.version
+        for e in list_events(client._channel)
+        if e.model == "models/batch" and e.type == es.EVENT_TYPE_VERSION_READY
+    ]
+    assert sorted(ready) == numbers
+    assert all(r.model_version.state == res.MODEL_VERSION_STATE_READY for r in distinct)
 
 
 def test_identical_bytes_are_stored_once(client, registry):

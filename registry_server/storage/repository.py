@@ -8,10 +8,11 @@ the global counter is held only for the tail of a transaction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -69,6 +70,22 @@ class EventDraft:
 
 class RequestIdTaken(Exception):
     """A concurrent registration used the same request id first."""
+
+
+# Registrations committed together at most (see Repository.register_version).
+MAX_REGISTRATION_BATCH = 32
+
+
+@dataclass
+class _Registration:
+    nv: NewVersion
+    config: dict[str, Any]
+    model_type: str
+    sha256: str
+    size: int
+    actor: str
+    finalize: Callable[[], Awaitable[None]]
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def blob_lock_key(sha256: str) -> int:
@@ -132,6 +149,8 @@ class Repository:
         self.on_committed: Callable[[range], None] | None = None
         self._touched: dict[int, set[str]] = {}
         self._emitted: dict[int, list[range]] = {}
+        self._registrations: list[_Registration] = []
+        self._registering: asyncio.Task | None = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -318,68 +337,125 @@ class Repository:
         actor: str,
         finalize: Callable[[], Awaitable[None]],
     ) -> ModelVersion:
-        """Creates a READY version in one transaction. `finalize` moves the verified bytes
-        under their final key; it runs inside the transaction while the blob's advisory
-        lock is held, so a concurrent delete of the same blob cannot interleave.
-        Raises RequestIdTaken when the request id was used by a concurrent registration."""
+        """Creates a READY version. `finalize` moves the verified bytes under their final
+        key; it runs inside the transaction while the blob's advisory lock is held, so a
+        concurrent delete of the same blob cannot interleave.
+        Raises RequestIdTaken when the request id was used by a concurrent registration.
+
+        Group commit: registrations that arrive while one is committing wait and then go
+        into the database together, in one transaction (each in its own savepoint, so one
+        failing does not fail the others). The model row and the event counter are locked
+        until commit, so one commit per registration would serialize every registration
+        of a model on a WAL flush; one per batch amortizes it."""
+        item = _Registration(nv, config, model_type, sha256, size, actor, finalize)
+        self._registrations.append(item)
+        if self._registering is None or self._registering.done():
+            self._registering = asyncio.create_task(self._register_pending(), name="modelreg-register")
+        return await item.done
+
+    async def _register_pending(self) -> None:
+        """Commits the waiting registrations, a batch at a time, until none wait."""
+        while self._registrations:
+            batch = [i for i in self._registrations[:MAX_REGISTRATION_BATCH] if not i.done.done()]
+            del self._registrations[:MAX_REGISTRATION_BATCH]
+            if not batch:
+                continue
+            try:
+                results = await self._register_batch(batch)
+            except asyncio.CancelledError:
+                for i in batch:
+                    i.done.cancel()
+                raise
+            except Exception as e:  # noqa: BLE001 - the transaction failed: every item did
+                for i in batch:
+                    if not i.done.done():
+                        i.done.set_exception(e)
+                continue
+            for i, r in zip(batch, results):
+                if i.done.done():
+                    continue
+                if isinstance(r, BaseException):
+                    i.done.set_exception(r)
+                else:
+                    i.done.set_result(r)
+
+    async def _register_batch(self, batch: list[_Registration]) -> list[ModelVersion | BaseException]:
+        alone = len(batch) == 1
+        results: list[ModelVersion | BaseException] = []
         async with self.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", blob_lock_key(sha256))
-            await finalize()
-            await conn.execute(
-                "INSERT INTO blobs (sha256, size_bytes) VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING",
+            # Lock order: every blob first (sorted, so two batches cannot deadlock), then
+            # the models, then the event counter.
+            keys = sorted({blob_lock_key(i.sha256) for i in batch})
+            await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
+            for item in batch:
+                if alone:
+                    results.append(await self._insert_version(conn, item))
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint
+                        results.append(await self._insert_version(conn, item))
+                except Exception as e:  # noqa: BLE001 - this registration failed, not the batch
+                    results.append(e)
+            done = [(i, r) for i, r in zip(batch, results) if not isinstance(r, BaseException)]
+            for actor in dict.fromkeys(i.actor for i, _ in done):
+                await self._emit(
+                    conn,
+                    actor,
+                    [
+                        EventDraft(
+                            "VERSION_READY",
+                            v.model,
+                            v.version,
+                            details={"sha256": v.sha256, "size_bytes": v.size_bytes, "format": v.format.value},
+                        )
+                        for i, v in done
+                        if i.actor == actor
+                    ],
+                )
+        return results
+
+    async def _insert_version(self, conn: asyncpg.Connection, item: _Registration) -> ModelVersion:
+        nv, sha256, size = item.nv, item.sha256, item.size
+        await item.finalize()
+        # The model row lock taken here is held to commit; the blob row, the next number
+        # and the version row go in one round trip.
+        try:
+            row = await conn.fetchrow(
+                "WITH b AS (INSERT INTO blobs (sha256, size_bytes) VALUES ($15, $16) ON CONFLICT (sha256) DO NOTHING),"
+                " n AS (UPDATE models SET last_version = last_version + 1, updated_at = now()"
+                " WHERE name = $1 RETURNING last_version)"
+                " INSERT INTO model_versions (model, version, format, model_type, config, metrics,"
+                " metric_history, dataset_id, dataset_hash, parent_version, run_id, code_revision,"
+                " tags, description, created_by, sha256, size_bytes, filename, request_id)"
+                " SELECT $1, n.last_version, $2::text, $3::text, $4::jsonb, $5::jsonb, $6::jsonb, $7::text,"
+                " $8::text, $9::bigint, $10::text, $11::text, $12::jsonb, $13::text, $14::text, $15::text,"
+                " $16::bigint, $17::text, $18::text FROM n RETURNING *",
+                nv.model,
+                nv.format.value,
+                item.model_type,
+                item.config,
+                nv.metrics,
+                {k: [list(p) for p in v] for k, v in nv.metric_history.items()},
+                nv.lineage.dataset_id,
+                nv.lineage.dataset_hash,
+                nv.lineage.parent_version,
+                nv.lineage.run_id,
+                nv.lineage.code_revision,
+                nv.tags,
+                nv.description,
+                item.actor,
                 sha256,
                 size,
+                nv.filename,
+                nv.request_id or None,
             )
-            # The model row lock taken here is held to commit; the next number and the
-            # version row go in one round trip.
-            try:
-                row = await conn.fetchrow(
-                    "WITH n AS (UPDATE models SET last_version = last_version + 1, updated_at = now()"
-                    " WHERE name = $1 RETURNING last_version)"
-                    " INSERT INTO model_versions (model, version, format, model_type, config, metrics,"
-                    " metric_history, dataset_id, dataset_hash, parent_version, run_id, code_revision,"
-                    " tags, description, created_by, sha256, size_bytes, filename, request_id)"
-                    " SELECT $1, n.last_version, $2::text, $3::text, $4::jsonb, $5::jsonb, $6::jsonb, $7::text,"
-                    " $8::text, $9::bigint, $10::text, $11::text, $12::jsonb, $13::text, $14::text, $15::text,"
-                    " $16::bigint, $17::text, $18::text FROM n RETURNING *",
-                    nv.model,
-                    nv.format.value,
-                    model_type,
-                    config,
-                    nv.metrics,
-                    {k: [list(p) for p in v] for k, v in nv.metric_history.items()},
-                    nv.lineage.dataset_id,
-                    nv.lineage.dataset_hash,
-                    nv.lineage.parent_version,
-                    nv.lineage.run_id,
-                    nv.lineage.code_revision,
-                    nv.tags,
-                    nv.description,
-                    actor,
-                    sha256,
-                    size,
-                    nv.filename,
-                    nv.request_id or None,
-                )
-            except asyncpg.UniqueViolationError as e:
-                # Rolls back the whole transaction, version counter included: no gap.
-                raise RequestIdTaken() from e
-            if row is None:
-                raise ModelNotFound(nv.model)
-            number = row["version"]
-            await self._emit(
-                conn,
-                actor,
-                [
-                    EventDraft(
-                        "VERSION_READY",
-                        nv.model,
-                        number,
-                        details={"sha256": sha256, "size_bytes": size, "format": nv.format.value},
-                    )
-                ],
-            )
-            return _version(row)
+        except asyncpg.UniqueViolationError as e:
+            # Rolls back this registration (its savepoint or transaction), version counter
+            # included: no gap.
+            raise RequestIdTaken() from e
+        if row is None:
+            raise ModelNotFound(nv.model)
+        return _version(row)
 
     @contextlib.asynccontextmanager
     async def blob_lock(self, sha256: str) -> AsyncIterator[bool]:
