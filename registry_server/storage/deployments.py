@@ -10,6 +10,7 @@ the deployment revision and the history never disagree.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class _Change:
     transitions: list[tuple[int, int, str, str, str]] = field(default_factory=list)
     # (draft index, revision, action, reason, before, after)
     history: list[tuple[int, int, str, str, dict, dict]] = field(default_factory=list)
+    # Artifact digests of the version rows this change already holds (saves a query each).
+    shas: dict[int, str] = field(default_factory=dict)
 
     def add(self, draft: EventDraft) -> int:
         self.drafts.append(draft)
@@ -80,19 +83,23 @@ class DeploymentRepository:
     async def _load_state(
         self, conn: asyncpg.Connection, model: str, production: int | None, lock: bool
     ) -> tuple[dd.DeploymentState, dd.CanaryPolicy]:
-        if lock:
+        query = "SELECT * FROM deployments WHERE model = $1" + (" FOR UPDATE" if lock else "")
+        row = await conn.fetchrow(query, model)
+        if row is None and lock:  # the model's first deployment change
             await conn.execute("INSERT INTO deployments (model) VALUES ($1) ON CONFLICT DO NOTHING", model)
-        row = await conn.fetchrow(
-            "SELECT * FROM deployments WHERE model = $1" + (" FOR UPDATE" if lock else ""), model
-        )
+            row = await conn.fetchrow(query, model)
         if row is None:
             return dd.DeploymentState(stable_version=production or 0), dd.CanaryPolicy()
         state = dd.DeploymentState(production or 0, row["canary_version"], row["canary_weight"], row["revision"])
         return state, dd.CanaryPolicy.from_dict(row["policy"])
 
-    async def _version_sha(self, conn: asyncpg.Connection, model: str, version: int) -> str:
+    async def _version_sha(
+        self, conn: asyncpg.Connection, model: str, version: int, known: dict[int, str] | None = None
+    ) -> str:
         if not version:
             return ""
+        if known and version in known:
+            return known[version]
         return await conn.fetchval(
             "SELECT sha256 FROM model_versions WHERE model = $1 AND version = $2", model, version
         ) or ""
@@ -126,12 +133,14 @@ class DeploymentRepository:
                 )
             )
             ch.transitions.append((i, previous, "production", "archived", reason))
+            ch.shas[previous] = archived_row["sha256"]
         row = await conn.fetchrow(
             "UPDATE model_versions SET stage = $3, updated_at = now() WHERE model = $1 AND version = $2 RETURNING *",
             model,
             number,
             target.value,
         )
+        ch.shas[number] = row["sha256"]
         if target == Stage.PRODUCTION:
             production = number
         elif plan.from_stage == Stage.PRODUCTION:
@@ -176,8 +185,8 @@ class DeploymentRepository:
         )
         details = {
             **after.as_dict(),
-            "stable_sha256": await self._version_sha(conn, ch.model, after.stable_version),
-            "canary_sha256": await self._version_sha(conn, ch.model, after.canary_version),
+            "stable_sha256": await self._version_sha(conn, ch.model, after.stable_version, ch.shas),
+            "canary_sha256": await self._version_sha(conn, ch.model, after.canary_version, ch.shas),
             "action": action.value,
         }
         i = ch.add(EventDraft("DEPLOYMENT_CHANGED", ch.model, after.stable_version, reason=reason, details=details))
@@ -186,17 +195,28 @@ class DeploymentRepository:
     async def _commit(self, conn: asyncpg.Connection, ch: _Change) -> int:
         last = await self.repo._emit(conn, ch.actor, ch.drafts)
         first = last - len(ch.drafts) + 1
-        if ch.transitions:
-            await conn.executemany(
-                "INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                [(ch.model, v, f, t, ch.actor, r, first + i) for i, v, f, t, r in ch.transitions],
-            )
-        if ch.history:
-            await conn.executemany(
-                "INSERT INTO deployment_history (model, revision, action, actor, reason, before, after, sequence)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [(ch.model, rev, a, ch.actor, r, b, af, first + i) for i, rev, a, r, b, af in ch.history],
+        if ch.transitions or ch.history:  # both in one round trip (the counter lock is held)
+            await conn.execute(
+                "WITH t AS (INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
+                " SELECT $1, v, f, t, $2, r, s FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[])"
+                " AS x(v, f, t, r, s))"
+                " INSERT INTO deployment_history (model, revision, action, actor, reason, before, after, sequence)"
+                " SELECT $1, rev, a, $2, r, b::jsonb, af::jsonb, s"
+                " FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[])"
+                " AS y(rev, a, r, b, af, s)",
+                ch.model,
+                ch.actor,
+                [v for _, v, _, _, _ in ch.transitions],
+                [f for _, _, f, _, _ in ch.transitions],
+                [t for _, _, _, t, _ in ch.transitions],
+                [r for _, _, _, _, r in ch.transitions],
+                [first + i for i, *_ in ch.transitions],
+                [rev for _, rev, _, _, _, _ in ch.history],
+                [a for _, _, a, _, _, _ in ch.history],
+                [r for _, _, _, r, _, _ in ch.history],
+                [json.dumps(b) for _, _, _, _, b, _ in ch.history],
+                [json.dumps(af) for _, _, _, _, _, af in ch.history],
+                [first + i for i, *_ in ch.history],
             )
         return last
 
