@@ -49,6 +49,21 @@ STATE_TO_PROTO = {
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
+def keep_warm_from_env() -> int:
+    """MODELREG_AGENT_KEEP_WARM: how many versions no longer desired stay loaded per model
+    (default 1; 0 unloads a version as soon as its successor serves)."""
+    raw = os.environ.get("MODELREG_AGENT_KEEP_WARM", "").strip()
+    if not raw:
+        return 1
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"MODELREG_AGENT_KEEP_WARM={raw!r} is not a whole number (0 turns warm standby off)") from None
+    if value < 0:
+        raise ValueError(f"MODELREG_AGENT_KEEP_WARM={raw!r} must not be negative (0 turns warm standby off)")
+    return value
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything an agent needs; `modelreg agent` builds it from flags and the environment."""
@@ -66,6 +81,8 @@ class AgentConfig:
     retry_initial: float = 1.0
     retry_max: float = 30.0
     poll_interval: float = 1.0
+    # versions no longer desired kept loaded per model, so a rollback to one is a pointer flip
+    keep_warm: int = field(default_factory=keep_warm_from_env)
 
     def resolved_agent_id(self) -> str:
         return self.agent_id or f"{self.node}-{os.getpid()}"
@@ -81,6 +98,7 @@ class AgentConfig:
             ("providers", ", ".join(self.providers) or "CUDA when present, else CPU"),
             ("intra-op threads", str(self.intra_op_threads or "onnxruntime default")),
             ("report interval", f"{self.report_interval:g}s"),
+            ("keep warm", f"{self.keep_warm} previous version(s) per model" if self.keep_warm else "off"),
         ]
 
 
@@ -136,6 +154,7 @@ class Agent:
             metrics=self.metrics,
             backoff=Backoff(c.retry_initial, c.retry_max),
             on_change=self._on_change,
+            keep_warm=c.keep_warm,
         )
         for m in c.models:
             self.models[model_id(m)] = ModelManager(model_id(m), hooks)
@@ -269,7 +288,10 @@ class Agent:
             if wanted is not None and name not in wanted:
                 continue
             entry = agent.models.add(model=f"models/{name}")
+            standby = {mv.version for mv in mgr.standby()}  # loaded, taking no requests: not reported
             for mv in sorted(mgr.versions.values(), key=lambda v: -v.version):
+                if mv.version in standby:
+                    continue
                 sv = entry.versions.add(
                     version=mv.version,
                     sha256=mv.spec.sha256,

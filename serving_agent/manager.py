@@ -4,6 +4,9 @@ time, and hands out leases on loaded versions.
     load:   LOADING -> fetch (cache / URL / stream) -> verify sha256 -> load -> warm up -> READY
     unload: UNLOADING (no new leases) -> wait until in-flight requests release their
             leases -> unload -> forgotten
+    standby: a version no longer desired stays loaded (READY, not routed to) while it is
+            one of the `keep_warm` most recently desired: desiring it again (a rollback)
+            swaps it back in at once, with no fetch and no load
 
 The swap is atomic: routing reads the READY set on the event loop, so a request sees the
 old version or the new one, never neither. REQUESTS ONLY EVER REACH A READY VERSION.
@@ -54,6 +57,7 @@ class ManagedVersion:
     loader: Loader | None = None
     leases: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    last_desired: int = 0  # the ModelManager's set_desired counter when it was last desired
     download_seconds: float = 0.0
     load_seconds: float = 0.0
     requests: int = 0
@@ -80,6 +84,7 @@ class ModelManager:
         self.hooks = agent_hooks
         self.desired = Desired()
         self.versions: dict[int, ManagedVersion] = {}
+        self.generation = 0  # counts set_desired calls; orders versions by when they were desired
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -88,14 +93,20 @@ class ModelManager:
     def set_desired(self, desired: Desired) -> None:
         """OMITTING A VERSION INSTRUCTS THE MANAGER TO UNLOAD IT."""
         self.desired = desired
+        self.generation += 1
         wanted = desired.versions()
         for v, mv in self.versions.items():
+            if v in wanted and not mv.desired and mv.state is State.READY:  # a warm standby swaps back in
+                self.hooks.metrics.inc("modelreg_agent_swaps_total", model=self.model)
+                log.info("%s serving again from warm standby (no load)", mv.spec.name)
             mv.desired = v in wanted
             if mv.desired and mv.state is State.FAILED:
                 mv.retry_at = min(mv.retry_at, time.monotonic() + 0.5)
         for v, spec in wanted.items():
             if v not in self.versions:
                 self.versions[v] = ManagedVersion(spec=spec)
+            self.versions[v].last_desired = self.generation
+        self._count_standby()
         self.wake.set()
         self.hooks.changed()
 
@@ -119,7 +130,21 @@ class ModelManager:
             return canary if bucket < d.weight else stable
         if stable or canary:
             return stable or canary  # type: ignore[return-value]
-        return ready[max(ready)]  # the old version keeps serving until a desired one is READY
+        # the version that served last keeps serving until a desired one is READY
+        return max(ready.values(), key=lambda mv: (mv.last_desired, mv.version))
+
+    def standby(self) -> list[ManagedVersion]:
+        """Loaded versions that take no requests now: kept warm for a quick swap back."""
+        d = self.desired
+        routable = {d.stable.version if d.stable else None, d.canary.version if d.canary and d.weight > 0 else None}
+        ready = self.ready()
+        serving = {mv.version for mv in ready if mv.version in routable}
+        if not serving and ready:
+            serving = {max(ready, key=lambda mv: (mv.last_desired, mv.version)).version}
+        return [mv for mv in ready if mv.version not in serving]
+
+    def _count_standby(self) -> None:
+        self.hooks.metrics.set("modelreg_agent_standby_versions", float(len(self.standby())), model=self.model)
 
     @contextlib.contextmanager
     def lease(self, key: str = "") -> Iterator[ManagedVersion]:
@@ -138,13 +163,14 @@ class ModelManager:
     def snapshot(self) -> list[policy.VersionSnapshot]:
         now = time.monotonic()
         return [
-            policy.VersionSnapshot(mv.version, mv.state, mv.desired, retry_due=now >= mv.retry_at)
+            policy.VersionSnapshot(mv.version, mv.state, mv.desired, retry_due=now >= mv.retry_at,
+                                   last_desired=mv.last_desired)
             for mv in self.versions.values()
         ]
 
     async def run(self) -> None:
         while True:
-            action = policy.next_action(self.snapshot())
+            action = policy.next_action(self.snapshot(), self.hooks.keep_warm)
             if action is None:
                 self.wake.clear()
                 waits = [mv.retry_at - time.monotonic() for mv in self.versions.values()
@@ -161,6 +187,7 @@ class ModelManager:
             else:
                 del self.versions[action.version]
                 self.hooks.forgot(self.model, mv)
+            self._count_standby()
             self.hooks.changed()
 
     def _set_state(self, mv: ManagedVersion, state: State, error: str = "") -> None:
@@ -201,6 +228,7 @@ class ModelManager:
         mv.attempts = 0
         self._set_state(mv, State.READY)  # the swap: routing sees it from here on
         self.hooks.metrics.inc("modelreg_agent_swaps_total", model=self.model)
+        self.hooks.metrics.inc("modelreg_agent_loads_total", model=self.model)
         self.hooks.metrics.set("modelreg_agent_load_duration_seconds", mv.load_seconds,
                                model=self.model, version=str(mv.version))
         self.hooks.metrics.set("modelreg_agent_download_duration_seconds", mv.download_seconds,
@@ -226,8 +254,9 @@ class ManagerHooks:
     """What a ModelManager needs from the agent around it."""
 
     def __init__(self, fetcher: Fetcher, options: RuntimeOptions, metrics: Metrics, backoff: Backoff,
-                 on_change: Callable[[], None]):
+                 on_change: Callable[[], None], keep_warm: int = 0):
         self.fetcher = fetcher
+        self.keep_warm = keep_warm
         self.options = options
         self.metrics = metrics
         self.backoff = backoff

@@ -5,6 +5,8 @@ prometheus_client is not a dependency; this module writes the format itself:
     modelreg_agent_request_errors_total{model,version,method,code} counter
     modelreg_agent_request_duration_seconds{model,version}          histogram
     modelreg_agent_swaps_total{model}                               counter
+    modelreg_agent_loads_total{model}                               counter (fetch + load + warm-up)
+    modelreg_agent_standby_versions{model}                          gauge (loaded, kept warm, not routed)
     modelreg_agent_load_failures_total{model,stage}                 counter
     modelreg_agent_load_duration_seconds{model,version}             gauge (load + warm-up)
     modelreg_agent_download_duration_seconds{model,version}         gauge (0: cache hit)
@@ -28,6 +30,8 @@ HELP = {
     "modelreg_agent_request_errors_total": ("counter", "Inference requests that failed, per model version."),
     "modelreg_agent_request_duration_seconds": ("histogram", "Inference latency per model version."),
     "modelreg_agent_swaps_total": ("counter", "Versions that started serving (swaps), per model."),
+    "modelreg_agent_loads_total": ("counter", "Versions loaded and warmed up (a warm standby swap is no load)."),
+    "modelreg_agent_standby_versions": ("gauge", "Versions kept loaded for a quick swap back, taking no requests."),
     "modelreg_agent_load_failures_total": ("counter", "Failed load attempts, per model and stage."),
     "modelreg_agent_load_duration_seconds": ("gauge", "Seconds the last load and warm-up of a version took."),
     "modelreg_agent_download_duration_seconds": ("gauge", "Seconds the download of a version took (0: cache)."),

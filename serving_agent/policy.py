@@ -9,6 +9,9 @@ Invariants (after TF Serving's AvailabilityPreservingPolicy):
 - New versions load beside old ones; the old one unloads only after the swap.
 - A failed version is retried only when its backoff has elapsed; a failed or not yet
   loaded version that is no longer desired is forgotten.
+- Warm standby: once a desired version serves, the `keep_warm` loaded versions that were
+  desired most recently stay loaded (not routed to), so promoting one of them again (a
+  rollback) is a pointer flip with no fetch and no session creation. The rest unload.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class VersionSnapshot:
     state: State
     desired: bool
     retry_due: bool = False  # FAILED only: its backoff has elapsed
+    last_desired: int = 0  # when it was last desired (a counter): higher served more recently
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Action:
     version: int
 
 
-def next_action(versions: Iterable[VersionSnapshot]) -> Action | None:
+def next_action(versions: Iterable[VersionSnapshot], keep_warm: int = 0) -> Action | None:
     """The next transition for one model, or None when there is nothing to do now."""
     vs = sorted(versions, key=lambda v: v.version)
     if any(v.state in (State.LOADING, State.UNLOADING) for v in vs):
@@ -57,8 +61,12 @@ def next_action(versions: Iterable[VersionSnapshot]) -> Action | None:
         if v.state in (State.NEW, State.FAILED):
             return Action(Kind.FORGET, v.version)
     desired_ready = any(v.state is State.READY for v in desired)
-    for v in undesired:  # oldest first
-        if v.state is State.READY and (desired_ready or not desired):
+    loaded = [v for v in undesired if v.state is State.READY]
+    if desired_ready and keep_warm > 0:  # the most recently desired stay warm
+        warm = sorted(loaded, key=lambda v: (v.last_desired, v.version))[-keep_warm:]
+        loaded = [v for v in loaded if v not in warm]
+    for v in loaded:  # oldest first
+        if desired_ready or not desired:
             return Action(Kind.UNLOAD, v.version)
     loadable = [v for v in desired if v.state is State.NEW or (v.state is State.FAILED and v.retry_due)]
     if loadable:

@@ -149,6 +149,15 @@ def serving_states(agent: AgentProcess, model: str) -> dict[int, int]:
         return {v.version: v.state for v in c.serving_status([model]).models[0].versions}
 
 
+def agent_metrics(port: int) -> dict[str, float]:
+    """An agent's Prometheus metrics: 'name{labels}' -> value."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    rows = (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))
+    return {k: float(v) for k, _, v in rows}
+
+
 @pytest.fixture
 def agents(tmp_path):
     """Starts real `modelreg agent` processes; every one is stopped at the end."""
@@ -156,9 +165,10 @@ def agents(tmp_path):
 
     started: list[AgentProcess] = []
 
-    def start(registry: str, models: list[str], name: str = "a1", extra=None, cache_dir: Path | None = None):
+    def start(registry: str, models: list[str], name: str = "a1", extra=None, cache_dir: Path | None = None,
+              env: dict | None = None):
         a = AgentProcess(registry, models, cache_dir or tmp_path / f"cache-{name}", tmp_path / f"agent-{name}.log",
-                         free_port(), extra=["--agent-id", name, *(extra or [])]).start()
+                         free_port(), extra=["--agent-id", name, *(extra or [])], env=env).start()
         started.append(a)
         return a
 

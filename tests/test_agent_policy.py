@@ -48,6 +48,28 @@ def test_availability_preserving_policy(rationale, versions, expected):
     assert next_action(versions) == expected, rationale
 
 
+def warm(*rows):
+    """rows: (version, state, desired, last_desired)"""
+    return [VersionSnapshot(v, s, d, last_desired=g) for v, s, d, g in rows]
+
+
+WARM_CASES = [
+    ("the version served last stays warm once its successor serves", warm((1, R, False, 1), (2, R, True, 2)), None),
+    ("of two leftovers the less recently desired unloads, even if it is newer",
+     warm((1, R, False, 3), (2, R, False, 2), (3, R, True, 4)), Action(Kind.UNLOAD, 2)),
+    ("a rollback to the warm version needs no load", warm((1, R, True, 3), (2, R, False, 2)), None),
+    ("nothing is kept warm while the desired version still loads (the old one serves)",
+     warm((1, R, False, 1), (2, L, True, 2)), None),
+    ("nothing desired any more (the model left production): nothing is kept warm", warm((1, R, False, 1)),
+     Action(Kind.UNLOAD, 1)),
+]
+
+
+@pytest.mark.parametrize(("rationale", "versions", "expected"), WARM_CASES, ids=[c[0] for c in WARM_CASES])
+def test_policy_keeps_one_previous_version_warm(rationale, versions, expected):
+    assert next_action(versions, keep_warm=1) == expected, rationale
+
+
 # ---------------------------------------------------------------- rollout convergence (registry side)
 
 from registry_server.services.agents import converged  # noqa: E402

@@ -171,7 +171,8 @@ async def test_unload_waits_for_in_flight_leases_to_drain(client, registry, tmp_
 
     v1 = client.register("drain", onnx_scale_model(1.0), filename="d.onnx")
     client.promote("drain", v1.version, "production")
-    agent = Agent(AgentConfig(registry=registry.address, models=("drain",), cache_dir=tmp_path / "cache"))
+    # keep_warm=0: v1 unloads as soon as v2 serves (no warm standby), the path under test
+    agent = Agent(AgentConfig(registry=registry.address, models=("drain",), cache_dir=tmp_path / "cache", keep_warm=0))
     await agent.start()
     try:
         await agent.wait_ready(60)
