@@ -91,6 +91,7 @@ class RegistrySource:
         }
         self.connected = False
         self.mode = "watch"
+        self._saved: dict | None = None  # what state.json holds (as last written by this process)
 
     def restore(self) -> None:
         """Declares the persisted desired state: what to serve before the registry answers."""
@@ -98,18 +99,20 @@ class RegistrySource:
             log.info("from the cache directory: models/%s -> %s", model, _describe(desired))
             self.on_desired(model, desired)
 
-    def _persist(self) -> None:
-        self.state.save({
-            "sequence": self.sequence,
-            "models": {m: d.to_dict() for m, d in self.desired.items()},
-        })
+    async def _persist(self) -> None:
+        """Writes the cursor and the desired state when they changed, off the event loop (a
+        file write on the loop stalls every request in flight, once per promotion)."""
+        state = {"sequence": self.sequence, "models": {m: d.to_dict() for m, d in self.desired.items()}}
+        if state == self._saved:
+            return
+        await asyncio.to_thread(self.state.save, state)
+        self._saved = state
 
     def _declare(self, model: str, desired: Desired) -> None:
         if self.desired.get(model) != desired:
             log.info("desired: models/%s -> %s", model, _describe(desired))
             self.desired[model] = desired
-            self._persist()
-            self.on_desired(model, desired)
+            self.on_desired(model, desired)  # persisted by the caller, once per message
 
     async def _spec(self, model: str, version: int | str) -> VersionSpec | None:
         try:
@@ -182,7 +185,7 @@ class RegistrySource:
                 if code == grpc.StatusCode.FAILED_PRECONDITION and error_reason(e) == "RESYNC_REQUIRED":
                     log.warning("watch cursor %s is too old (RESYNC_REQUIRED); re-reading state", self.sequence)
                     self.sequence = None
-                    self._persist()
+                    await self._persist()
                     continue
                 attempt += 1
                 delay = min(self.max_backoff, 0.1 * 2**attempt)
@@ -222,12 +225,13 @@ class RegistrySource:
             elif kind == "bookmark":
                 self.sequence = msg.bookmark.sequence
                 self.connected = True
-            self._persist()
+            await self._persist()
 
     async def _poll(self) -> None:
         while True:
             for model in self.models:
                 await self.resolve(model)
+            await self._persist()
             self.connected = True
             await asyncio.sleep(self.poll_interval)
 
