@@ -3,7 +3,6 @@ and the blob store; the rules themselves live in `domain`."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload
+from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload, read_ahead
 from registry_server.domain import models as dm
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
@@ -23,6 +22,8 @@ from registry_server.storage.repository import Repository, RequestIdTaken
 log = logging.getLogger(__name__)
 
 MAX_CHUNK = 4 * 1024 * 1024
+#: Bytes a download keeps read (and hashed) ahead of what gRPC has sent.
+READ_AHEAD_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -58,10 +59,11 @@ class Registry:
             if existing is not None:
                 return existing, True
 
-        upload = HashingUpload(await self.blobs.begin_upload())
+        upload = HashingUpload(await self.blobs.begin_upload(nv.declared_sha256))
         try:
             async for chunk in chunks:
                 await upload.write(chunk)
+            await upload.finish()
             self._check_upload(nv, upload)
         except BaseException:
             await upload.inner.abort()
@@ -170,10 +172,11 @@ class Registry:
         client discards what it got."""
         digest = hashlib.sha256()
         position = 0
+        # The store reads and hashes in its worker threads (hashlib drops the GIL on large
+        # buffers), ahead of the sends, so the event loop only moves bytes to gRPC.
+        chunks = self.blobs.read(version.sha256, 0, chunk_size, observe=digest.update)
         try:
-            async for chunk in self.blobs.read(version.sha256, 0, chunk_size):
-                # hashlib drops the GIL on large buffers: hash off the event loop.
-                await asyncio.to_thread(digest.update, chunk)
+            async for chunk in chunks:
                 end = position + len(chunk)
                 if end > offset:
                     yield chunk[max(0, offset - position):] if position < offset else chunk

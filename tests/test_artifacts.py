@@ -93,12 +93,13 @@ class S3Store:
         return sorted(o.object_name.rsplit("/", 1)[-1] for o in objs)
 
     def temp_entries(self) -> list[str]:
-        """Temporary objects and incomplete multipart uploads under tmp/."""
+        """Temporary objects under tmp/ and incomplete multipart uploads anywhere (an upload
+        whose client declared the digest is staged under its final key until commit)."""
         if not self.client.bucket_exists(self.bucket):
             return []
         tmp = f"{self.prefix}/tmp/"
         objects = [o.object_name for o in self.client.list_objects(self.bucket, prefix=tmp, recursive=True)]
-        uploads = self.client._list_multipart_uploads(self.bucket, prefix=tmp).uploads
+        uploads = self.client._list_multipart_uploads(self.bucket, prefix=f"{self.prefix}/").uploads
         return sorted(objects + [f"multipart:{u.object_name}" for u in uploads])
 
     def overwrite(self, digest: str, data: bytes) -> None:
@@ -196,6 +197,40 @@ def test_upload_cancelled_by_the_client_leaves_no_version_and_no_object(store, r
     assert list(sdk.list_versions("cut")) == []
     assert sdk.get_model("cut").latest_version == 0
     assert store.final_blobs() == []
+
+
+def test_declared_digest_upload_shows_nothing_under_the_final_key_before_commit(store, reg, sdk):
+    """The SDK declares the sha256, so the S3 store stages the parts under the final key; an
+    S3 multipart upload is no object until completed, so nothing is readable there until the
+    registry verified the digest, and a cut upload leaves nothing behind."""
+    sdk.create_model("staged")
+    data = os.urandom(40 * MiB)
+    halfway, release = threading.Event(), threading.Event()
+
+    def requests():
+        yield header("staged", filename="model.onnx", sha256=sha256(data), size_bytes=len(data))
+        for i, msg in enumerate(chunks_of(data)):
+            if i == 24:  # more than one S3 part sent
+                halfway.set()
+                release.wait(60)
+                return
+            yield msg
+
+    call = sdk.stub.RegisterModelVersion.future(requests())
+    try:
+        assert halfway.wait(60)
+        wait_until(lambda: store.temp_entries() != [], what="the upload to be in progress in the store")
+        assert store.final_blobs() == []
+        assert reg.call(reg.running.blobs.size(sha256(data))) is None
+        call.cancel()
+    finally:
+        release.set()
+    with pytest.raises(grpc.FutureCancelledError):
+        call.result()
+    wait_until(lambda: store.temp_entries() == [], what=f"the staged upload to be aborted {store.temp_entries()}")
+    assert store.final_blobs() == []
+    assert sdk.register("staged", data).version == 1  # the same bytes, whole, then land
+    assert store.final_blobs() == [sha256(data)] and store.temp_entries() == []
 
 
 def test_janitor_removes_uploads_older_than_the_ttl(store, reg, make_registry):

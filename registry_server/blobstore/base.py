@@ -9,11 +9,20 @@ different bytes, so identical uploads are stored once.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 DEFAULT_CHUNK = 1024 * 1024
+
+T = TypeVar("T")
+
+#: Called with every chunk a read produces, IN THE WORKER THREAD THAT READ IT, before the chunk
+#: is yielded: a download hashes on the way without an extra thread hop or the event loop.
+Observer = Callable[[bytes], None]
 
 
 def blob_key(sha256: str) -> str:
@@ -37,20 +46,39 @@ class BlobUpload(abc.ABC):
 
 
 class HashingUpload:
-    """Wraps an upload, computing sha256 and size of what passes through."""
+    """Wraps an upload, computing sha256 and size of what passes through. Large chunks are
+    hashed in a worker thread (hashlib drops the GIL), each while the next chunk arrives:
+    the event loop only moves bytes. Call `finish()` after the last write, before reading
+    `sha256`."""
+
+    #: Chunks below this are hashed inline (a thread hop would cost more than the hash).
+    INLINE = 64 * 1024
 
     def __init__(self, inner: BlobUpload):
         self.inner = inner
         self._hash = hashlib.sha256()
+        self._hashing: asyncio.Future | None = None
         self.size = 0
 
     async def write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
         self.size += len(chunk)
+        await self.finish()  # one hash at a time, in order
+        if len(chunk) < self.INLINE:
+            self._hash.update(chunk)
+        else:
+            self._hashing = asyncio.get_running_loop().run_in_executor(None, self._hash.update, chunk)
         await self.inner.write(chunk)
+
+    async def finish(self) -> None:
+        """Waits until every byte written so far is hashed."""
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            await hashing
 
     @property
     def sha256(self) -> str:
+        if self._hashing is not None:
+            raise RuntimeError("HashingUpload.sha256 read before finish()")
         return self._hash.hexdigest()
 
 
@@ -69,15 +97,22 @@ class BlobStore(abc.ABC):
         """Releases resources."""
 
     @abc.abstractmethod
-    async def begin_upload(self) -> BlobUpload: ...
+    async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
+        """Starts an upload. `expected_sha256` is the digest the client declared, if any: a
+        store may stage the bytes where that digest's blob will live (never visible there
+        before commit), and commit() is then only ever called with that digest."""
 
     @abc.abstractmethod
     async def size(self, sha256: str) -> int | None:
         """The stored size, or None when the blob is missing."""
 
     @abc.abstractmethod
-    def read(self, sha256: str, offset: int = 0, chunk_size: int = DEFAULT_CHUNK) -> AsyncIterator[bytes]:
-        """Yields the blob's bytes from `offset`. Raises FileNotFoundError if missing."""
+    def read(
+        self, sha256: str, offset: int = 0, chunk_size: int = DEFAULT_CHUNK, observe: Observer | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yields the blob's bytes from `offset` in chunks of at most `chunk_size`, calling
+        `observe` (if given) with each chunk in the worker thread that read it. Raises
+        FileNotFoundError if missing."""
 
     @abc.abstractmethod
     async def delete(self, sha256: str) -> None:
@@ -90,3 +125,41 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def remove_stale_uploads(self, older_than: timedelta) -> int:
         """The janitor: removes temporary uploads older than `older_than`. Returns how many."""
+
+
+async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncIterator[T]:
+    """Yields what `source` yields, while a task keeps up to `depth` items read ahead, so the
+    store's reads (and whatever `observe` does in its threads) overlap with the consumer's
+    sends. The memory held is bounded by `depth` items plus the read in progress. An error
+    of the source is raised here after the items before it; closing this iterator cancels
+    the reader and closes the source."""
+    queue: asyncio.Queue[tuple[T | None, BaseException | None, bool]] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                await queue.put((item, None, False))
+            await queue.put((None, None, True))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((None, e, True))
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while True:
+            item, error, done = await queue.get()
+            if error is not None:
+                raise error
+            if done:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

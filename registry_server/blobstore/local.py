@@ -1,54 +1,86 @@
 """Blobs in a local directory: `<root>/sha256/<hex>`, uploads in `<root>/tmp/`.
 
 File I/O runs in worker threads so the event loop never waits on the disk. A commit is an
-atomic rename, so a blob is either absent or complete under its final name.
+atomic rename, so a blob is either absent or complete under its final name. A read takes
+one thread hop per `READ_BATCH` bytes (several chunks), not one per chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
-from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload
+from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer
 from registry_server.errors import FailedPrecondition
+
+#: Bytes one worker-thread call reads (in chunks of the caller's size) before handing them over.
+READ_BATCH = 1024 * 1024
 
 
 class _LocalUpload(BlobUpload):
+    """The temporary file is created by the first write, in its worker thread; every file
+    operation holds `_lock`, so an abort that runs while a cancelled write is still in its
+    thread waits for it and leaves no file behind."""
+
     def __init__(self, store: LocalBlobStore, path: Path):
         self.store = store
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._file = None
+        self._ended = False
+        self._committed = False
+        self._lock = threading.Lock()
 
     async def write(self, chunk: bytes) -> None:
-        await asyncio.to_thread(self._file.write, chunk)
+        def _write() -> None:
+            with self._lock:
+                if self._ended:
+                    raise RuntimeError("write after commit/abort")
+                if self._file is None:
+                    self._file = open(self.path, "wb")  # noqa: SIM115 - closed in commit/abort
+                self._file.write(chunk)
+
+        await asyncio.to_thread(_write)
 
     async def commit(self, sha256: str) -> None:
         final = self.store.path_for(sha256)
 
         def _commit() -> None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                self.path.unlink(missing_ok=True)
-            else:
-                os.replace(self.path, final)
+            with self._lock:
+                if self._committed:
+                    return
+                if self._ended:
+                    raise RuntimeError("commit after abort")
+                if self._file is None:
+                    self._file = open(self.path, "wb")  # noqa: SIM115 - an empty blob
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._ended = self._committed = True
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if final.exists():
+                    self.path.unlink(missing_ok=True)
+                else:
+                    os.replace(self.path, final)
 
         await asyncio.to_thread(_commit)
 
     async def abort(self) -> None:
         def _abort() -> None:
-            if not self._file.closed:
-                self._file.close()
-            self.path.unlink(missing_ok=True)
+            with self._lock:
+                self._ended = True
+                if self._file is not None and not self._file.closed:
+                    self._file.close()
+                self.path.unlink(missing_ok=True)
 
-        await asyncio.to_thread(_abort)
+        # Shielded: a caller cancelled while aborting (a cut RPC is cancelled again right after
+        # the error that made it abort) must not cancel the removal before its thread starts.
+        await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, _abort))
 
 
 class LocalBlobStore(BlobStore):
@@ -63,9 +95,8 @@ class LocalBlobStore(BlobStore):
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
-    async def begin_upload(self) -> BlobUpload:
-        path = self.root / "tmp" / f"upload-{uuid.uuid4().hex}"
-        return await asyncio.to_thread(_LocalUpload, self, path)
+    async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
+        return _LocalUpload(self, self.root / "tmp" / f"upload-{uuid.uuid4().hex}")
 
     async def size(self, sha256: str) -> int | None:
         try:
@@ -73,18 +104,49 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             return None
 
-    async def read(self, sha256: str, offset: int = 0, chunk_size: int = DEFAULT_CHUNK) -> AsyncIterator[bytes]:
-        f = await asyncio.to_thread(open, self.path_for(sha256), "rb")
-        try:
+    async def read(
+        self, sha256: str, offset: int = 0, chunk_size: int = DEFAULT_CHUNK, observe: Observer | None = None
+    ) -> AsyncIterator[bytes]:
+        per_call = max(1, READ_BATCH // chunk_size)
+        # The file is closed under this lock, so a read still running in its worker thread
+        # after the download was cancelled never reads from a reused descriptor.
+        lock = threading.Lock()
+
+        def read_batch(f) -> list[bytes]:
+            chunks: list[bytes] = []
+            with lock:
+                if f.closed:
+                    return chunks
+                for _ in range(per_call):
+                    chunk = f.read(chunk_size)
+                    if not chunk:
+                        break
+                    if observe is not None:
+                        observe(chunk)
+                    chunks.append(chunk)
+            return chunks
+
+        def close(f) -> None:
+            with lock:
+                f.close()
+
+        def open_at() -> object:
+            f = open(self.path_for(sha256), "rb")  # noqa: SIM115 - closed below
             if offset:
-                await asyncio.to_thread(f.seek, offset)
+                f.seek(offset)
+            return f
+
+        f = await asyncio.to_thread(open_at)
+        try:
             while True:
-                chunk = await asyncio.to_thread(f.read, chunk_size)
-                if not chunk:
+                chunks = await asyncio.to_thread(read_batch, f)
+                for chunk in chunks:
+                    yield chunk
+                if len(chunks) < per_call:
                     return
-                yield chunk
         finally:
-            f.close()
+            # Not awaited: this also runs when the generator is closed from a finalizer.
+            asyncio.get_running_loop().run_in_executor(None, close, f)
 
     async def delete(self, sha256: str) -> None:
         await asyncio.to_thread(self.path_for(sha256).unlink, True)

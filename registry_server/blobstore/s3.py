@@ -10,11 +10,15 @@ event loop never waits on the network, and at most `max_workers` requests run at
 An upload keeps at most two parts in memory: the one being sent and the one being filled.
 An upload that never fills one part stays in memory until its digest is verified and is then
 written straight to its final key with one PUT (atomic in S3). A larger one is a multipart
-upload to `tmp/<uuid>`; commit completes it and server-side copies it to `sha256/<hex>`
-(a multipart copy above `copy_threshold`, since CopyObject stops at 5 GiB), then deletes the
-temporary object. Nothing ever appears under a final key before the registry verified the
-digest. A failed or cancelled upload is aborted; whatever an abort could not remove (the
-store was down) is swept by `remove_stale_uploads`, the janitor.
+upload. When the client declared the digest (the SDK always does), its parts go straight to
+the final key `sha256/<hex>`: an S3 multipart upload is no object until it is completed, and
+commit completes it only after the registry verified the digest (or aborts it when the blob
+is there already); a mismatch aborts it. Without a declared digest the key is unknown until
+the end, so the parts go to `tmp/<uuid>`, and commit completes that and server-side copies
+it to `sha256/<hex>` (a multipart copy above `copy_threshold`, since CopyObject stops at
+5 GiB), then deletes the temporary object. Nothing ever appears under a final key before the
+registry verified the digest. A failed or cancelled upload is aborted; whatever an abort could
+not remove (the store was down) is swept by `remove_stale_uploads`, the janitor.
 
 Connection failures and refusals from the store become `Unavailable` with a message saying
 what failed; a missing key becomes FileNotFoundError / None as the interface says.
@@ -43,7 +47,7 @@ from minio.datatypes import Part
 from minio.error import MinioException, S3Error
 from minio.helpers import check_bucket_name
 
-from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, blob_key
+from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer, blob_key
 from registry_server.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -110,9 +114,11 @@ def _reason(exc: BaseException) -> str:
 
 
 class _S3Upload(BlobUpload):
-    def __init__(self, store: S3BlobStore):
+    def __init__(self, store: S3BlobStore, expected_sha256: str = ""):
         self.store = store
-        self.key = store.key(f"tmp/{uuid.uuid4().hex}")
+        #: The declared digest whose final key the parts go to; "" stages them under tmp/.
+        self.expected = expected_sha256
+        self.key = store.key(blob_key(expected_sha256) if expected_sha256 else f"tmp/{uuid.uuid4().hex}")
         self.size = 0
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -208,6 +214,11 @@ class _S3Upload(BlobUpload):
                     part_size=max(self.store.part_size, MIN_PART_SIZE),
                 )
             return
+        if self.expected:
+            if sha256 != self.expected:
+                raise RuntimeError(f"commit({sha256}) of an upload staged for {self.expected}")
+            await self._commit_in_place(final)
+            return
         if self._chunks:
             await self._flush_part()
         await self._wait_sending()
@@ -229,14 +240,27 @@ class _S3Upload(BlobUpload):
             raise
         await self._remove_temp()
 
-    async def abort(self) -> None:
-        self._done = True
-        self._chunks, self._buffered = [], 0
-        if self._committing is not None:
-            try:
-                await self._committing
-            except BaseException:  # noqa: BLE001 - its failure is why we abort
-                pass
+    async def _commit_in_place(self, final: str) -> None:
+        """Completes the multipart upload staged under the (verified) final key, unless the
+        blob is stored already (then the upload is aborted: a committed key is never rewritten)."""
+        if await self.store._stored_size(final) == self.size:
+            self._chunks, self._buffered = [], 0
+            await self._abort_multipart()
+            return
+        if self._chunks:
+            await self._flush_part()
+        await self._wait_sending()
+        await self.store._call(
+            f"complete the upload of {self.key}",
+            self.store.client._complete_multipart_upload,
+            self.store.bucket,
+            self.key,
+            self._upload_id,
+            self._parts,
+        )
+        self._upload_id = None
+
+    async def _abort_multipart(self) -> None:
         if self._sending is not None:
             sending, self._sending = self._sending, None
             try:
@@ -255,9 +279,21 @@ class _S3Upload(BlobUpload):
                 )
             except Exception as e:  # noqa: BLE001 - best effort; the janitor retries
                 log.warning("could not abort multipart upload %s (%s); the janitor will remove it", self.key, e)
+
+    async def abort(self) -> None:
+        self._done = True
+        self._chunks, self._buffered = [], 0
+        if self._committing is not None:
+            try:
+                await self._committing
+            except BaseException:  # noqa: BLE001 - its failure is why we abort
+                pass
+        await self._abort_multipart()
         await self._remove_temp()
 
     async def _remove_temp(self) -> None:
+        if self.expected:
+            return  # staged under the final key: there is no temporary object to remove
         try:
             await self.store._call(
                 f"remove {self.key}", self.store.client.remove_object, self.store.bucket, self.key
@@ -474,13 +510,15 @@ class S3BlobStore(BlobStore):
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def begin_upload(self) -> BlobUpload:
-        return _S3Upload(self)
+    async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
+        return _S3Upload(self, expected_sha256)
 
     async def size(self, sha256: str) -> int | None:
         return await self._stored_size(self.key(blob_key(sha256)))
 
-    async def read(self, sha256: str, offset: int = 0, chunk_size: int = DEFAULT_CHUNK) -> AsyncIterator[bytes]:
+    async def read(
+        self, sha256: str, offset: int = 0, chunk_size: int = DEFAULT_CHUNK, observe: Observer | None = None
+    ) -> AsyncIterator[bytes]:
         key = self.key(blob_key(sha256))
         position = offset
         while True:
@@ -501,9 +539,16 @@ class S3BlobStore(BlobStore):
                     return  # `position` is the end of the blob
                 raise
             received = 0
+
+            def read_chunk(response=response) -> bytes:
+                chunk = response.read(chunk_size)
+                if chunk and observe is not None:
+                    observe(chunk)
+                return chunk
+
             try:
                 while True:
-                    chunk = await self._call(f"read {key}", response.read, chunk_size)
+                    chunk = await self._call(f"read {key}", read_chunk)
                     if not chunk:
                         break
                     received += len(chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 from modelreg.v1 import registry_service_pb2 as rs
@@ -17,6 +18,8 @@ from registry_server.services.status import actor_of, grpc_errors
 MODEL_MASK_FIELDS = ("description", "tags", "default_config", "model_type")
 VERSION_MASK_FIELDS = ("description", "tags")
 MAX_URL_EXPIRY = 7 * 24 * 3600
+#: How long an upload without a declared size waits after its last chunk for a cancellation.
+CANCEL_GRACE_S = 0.05
 MAX_MEMO_RESPONSES = 10_000
 
 
@@ -102,6 +105,12 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
                 if msg.WhichOneof("payload") != "chunk":
                     raise InvalidArgument("only the first message may carry `header`; send the bytes as `chunk`")
                 yield msg.chunk
+            if not nv.declared_size:
+                # A client that cancels mid-stream also ends the request stream here; grpc.aio
+                # injects the cancellation a moment later. Without a declared size (the SDK
+                # always declares it) nothing else tells a cut stream from a whole one, so
+                # give the cancellation that moment before the bytes become a version.
+                await asyncio.sleep(CANCEL_GRACE_S)
 
         version, dedup = await self.registry.register(nv, chunks(), actor_of(context))
         return rs.RegisterModelVersionResponse(model_version=cv.version_to_proto(version), deduplicated=dedup)
