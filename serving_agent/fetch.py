@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import queue
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +28,9 @@ from serving_agent.spec import VersionSpec
 log = logging.getLogger("modelreg.agent.fetch")
 
 STREAM_ATTEMPTS = 4
+#: A presigned download reads the socket into this many buffers of this size.
+URL_BUFFER = 2 * 1024 * 1024
+URL_BUFFERS = 4
 
 
 @dataclass
@@ -68,11 +73,11 @@ class Fetcher:
         part = self.cache.part_for(spec.sha256)
         if url:
             log.info("%s: downloading from the store through a presigned URL", spec.name)
-            await asyncio.to_thread(self._download_url, url, part, spec.size_bytes)
+            digest = await asyncio.to_thread(self._download_url, url, part, spec.size_bytes)
         else:
             log.info("%s: downloading through the registry stream", spec.name)
             await self._download_stream(spec, part)
-        digest = await asyncio.to_thread(file_sha256, part)
+            digest = await asyncio.to_thread(file_sha256, part)
         if digest != spec.sha256:
             part.unlink(missing_ok=True)
             raise IntegrityError(
@@ -92,20 +97,28 @@ class Fetcher:
                 return ""  # the local store offers no URL: use the registry stream
             raise FetchError(f"cannot reach the registry for {spec.name}: {e.code().name}: {e.details()}") from None
 
-    def _download_url(self, url: str, part: Path, size: int) -> None:
+    def _download_url(self, url: str, part: Path, size: int) -> str:
+        """GETs the URL into `part` (resuming what it holds) and returns the sha256 of the
+        whole file. The socket is read into a few reused buffers by this thread while a second
+        thread hashes and writes each one, so the digest costs no second pass over the file
+        and overlaps the transfer."""
         offset = part.stat().st_size if part.exists() else 0
         if offset >= size > 0:
-            return
+            return file_sha256(part)
         req = urllib.request.Request(url)
         if offset:
             log.info("resuming the download at byte %d of %d", offset, size)
             req.add_header("Range", f"bytes={offset}-")
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the registry's URL
-                mode = "ab" if offset and resp.status == 206 else "wb"
-                with open(part, mode) as f:
-                    while chunk := resp.read(1024 * 1024):
-                        f.write(chunk)
+                resumed = bool(offset) and resp.status == 206
+                digest = hashlib.sha256()
+                if resumed:
+                    with open(part, "rb") as f:
+                        digest = hashlib.file_digest(f, "sha256")
+                with open(part, "ab" if resumed else "wb") as f:
+                    _pump(resp, f, digest)
+                return digest.hexdigest()
         except (urllib.error.URLError, OSError) as e:
             raise FetchError(f"download from the presigned URL failed: {e}") from None
 
@@ -140,6 +153,44 @@ class Fetcher:
                 await asyncio.sleep(0.2 * (attempt + 1))  # resume from the .part offset
         assert last is not None
         raise FetchError(f"downloading {spec.name} failed: {last.code().name}: {last.details()}")
+
+
+def _pump(source, sink, digest, buffer_size: int = URL_BUFFER, buffers: int = URL_BUFFERS) -> None:
+    """Copies `source.readinto` into `sink.write`, updating `digest`: this thread reads into
+    `buffers` reused buffers while a helper thread hashes and writes them in order (hashlib
+    and file writes drop the GIL), so reading overlaps hashing and writing."""
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(buffers):
+        free.put(bytearray(buffer_size))
+    full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        while (item := full.get()) is not None:
+            buf, n = item
+            if not failed:
+                try:
+                    view = memoryview(buf)[:n]
+                    digest.update(view)
+                    sink.write(view)
+                except BaseException as e:  # noqa: BLE001 - raised by the reading thread
+                    failed.append(e)
+            free.put(buf)
+
+    helper = threading.Thread(target=drain, name="modelreg-fetch-hash", daemon=True)
+    helper.start()
+    try:
+        while not failed:
+            buf = free.get()
+            n = source.readinto(buf)
+            if not n:
+                break
+            full.put((buf, n))
+    finally:
+        full.put(None)
+        helper.join()
+    if failed:
+        raise failed[0]
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -373,6 +373,23 @@ def test_presigned_url_serves_the_bytes_straight_from_s3(seaweedfs, s3_bucket, m
         assert r.read() == data
 
 
+def test_agent_presigned_fetch_hashes_on_the_way_and_resumes(seaweedfs, s3_bucket, make_registry, tmp_path):
+    """The agent's URL download returns the digest of the whole file it wrote, computed while
+    the bytes arrive, fresh or resumed from a `.part` (a Range request)."""
+    from serving_agent.fetch import Fetcher
+
+    reg = make_registry(**S3Store(seaweedfs, s3_bucket).overrides)
+    data = os.urandom(5 * MiB + 3)
+    with Client(reg.address) as sdk:
+        sdk.register("fetch", data)
+        url = sdk.artifact_url("fetch", 1).url
+    part = tmp_path / "blob.part"
+    for kept in (0, 1, 2 * MiB + 1, len(data)):
+        part.write_bytes(data[:kept])
+        assert Fetcher._download_url(None, url, part, len(data)) == sha256(data), kept
+        assert part.read_bytes() == data
+
+
 def test_presigned_url_expires(seaweedfs, s3_bucket, make_registry):
     reg = make_registry(**seaweedfs.registry_settings(s3_bucket))
     with Client(reg.address) as sdk:
