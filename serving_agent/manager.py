@@ -92,11 +92,12 @@ class ModelManager:
 
     def set_desired(self, desired: Desired) -> None:
         """OMITTING A VERSION INSTRUCTS THE MANAGER TO UNLOAD IT."""
+        standby = {mv.version for mv in self.standby()}
         self.desired = desired
         self.generation += 1
         wanted = desired.versions()
         for v, mv in self.versions.items():
-            if v in wanted and not mv.desired and mv.state is State.READY:  # a warm standby swaps back in
+            if v in wanted and v in standby:  # a warm standby swaps back in
                 self.hooks.metrics.inc("modelreg_agent_swaps_total", model=self.model)
                 log.info("%s serving again from warm standby (no load)", mv.spec.name)
             mv.desired = v in wanted

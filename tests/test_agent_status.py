@@ -227,3 +227,21 @@ def test_agent_cli_rejects_a_bad_model_id_with_usage_error():
     proc = run_cli("agent", "--model", "Bad Name", address="127.0.0.1:1", check=False)
     assert proc.returncode == 2
     assert "--model 'Bad Name' is not a model id" in proc.stderr
+
+
+def test_tensors_round_trip_through_the_wire_format_for_any_layout_and_byte_order():
+    from modelreg.v1 import inference_service_pb2 as inf
+    from serving_agent.server import add_tensor, tensor_to_array
+
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    cases = {"c": a, "transposed": a.transpose(2, 0, 1), "big_endian": a.astype(">f4"),
+             "int64": np.arange(6, dtype=np.int64).reshape(3, 2), "bool": np.array([True, False]),
+             "scalar": np.array(7.5, np.float64)}
+    msg = inf.PredictRequest()
+    for name, arr in cases.items():
+        add_tensor(msg.inputs, name, arr)
+    wire = inf.PredictRequest.FromString(msg.SerializeToString())
+    for t in wire.inputs:
+        got = tensor_to_array(t)
+        np.testing.assert_array_equal(got, cases[t.name])
+        assert got.dtype == cases[t.name].dtype.newbyteorder("=") and got.shape == cases[t.name].shape
