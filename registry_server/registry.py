@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload, read_ahead
+from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload
 from registry_server.domain import models as dm
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
@@ -22,8 +22,6 @@ from registry_server.storage.repository import Repository, RequestIdTaken
 log = logging.getLogger(__name__)
 
 MAX_CHUNK = 4 * 1024 * 1024
-#: Bytes a download keeps read (and hashed) ahead of what gRPC has sent.
-READ_AHEAD_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -172,8 +170,10 @@ class Registry:
         client discards what it got."""
         digest = hashlib.sha256()
         position = 0
-        # The store reads and hashes in its worker threads (hashlib drops the GIL on large
-        # buffers), ahead of the sends, so the event loop only moves bytes to gRPC.
+        # The store reads and hashes in one worker-thread call per chunk (hashlib drops the
+        # GIL on large buffers), so the event loop only moves bytes to gRPC. No read-ahead:
+        # on a CPU-bound host it gained nothing, and holding several fresh 1 MiB buffers at
+        # once makes glibc trim and re-fault its heap (see benchmarks/README.md, goal 11).
         chunks = self.blobs.read(version.sha256, 0, chunk_size, observe=digest.update)
         try:
             async for chunk in chunks:

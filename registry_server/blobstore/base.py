@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import TypeVar
 
 DEFAULT_CHUNK = 1024 * 1024
-
-T = TypeVar("T")
 
 #: Called with every chunk a read produces, IN THE WORKER THREAD THAT READ IT, before the chunk
 #: is yielded: a download hashes on the way without an extra thread hop or the event loop.
@@ -126,40 +122,3 @@ class BlobStore(abc.ABC):
     async def remove_stale_uploads(self, older_than: timedelta) -> int:
         """The janitor: removes temporary uploads older than `older_than`. Returns how many."""
 
-
-async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncIterator[T]:
-    """Yields what `source` yields, while a task keeps up to `depth` items read ahead, so the
-    store's reads (and whatever `observe` does in its threads) overlap with the consumer's
-    sends. The memory held is bounded by `depth` items plus the read in progress. An error
-    of the source is raised here after the items before it; closing this iterator cancels
-    the reader and closes the source."""
-    queue: asyncio.Queue[tuple[T | None, BaseException | None, bool]] = asyncio.Queue(depth)
-
-    async def pump() -> None:
-        try:
-            async for item in source:
-                await queue.put((item, None, False))
-            await queue.put((None, None, True))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            await queue.put((None, e, True))
-        finally:
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    task = asyncio.ensure_future(pump())
-    try:
-        while True:
-            item, error, done = await queue.get()
-            if error is not None:
-                raise error
-            if done:
-                return
-            yield item  # type: ignore[misc]
-    finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -2,7 +2,7 @@
 
 File I/O runs in worker threads so the event loop never waits on the disk. A commit is an
 atomic rename, so a blob is either absent or complete under its final name. A read takes
-one thread hop per `READ_BATCH` bytes (several chunks), not one per chunk.
+one thread hop per `READ_BATCH` bytes, in which it also calls the caller's `observe`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pathlib import Path
 from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer
 from registry_server.errors import FailedPrecondition
 
-#: Bytes one worker-thread call reads (in chunks of the caller's size) before handing them over.
+#: Bytes one worker-thread call reads (in chunks of the caller's size) before handing them
+#: over. Not more: several fresh 1 MiB buffers alive at once make glibc trim and re-fault its
+#: heap (~230 page faults per MiB measured), which costs more than the thread hops saved.
 READ_BATCH = 1024 * 1024
 
 
