@@ -4,8 +4,13 @@ download or load. Real `modelreg agent` processes against a real registry."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
+import pytest
+
 from agent_helpers import Hammer, agent_metrics, onnx_scale_model, serving_states, wait_until
-from conftest import free_port
+from conftest import BIN, free_port
 from modelreg.v1 import agent_service_pb2 as ag
 
 SERVING = ag.SERVED_VERSION_STATE_SERVING
@@ -60,8 +65,8 @@ def test_keep_warm_zero_unloads_and_a_rollback_loads_again(client, registry, age
     v1 = client.register("cold", onnx_scale_model(1.0), filename="c.onnx")
     client.promote("cold", v1.version, "production")
     port = free_port()
-    agent = agents(registry.address, ["cold"], extra=["--metrics-port", str(port)],
-                   env={"MODELREG_AGENT_KEEP_WARM": "0"})
+    agent = agents(registry.address, ["cold"], extra=["--metrics-port", str(port), "--keep-warm", "0"],
+                   env={"MODELREG_AGENT_KEEP_WARM": "3"})  # the flag wins over the environment
     agent.wait_serving()
     assert "keep warm" in agent.log() and "off" in agent.log()
     v2 = client.register("cold", onnx_scale_model(2.0), filename="c.onnx")
@@ -72,3 +77,17 @@ def test_keep_warm_zero_unloads_and_a_rollback_loads_again(client, registry, age
     client.promote("cold", v1.version, "production", reason="rollback")
     wait_until(lambda: serving_states(agent, "cold") == {1: SERVING}, 60, what="v1 serving again")
     assert agent_metrics(port)['modelreg_agent_loads_total{model="cold"}'] == 3
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--keep-warm", "-1"], {}, "--keep-warm must not be negative"),
+        ([], {"MODELREG_AGENT_KEEP_WARM": "two"}, "MODELREG_AGENT_KEEP_WARM='two' is not a whole number"),
+    ],
+)
+def test_a_bad_keep_warm_is_a_usage_error(args, env, message):
+    out = subprocess.run([str(BIN / "modelreg"), "agent", "--model", "m", *args], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=60)
+    assert out.returncode == 2
+    assert message in out.stderr

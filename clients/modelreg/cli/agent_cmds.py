@@ -54,6 +54,9 @@ def register(sub, common) -> None:
                    help="onnxruntime execution providers in order (default: CUDAExecutionProvider when present, "
                         "else CPUExecutionProvider)")
     p.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--keep-warm", type=int, default=None, metavar="N",
+                   help="previous versions per model kept loaded after a swap, so a rollback is instant "
+                        "(default: $MODELREG_AGENT_KEEP_WARM or 1; 0 turns it off)")
     p.add_argument("--report-interval", type=float, default=2.0,
                    help="seconds between status reports to the registry (default: 2; also on every change)")
     p.add_argument("--retry-initial", type=float, default=1.0,
@@ -82,7 +85,7 @@ def register(sub, common) -> None:
 
 
 def run_agent(args) -> int:
-    from serving_agent.agent import AgentConfig
+    from serving_agent.agent import AgentConfig, keep_warm_from_env
     from serving_agent.server import listen_address, serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,8 +104,15 @@ def run_agent(args) -> int:
     if args.uds:
         Path(args.uds).parent.mkdir(parents=True, exist_ok=True)
         Path(args.uds).unlink(missing_ok=True)
+    if args.keep_warm is not None and args.keep_warm < 0:
+        raise UsageError("--keep-warm must not be negative; 0 turns warm standby off")
+    try:
+        keep_warm = args.keep_warm if args.keep_warm is not None else keep_warm_from_env()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     config = AgentConfig(
         registry=args.registry or args.address,
+        keep_warm=keep_warm,
         models=models,
         cache_dir=Path(args.cache_dir or os.environ.get("MODELREG_AGENT_CACHE_DIR") or ".modelreg-agent"),
         cache_max_bytes=args.cache_max_bytes or 10 * 1024**3,
