@@ -199,9 +199,15 @@ async def notify(spec: dict) -> dict:
 def ort(spec: dict) -> dict:
     """onnxruntime in-process with the agent's session options: session creation (median
     of 3), the first run (warm-up), then sequential runs on zeros of `input` = [name, shape]
-    (default x = float32 [1, 4]); `count` runs or `duration` seconds, whichever ends first."""
+    (default x = float32 [1, 4]); `count` runs or `duration` seconds, whichever ends first.
+    The process gets the agent process's malloc tuning too, so the two differ only in the
+    sidecar's own work (gRPC, tensor decoding), not in how freed pages are reused."""
     import numpy as np
     import onnxruntime
+
+    from serving_agent.server import keep_freed_memory
+
+    keep_freed_memory()
 
     created = []
     for _ in range(3):
