@@ -7,7 +7,8 @@ Layout under `s3://<bucket>/<prefix>`:
 The `minio` SDK is synchronous: EVERY SDK CALL RUNS IN THIS STORE'S BOUNDED THREAD POOL, so the
 event loop never waits on the network, and at most `max_workers` requests run at once.
 
-An upload keeps at most two parts in memory: the one being sent and the one being filled.
+An upload keeps at most `PARTS_IN_FLIGHT` + 1 parts in memory: those being sent and the one
+being filled.
 An upload that never fills one part stays in memory until its digest is verified and is then
 written straight to its final key with one PUT (atomic in S3). A larger one is a multipart
 upload. When the client declared the digest (the SDK always does), its parts go straight to
@@ -58,6 +59,9 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 #: Size of one uploaded part. S3 allows at most 10,000 parts, so one upload holds up to 156 GiB.
 DEFAULT_PART_SIZE = 16 * MiB
+#: Parts of one upload sent at once (the SDKs' own PUTs send 3 at once); memory per upload is
+#: this many parts plus the one being filled.
+PARTS_IN_FLIGHT = 2
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000
 #: Above this size commit copies in parts (UploadPartCopy) instead of one CopyObject, which S3
@@ -124,7 +128,7 @@ class _S3Upload(BlobUpload):
         self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[Part] = []
-        self._sending: asyncio.Future | None = None
+        self._sending: list[asyncio.Future] = []
         self._committing: asyncio.Future | None = None
         self._done = False
 
@@ -144,9 +148,9 @@ class _S3Upload(BlobUpload):
     async def _flush_part(self) -> None:
         data = b"".join(self._chunks)
         self._chunks, self._buffered = [], 0
-        # At most one part in flight: wait for the previous one before sending this one, so
-        # the memory held is this part plus the one being filled.
-        await self._wait_sending()
+        # At most PARTS_IN_FLIGHT parts in flight: wait for the oldest before sending this
+        # one, so the memory held stays bounded.
+        await self._wait_sending(PARTS_IN_FLIGHT - 1)
         if self._upload_id is None:
             self._upload_id = await self.store._call(
                 "start a multipart upload",
@@ -155,13 +159,13 @@ class _S3Upload(BlobUpload):
                 self.key,
                 {"Content-Type": "application/octet-stream"},
             )
-        number = len(self._parts) + 1
+        number = len(self._parts) + len(self._sending) + 1
         if number > MAX_PARTS:
             raise InvalidArgument(
                 f"the artifact is larger than {MAX_PARTS} parts of {self.store.part_size // MiB} MiB, "
                 "the most one S3 upload can hold; split it or store it elsewhere"
             )
-        self._sending = asyncio.ensure_future(self._send_part(number, data))
+        self._sending.append(asyncio.ensure_future(self._send_part(number, data)))
 
     async def _send_part(self, number: int, data: bytes) -> Part:
         etag = await self.store._call(
@@ -176,12 +180,13 @@ class _S3Upload(BlobUpload):
         )
         return Part(number, etag)
 
-    async def _wait_sending(self) -> None:
-        if self._sending is not None:
+    async def _wait_sending(self, keep: int = 0) -> None:
+        """Waits for the oldest parts in flight until at most `keep` remain."""
+        while len(self._sending) > keep:
             # Shielded: if the caller is cancelled, the part still finishes (its thread would
             # anyway) and abort() waits for it before aborting the multipart upload.
-            part = await asyncio.shield(self._sending)
-            self._sending = None
+            part = await asyncio.shield(self._sending[0])
+            self._sending.pop(0)
             self._parts.append(part)
 
     # -------------------------------------------------------------- ending
@@ -261,10 +266,10 @@ class _S3Upload(BlobUpload):
         self._upload_id = None
 
     async def _abort_multipart(self) -> None:
-        if self._sending is not None:
-            sending, self._sending = self._sending, None
+        sending, self._sending = self._sending, []
+        for future in sending:
             try:
-                await sending
+                await future
             except BaseException:  # noqa: BLE001 - the part's failure is why we abort
                 pass
         if self._upload_id is not None:
