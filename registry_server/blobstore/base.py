@@ -1,7 +1,8 @@
 """The blob-store interface.
 
-Blobs are content-addressed: the key of a blob is `sha256/<hex>`. Bytes are first written
-to a temporary location; `BlobUpload.commit(sha256)` makes them appear under the final key
+Blobs are content-addressed: the key of a blob is `sha256/<hex>`. Bytes are first staged
+where no reader can see them (a temporary file or object, or an S3 multipart upload, which is
+no object until completed); `BlobUpload.commit(sha256)` makes them appear under the final key
 ONLY AFTER the caller has verified the digest. A committed key is never overwritten with
 different bytes, so identical uploads are stored once.
 """
