@@ -205,9 +205,10 @@ def ort(spec: dict) -> dict:
     import numpy as np
     import onnxruntime
 
-    from serving_agent.server import keep_freed_memory
+    from modelreg.process import keep_freed_memory
+    from serving_agent.server import AGENT_MALLOC
 
-    keep_freed_memory()
+    keep_freed_memory(**AGENT_MALLOC)
 
     created = []
     for _ in range(3):

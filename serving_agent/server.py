@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
-import os
 import signal
 import sys
 
@@ -17,11 +15,16 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from modelreg.process import keep_freed_memory
 from modelreg.v1 import inference_service_pb2 as inf
 from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
 from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
 from serving_agent.errors import AgentError, BadInput
 from serving_agent.metrics import serve_metrics
+
+# The agent process keeps blocks up to 32 MiB in the heap and 128 MiB free at its top
+# (see modelreg.process.keep_freed_memory): image-sized tensors in and out of every Predict.
+AGENT_MALLOC = {"mmap_threshold": 32 << 20, "trim_threshold": 128 << 20}
 
 log = logging.getLogger("modelreg.agent.server")
 
@@ -133,30 +136,6 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         return inf.GetServingStatusResponse(agent=self.agent.status(list(request.models) or None))
 
 
-def keep_freed_memory() -> None:
-    """Tunes glibc malloc for a process that moves megabytes per request (the agent process
-    only: never called when the agent runs as a library inside an application).
-
-    By default glibc hands big freed blocks straight back to the kernel (mmap above a moving
-    threshold, trimming the heap top), so every Predict with image-sized tensors maps fresh
-    pages and the kernel zeroes them on first touch: for YOLOv8n at 640 (4.9 MB in, 2.8 MB
-    out) that was ~15 ms of CPU per request, a quarter of the model's own time. Keeping
-    blocks up to 32 MiB in the heap and up to 128 MiB free at its top makes the buffers of
-    one request reuse the pages of the last. MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_
-    or GLIBC_TUNABLES in the environment win: then nothing is changed."""
-    if not sys.platform.startswith("linux") or any(
-        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-    ):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 128 << 20)
-
-
 def listen_address(listen: str, uds: str) -> str:
     return f"unix:{uds}" if uds else listen
 
@@ -164,7 +143,7 @@ def listen_address(listen: str, uds: str) -> str:
 async def serve(config: AgentConfig, listen: str, metrics_port: int | None, metrics_host: str = "127.0.0.1",
                 ready_line: bool = True) -> None:
     """Runs an agent with its inference server until SIGTERM/SIGINT."""
-    keep_freed_memory()
+    keep_freed_memory(**AGENT_MALLOC)
     agent = Agent(config)
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),

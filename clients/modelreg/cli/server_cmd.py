@@ -26,7 +26,11 @@ def run(args) -> int:
     from registry_server.app import serve_forever
     from registry_server.config import Settings
 
+    from modelreg.process import keep_freed_memory
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Artifact chunks of 1-4 MiB pass through every transfer: keep their pages for reuse.
+    keep_freed_memory(mmap_threshold=8 << 20, trim_threshold=64 << 20)
     address = args.listen or args.address
     settings = Settings.from_env(
         address=address,
