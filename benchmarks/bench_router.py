@@ -22,10 +22,14 @@ WEIGHT = 10
 
 def _manager(canary: bool):
     from serving_agent.manager import ManagedVersion, ModelManager
+    from serving_agent.metrics import Metrics
     from serving_agent.policy import State
     from serving_agent.spec import Desired, VersionSpec
 
-    class Hooks:
+    class Hooks:  # what the agent gives its managers; routing uses none of it
+        metrics = Metrics()
+        keep_warm = 0
+
         def changed(self) -> None:
             pass
 

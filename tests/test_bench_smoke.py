@@ -31,6 +31,10 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path):
     assert doc["quick"] is True and doc["peer"] is None and doc["failures"] == {}
     rows = doc["rows"]
     assert {r["bench"] for r in rows} >= MEASURED
+    # Every benchmark measured something: a broken one must not hide behind "not measurable".
+    assert {r["bench"] for r in rows if r["ours"] is not None} >= MEASURED, [
+        r["note"] for r in rows if r["ours"] is None
+    ]
     for r in rows:
         for key in ("goal", "bench", "figure", "ours", "unit", "ref", "ratio", "goal_text", "met", "note"):
             assert key in r, (key, r)
