@@ -387,15 +387,22 @@ class Repository:
             # the models, then the event counter.
             keys = sorted({blob_lock_key(i.sha256) for i in batch})
             await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
-            for item in batch:
-                if alone:
-                    results.append(await self._insert_version(conn, item))
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint
-                        results.append(await self._insert_version(conn, item))
-                except Exception as e:  # noqa: BLE001 - this registration failed, not the batch
-                    results.append(e)
+            if alone:
+                await batch[0].finalize()
+                results.append(await self._insert_version(conn, batch[0]))
+            else:
+                # The bytes of every registration go under their final keys at once (each
+                # store commit waits on a disk flush or an S3 round trip), then the rows.
+                finalized = await asyncio.gather(*(i.finalize() for i in batch), return_exceptions=True)
+                for item, failed in zip(batch, finalized):
+                    if failed is not None:
+                        results.append(failed)
+                        continue
+                    try:
+                        async with conn.transaction():  # a savepoint
+                            results.append(await self._insert_version(conn, item))
+                    except Exception as e:  # noqa: BLE001 - this registration failed, not the batch
+                        results.append(e)
             done = [(i, r) for i, r in zip(batch, results) if not isinstance(r, BaseException)]
             for actor in dict.fromkeys(i.actor for i, _ in done):
                 await self._emit(
@@ -415,8 +422,8 @@ class Repository:
         return results
 
     async def _insert_version(self, conn: asyncpg.Connection, item: _Registration) -> ModelVersion:
+        """The version row of a registration whose bytes are already under their final key."""
         nv, sha256, size = item.nv, item.sha256, item.size
-        await item.finalize()
         # The model row lock taken here is held to commit; the blob row, the next number
         # and the version row go in one round trip.
         try:
