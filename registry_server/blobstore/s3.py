@@ -224,18 +224,7 @@ class _S3Upload(BlobUpload):
                 raise RuntimeError(f"commit({sha256}) of an upload staged for {self.expected}")
             await self._commit_in_place(final)
             return
-        if self._chunks:
-            await self._flush_part()
-        await self._wait_sending()
-        await self.store._call(
-            f"complete the upload of {self.key}",
-            self.store.client._complete_multipart_upload,
-            self.store.bucket,
-            self.key,
-            self._upload_id,
-            self._parts,
-        )
-        self._upload_id = None
+        await self._complete_multipart()
         # From here the temporary object is complete; any failure below leaves it to the janitor.
         try:
             if await self.store._stored_size(final) != self.size:
@@ -252,6 +241,10 @@ class _S3Upload(BlobUpload):
             self._chunks, self._buffered = [], 0
             await self._abort_multipart()
             return
+        await self._complete_multipart()
+
+    async def _complete_multipart(self) -> None:
+        """Sends what is buffered, waits for every part, and completes the upload at `key`."""
         if self._chunks:
             await self._flush_part()
         await self._wait_sending()
