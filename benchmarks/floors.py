@@ -1,10 +1,11 @@
 """The floors: what the bare parts cost with nothing of ours on top.
 
 Run as subprocesses by the harness (`python -m benchmarks.floors MODE SPEC_JSON`):
-  server      a bare grpc.aio server (generic handlers, no protobuf) with two methods:
-              /bench.Floor/Empty (returns nothing) and /bench.Floor/Lookup (one asyncpg
+  server      a bare grpc.aio server (generic handlers, no protobuf) with three methods:
+              /bench.Floor/Empty (returns nothing), /bench.Floor/Lookup (one asyncpg
               primary-key lookup on model_versions, from a pool that skips asyncpg's reset
-              query on release). Prints its port, serves until killed.
+              query on release) and /bench.Floor/Sink (a client stream read to its end,
+              nothing done with it). Prints its port, serves until killed.
   pg_lookup   sequential asyncpg primary-key lookups on one connection (prepared statement).
   promote_tx  a bare asyncpg transaction doing the same writes as a promotion.
   notify      the same writes with NOTIFY on a private channel, until a LISTENer has it.
@@ -46,11 +47,17 @@ async def serve(spec: dict) -> None:
         row = await pool.fetchrow(LOOKUP_SQL, model, int(version))
         return row["sha256"].encode() if row else b""
 
+    async def sink(requests, context) -> bytes:
+        async for _ in requests:
+            pass
+        return b""
+
     handler = grpc.method_handlers_generic_handler(
         "bench.Floor",
         {
             "Empty": grpc.unary_unary_rpc_method_handler(empty),
             "Lookup": grpc.unary_unary_rpc_method_handler(lookup),
+            "Sink": grpc.stream_unary_rpc_method_handler(sink),
         },
     )
     server = grpc.aio.server()

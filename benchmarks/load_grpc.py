@@ -57,6 +57,9 @@ class Worker:
         self.lookup = self.channel.unary_unary(
             "/bench.Floor/Lookup", request_serializer=_identity, response_deserializer=_identity
         )
+        self.sink = self.channel.stream_unary(
+            "/bench.Floor/Sink", request_serializer=_identity, response_deserializer=_identity
+        )
         self.i = 0
         self.extra: dict = {}
         if spec["op"] == "predict":
@@ -102,6 +105,8 @@ class Worker:
                 self.extra[key] = self.extra.get(key, 0) + 1
         elif op == "lookup":
             await self.lookup(self.spec.get("key", "").encode())
+        elif op == "sink":
+            await self._sink()
         else:
             raise SystemExit(f"unknown op {op!r}")
 
@@ -123,6 +128,27 @@ class Worker:
 
         resp = await self.stub.RegisterModelVersion(requests(), metadata=METADATA)
         self.extra.setdefault("versions", []).append(resp.model_version.version)
+
+    async def _sink(self) -> None:
+        """The shape of a registration (a header message, then the bytes) with no work behind it."""
+        data = os.urandom(self.spec.get("size", 1024))
+        header = rs.RegisterModelVersionRequest(
+            header=rs.RegisterModelVersionHeader(
+                parent=f"models/{self.spec.get('model', 'floor')}",
+                create_model=True,
+                format=res.ARTIFACT_FORMAT_ONNX,
+                filename="model.onnx",
+                sha256=hashlib.sha256(data).hexdigest(),
+                size_bytes=len(data),
+            )
+        ).SerializeToString()
+        chunk = rs.RegisterModelVersionRequest(chunk=data).SerializeToString()
+
+        async def requests():
+            yield header
+            yield chunk
+
+        await self.sink(requests())
 
     async def _download(self) -> None:
         moved = 0
