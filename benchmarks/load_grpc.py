@@ -110,27 +110,8 @@ class Worker:
         else:
             raise SystemExit(f"unknown op {op!r}")
 
-    async def _register(self) -> None:
-        data = os.urandom(self.spec.get("size", 1024))
-
-        async def requests():
-            yield rs.RegisterModelVersionRequest(
-                header=rs.RegisterModelVersionHeader(
-                    parent=f"models/{self.spec['model']}",
-                    create_model=True,
-                    format=res.ARTIFACT_FORMAT_ONNX,
-                    filename="model.onnx",
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    size_bytes=len(data),
-                )
-            )
-            yield rs.RegisterModelVersionRequest(chunk=data)
-
-        resp = await self.stub.RegisterModelVersion(requests(), metadata=METADATA)
-        self.extra.setdefault("versions", []).append(resp.model_version.version)
-
-    async def _sink(self) -> None:
-        """The shape of a registration (a header message, then the bytes) with no work behind it."""
+    def _registration(self) -> tuple[rs.RegisterModelVersionRequest, rs.RegisterModelVersionRequest]:
+        """A registration's two messages: the header, then `size` fresh random bytes."""
         data = os.urandom(self.spec.get("size", 1024))
         header = rs.RegisterModelVersionRequest(
             header=rs.RegisterModelVersionHeader(
@@ -141,12 +122,26 @@ class Worker:
                 sha256=hashlib.sha256(data).hexdigest(),
                 size_bytes=len(data),
             )
-        ).SerializeToString()
-        chunk = rs.RegisterModelVersionRequest(chunk=data).SerializeToString()
+        )
+        return header, rs.RegisterModelVersionRequest(chunk=data)
+
+    async def _register(self) -> None:
+        messages = self._registration()
 
         async def requests():
-            yield header
-            yield chunk
+            for m in messages:
+                yield m
+
+        resp = await self.stub.RegisterModelVersion(requests(), metadata=METADATA)
+        self.extra.setdefault("versions", []).append(resp.model_version.version)
+
+    async def _sink(self) -> None:
+        """The shape of a registration with no work behind it (the floor's Sink)."""
+        messages = [m.SerializeToString() for m in self._registration()]
+
+        async def requests():
+            for m in messages:
+                yield m
 
         await self.sink(requests())
 
