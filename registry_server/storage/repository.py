@@ -72,6 +72,14 @@ class RequestIdTaken(Exception):
     """A concurrent registration used the same request id first."""
 
 
+@dataclass
+class _Emitted:
+    """The models and event sequences one transaction() has emitted so far."""
+
+    models: set[str] = field(default_factory=set)
+    sequences: list[int] = field(default_factory=list)
+
+
 # Registrations committed together at most (see Repository.register_version).
 MAX_REGISTRATION_BATCH = 32
 
@@ -146,9 +154,9 @@ class Repository:
         self.on_change = on_change
         # Called after a commit with the event sequences it made durable: this process has
         # already dropped their models, so the echo from the event hub can be skipped.
-        self.on_committed: Callable[[range], None] | None = None
-        self._touched: dict[int, set[str]] = {}
-        self._emitted: dict[int, list[range]] = {}
+        self.on_committed: Callable[[list[int]], None] | None = None
+        # What each open transaction() has emitted, by connection.
+        self._open: dict[int, _Emitted] = {}
         self._registrations: list[_Registration] = []
         self._registering: asyncio.Task | None = None
 
@@ -156,20 +164,16 @@ class Repository:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection in a transaction; reports the models it changed when it ends."""
         async with self.pool.acquire() as conn:
-            touched: set[str] = set()
-            emitted: list[range] = []
-            self._touched[id(conn)] = touched
-            self._emitted[id(conn)] = emitted
+            emitted = self._open[id(conn)] = _Emitted()
             try:
                 async with conn.transaction():
                     yield conn
-                if self.on_committed is not None:
-                    for seqs in emitted:
-                        self.on_committed(seqs)
+                if emitted.sequences and self.on_committed is not None:
+                    self.on_committed(emitted.sequences)
             finally:
-                del self._touched[id(conn)], self._emitted[id(conn)]
-                if touched and self.on_change is not None:
-                    self.on_change(touched)
+                del self._open[id(conn)]
+                if emitted.models and self.on_change is not None:
+                    self.on_change(emitted.models)
 
     # ---------------------------------------------------------------- events (outbox)
 
@@ -178,8 +182,9 @@ class Repository:
         TRANSACTION: the counter row lock is held until commit, which is what makes the
         sequence commit-ordered."""
         touched = {d.model for d in drafts}
-        if id(conn) in self._touched:
-            self._touched[id(conn)].update(touched)
+        emitted = self._open.get(id(conn))
+        if emitted is not None:
+            emitted.models.update(touched)
         if self.on_change is not None:
             self.on_change(touched)
         # One round trip: the counter row lock is held from here to commit, so every
@@ -199,8 +204,8 @@ class Repository:
             NOTIFY_PAYLOAD_LIMIT,
         )
         first = last - len(drafts) + 1
-        if id(conn) in self._emitted:
-            self._emitted[id(conn)].append(range(first, last + 1))
+        if emitted is not None:
+            emitted.sequences.extend(range(first, last + 1))
         return last
 
     # ---------------------------------------------------------------- models
