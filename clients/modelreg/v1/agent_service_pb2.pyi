@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from modelreg.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -405,33 +406,23 @@ class GetRolloutStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
-    DESIRED_VERSION_FIELD_NUMBER: _builtins.int
-    DESIRED_SHA256_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     COMPLETE_FIELD_NUMBER: _builtins.int
     CONVERGED_AGENTS_FIELD_NUMBER: _builtins.int
     LIVE_AGENTS_FIELD_NUMBER: _builtins.int
-    DESIRED_CANARY_VERSION_FIELD_NUMBER: _builtins.int
-    DESIRED_CANARY_SHA256_FIELD_NUMBER: _builtins.int
-    CANARY_WEIGHT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model, `models/{model}`."""
-    desired_version: _builtins.int
-    """The desired (production) version, or 0 when none."""
-    desired_sha256: _builtins.str
-    """The desired version's sha256."""
     complete: _builtins.bool
     """True when at least one live agent follows the model and every live agent converged."""
     converged_agents: _builtins.int
     """Live (not stale) agents that converged."""
     live_agents: _builtins.int
     """Live (not stale) agents that follow the model."""
-    desired_canary_version: _builtins.int
-    """The canary version of the model's deployment, or 0 when no canary runs."""
-    desired_canary_sha256: _builtins.str
-    """The canary version's sha256."""
-    canary_weight: _builtins.int
-    """Percentage of requests the canary gets, 0 to 100."""
+    @_builtins.property
+    def deployment(self) -> _resources_pb2.Deployment:
+        """The desired state: the model's deployment (stable, canary and weight)."""
+
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentRollout]:
         """One entry per agent that follows the model, in id order."""
@@ -440,19 +431,15 @@ class GetRolloutStatusResponse(_message.Message):
         self,
         *,
         model: _builtins.str = ...,
-        desired_version: _builtins.int = ...,
-        desired_sha256: _builtins.str = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
         agents: _abc.Iterable[Global___AgentRollout] | None = ...,
         complete: _builtins.bool = ...,
         converged_agents: _builtins.int = ...,
         live_agents: _builtins.int = ...,
-        desired_canary_version: _builtins.int = ...,
-        desired_canary_sha256: _builtins.str = ...,
-        canary_weight: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "canary_weight", b"canary_weight", "complete", b"complete", "converged_agents", b"converged_agents", "desired_canary_sha256", b"desired_canary_sha256", "desired_canary_version", b"desired_canary_version", "desired_sha256", b"desired_sha256", "desired_version", b"desired_version", "live_agents", b"live_agents", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "complete", b"complete", "converged_agents", b"converged_agents", "deployment", b"deployment", "live_agents", b"live_agents", "model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

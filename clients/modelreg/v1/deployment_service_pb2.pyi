@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from modelreg.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -65,136 +66,6 @@ DEPLOYMENT_ACTION_ROLLBACK: DeploymentAction.ValueType  # 7
 Global___DeploymentAction: _TypeAlias = DeploymentAction  # noqa: Y015
 
 @_typing.final
-class CanaryPolicy(_message.Message):
-    """CanaryPolicy is when the registry judges a canary by itself. Zero disables a limit."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
-    MAX_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
-    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
-    AUTO_PROMOTE_AFTER_FIELD_NUMBER: _builtins.int
-    max_error_rate: _builtins.float
-    """Abort when the canary's error rate exceeds this fraction (0.05 is 5 %). 0 disables."""
-    max_latency_ratio: _builtins.float
-    """Abort when the canary's p95 latency exceeds this multiple of stable's. 0 disables."""
-    min_requests: _builtins.int
-    """Judge only after the canary served this many requests (summed over agents). Default 100."""
-    auto_promote_after: _builtins.int
-    """Promote by itself after this many requests within the limits. 0 never promotes."""
-    def __init__(
-        self,
-        *,
-        max_error_rate: _builtins.float = ...,
-        max_latency_ratio: _builtins.float = ...,
-        min_requests: _builtins.int = ...,
-        auto_promote_after: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_promote_after", b"auto_promote_after", "max_error_rate", b"max_error_rate", "max_latency_ratio", b"max_latency_ratio", "min_requests", b"min_requests"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CanaryPolicy: _TypeAlias = CanaryPolicy  # noqa: Y015
-
-@_typing.final
-class DeploymentState(_message.Message):
-    """DeploymentState is the desired state at one revision."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STABLE_VERSION_FIELD_NUMBER: _builtins.int
-    CANARY_VERSION_FIELD_NUMBER: _builtins.int
-    CANARY_WEIGHT_FIELD_NUMBER: _builtins.int
-    REVISION_FIELD_NUMBER: _builtins.int
-    stable_version: _builtins.int
-    """The stable (production) version, or 0."""
-    canary_version: _builtins.int
-    """The canary version, or 0."""
-    canary_weight: _builtins.int
-    """Percentage of requests routed to the canary, 0 to 100."""
-    revision: _builtins.int
-    """The revision; it grows by one with every change."""
-    def __init__(
-        self,
-        *,
-        stable_version: _builtins.int = ...,
-        canary_version: _builtins.int = ...,
-        canary_weight: _builtins.int = ...,
-        revision: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_version", b"canary_version", "canary_weight", b"canary_weight", "revision", b"revision", "stable_version", b"stable_version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeploymentState: _TypeAlias = DeploymentState  # noqa: Y015
-
-@_typing.final
-class Deployment(_message.Message):
-    """Deployment is what agents should serve for a model: `models/{model}/deployment`."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    STABLE_VERSION_FIELD_NUMBER: _builtins.int
-    STABLE_SHA256_FIELD_NUMBER: _builtins.int
-    CANARY_VERSION_FIELD_NUMBER: _builtins.int
-    CANARY_SHA256_FIELD_NUMBER: _builtins.int
-    CANARY_WEIGHT_FIELD_NUMBER: _builtins.int
-    ETAG_FIELD_NUMBER: _builtins.int
-    POLICY_FIELD_NUMBER: _builtins.int
-    UPDATED_BY_FIELD_NUMBER: _builtins.int
-    UPDATE_TIME_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """`models/{model}/deployment`."""
-    stable_version: _builtins.int
-    """The stable (production) version, or 0 when the model has none."""
-    stable_sha256: _builtins.str
-    """The stable artifact's sha256."""
-    canary_version: _builtins.int
-    """The canary version, or 0 when no canary runs."""
-    canary_sha256: _builtins.str
-    """The canary artifact's sha256."""
-    canary_weight: _builtins.int
-    """Percentage of requests routed to the canary, 0 to 100."""
-    etag: _builtins.str
-    """The revision, to pass back as `etag` on the next change."""
-    updated_by: _builtins.str
-    """Who made the last change."""
-    @_builtins.property
-    def policy(self) -> Global___CanaryPolicy:
-        """The canary policy."""
-
-    @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When."""
-
-    def __init__(
-        self,
-        *,
-        name: _builtins.str = ...,
-        stable_version: _builtins.int = ...,
-        stable_sha256: _builtins.str = ...,
-        canary_version: _builtins.int = ...,
-        canary_sha256: _builtins.str = ...,
-        canary_weight: _builtins.int = ...,
-        etag: _builtins.str = ...,
-        policy: Global___CanaryPolicy | None = ...,
-        updated_by: _builtins.str = ...,
-        update_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "update_time", b"update_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_sha256", b"canary_sha256", "canary_version", b"canary_version", "canary_weight", b"canary_weight", "etag", b"etag", "name", b"name", "policy", b"policy", "stable_sha256", b"stable_sha256", "stable_version", b"stable_version", "update_time", b"update_time", "updated_by", b"updated_by"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
-
-@_typing.final
 class DeploymentHistoryEntry(_message.Message):
     """DeploymentHistoryEntry is one recorded change."""
 
@@ -216,12 +87,12 @@ class DeploymentHistoryEntry(_message.Message):
     sequence: _builtins.int
     """The event sequence number of the change."""
     @_builtins.property
-    def before(self) -> Global___DeploymentState:
-        """The state before."""
+    def before(self) -> _resources_pb2.Deployment:
+        """The desired state before: stable, canary, weight and revision (no policy)."""
 
     @_builtins.property
-    def after(self) -> Global___DeploymentState:
-        """The state after."""
+    def after(self) -> _resources_pb2.Deployment:
+        """The desired state after, likewise."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -233,8 +104,8 @@ class DeploymentHistoryEntry(_message.Message):
         action: Global___DeploymentAction.ValueType = ...,
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
-        before: Global___DeploymentState | None = ...,
-        after: Global___DeploymentState | None = ...,
+        before: _resources_pb2.Deployment | None = ...,
+        after: _resources_pb2.Deployment | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
     ) -> None: ...
@@ -276,13 +147,13 @@ class GetDeploymentResponse(_message.Message):
 
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def deployment(self) -> Global___Deployment:
+    def deployment(self) -> _resources_pb2.Deployment:
         """The deployment."""
 
     def __init__(
         self,
         *,
-        deployment: Global___Deployment | None = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -341,13 +212,13 @@ class SetCanaryResponse(_message.Message):
     sequence: _builtins.int
     """The event sequence number of the change."""
     @_builtins.property
-    def deployment(self) -> Global___Deployment:
+    def deployment(self) -> _resources_pb2.Deployment:
         """The deployment after the change."""
 
     def __init__(
         self,
         *,
-        deployment: Global___Deployment | None = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
         sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
@@ -399,13 +270,13 @@ class PromoteCanaryResponse(_message.Message):
     sequence: _builtins.int
     """The event sequence number of the change."""
     @_builtins.property
-    def deployment(self) -> Global___Deployment:
+    def deployment(self) -> _resources_pb2.Deployment:
         """The deployment after the change."""
 
     def __init__(
         self,
         *,
-        deployment: Global___Deployment | None = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
         sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
@@ -457,13 +328,13 @@ class AbortCanaryResponse(_message.Message):
     sequence: _builtins.int
     """The event sequence number of the change."""
     @_builtins.property
-    def deployment(self) -> Global___Deployment:
+    def deployment(self) -> _resources_pb2.Deployment:
         """The deployment after the change."""
 
     def __init__(
         self,
         *,
-        deployment: Global___Deployment | None = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
         sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
@@ -519,13 +390,13 @@ class RollbackResponse(_message.Message):
     sequence: _builtins.int
     """The event sequence number of the change."""
     @_builtins.property
-    def deployment(self) -> Global___Deployment:
+    def deployment(self) -> _resources_pb2.Deployment:
         """The deployment after the change."""
 
     def __init__(
         self,
         *,
-        deployment: Global___Deployment | None = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
         sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
@@ -547,14 +418,14 @@ class SetCanaryPolicyRequest(_message.Message):
     name: _builtins.str
     """`models/{model}/deployment` (or `models/{model}`)."""
     @_builtins.property
-    def policy(self) -> Global___CanaryPolicy:
+    def policy(self) -> _resources_pb2.CanaryPolicy:
         """The policy; an all-zero policy disables automatic judgement."""
 
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        policy: Global___CanaryPolicy | None = ...,
+        policy: _resources_pb2.CanaryPolicy | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -572,13 +443,13 @@ class SetCanaryPolicyResponse(_message.Message):
 
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def deployment(self) -> Global___Deployment:
+    def deployment(self) -> _resources_pb2.Deployment:
         """The deployment with its new policy."""
 
     def __init__(
         self,
         *,
-        deployment: Global___Deployment | None = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

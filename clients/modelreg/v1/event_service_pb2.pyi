@@ -79,21 +79,24 @@ class Event(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     FROM_STAGE_FIELD_NUMBER: _builtins.int
     TO_STAGE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Global, gap-free, commit-ordered sequence number, starting at 1."""
     type: Global___EventType.ValueType
     """What changed."""
     model: _builtins.str
     """The model, `models/{model}`."""
-    version: _builtins.int
-    """The version concerned, or 0 for model-level events."""
+    model_version: _builtins.str
+    """The version concerned, `models/{model}/versions/{n}`; empty for model-level and
+    deployment events (a deployment names its versions itself).
+    """
     from_stage: _resources_pb2.Stage.ValueType
     """The stage the version left (STAGE_CHANGED only)."""
     to_stage: _resources_pb2.Stage.ValueType
@@ -108,8 +111,14 @@ class Event(_message.Message):
 
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
-        """Type-specific details, for example the version's sha256 on VERSION_READY and
-        STAGE_CHANGED.
+        """Type-specific details, for example the artifact's sha256 on VERSION_READY and
+        STAGE_CHANGED, and the deployment action on DEPLOYMENT_CHANGED.
+        """
+
+    @_builtins.property
+    def deployment(self) -> _resources_pb2.Deployment:
+        """The model's deployment after the change (DEPLOYMENT_CHANGED only): what agents must
+        now serve, complete, so a watcher never calls back to learn it.
         """
 
     def __init__(
@@ -118,67 +127,22 @@ class Event(_message.Message):
         sequence: _builtins.int = ...,
         type: Global___EventType.ValueType = ...,
         model: _builtins.str = ...,
-        version: _builtins.int = ...,
+        model_version: _builtins.str = ...,
         from_stage: _resources_pb2.Stage.ValueType = ...,
         to_stage: _resources_pb2.Stage.ValueType = ...,
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         details: _struct_pb2.Struct | None = ...,
+        deployment: _resources_pb2.Deployment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployment", b"deployment", "details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "details", b"details", "from_stage", b"from_stage", "model", b"model", "reason", b"reason", "sequence", b"sequence", "to_stage", b"to_stage", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "deployment", b"deployment", "details", b"details", "from_stage", b"from_stage", "model", b"model", "model_version", b"model_version", "reason", b"reason", "sequence", b"sequence", "to_stage", b"to_stage", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
-
-@_typing.final
-class ModelState(_message.Message):
-    """ModelState is what agents should serve for one model."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MODEL_FIELD_NUMBER: _builtins.int
-    PRODUCTION_VERSION_FIELD_NUMBER: _builtins.int
-    PRODUCTION_SHA256_FIELD_NUMBER: _builtins.int
-    CANARY_VERSION_FIELD_NUMBER: _builtins.int
-    CANARY_SHA256_FIELD_NUMBER: _builtins.int
-    CANARY_WEIGHT_FIELD_NUMBER: _builtins.int
-    EXISTS_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
-    """The model, `models/{model}`."""
-    production_version: _builtins.int
-    """The production (stable) version, or 0 when none."""
-    production_sha256: _builtins.str
-    """The production artifact's sha256."""
-    canary_version: _builtins.int
-    """The canary version, or 0 when none."""
-    canary_sha256: _builtins.str
-    """The canary artifact's sha256."""
-    canary_weight: _builtins.int
-    """Percentage of requests routed to the canary, 0 to 100."""
-    exists: _builtins.bool
-    """False when the model does not exist (yet, or any more)."""
-    def __init__(
-        self,
-        *,
-        model: _builtins.str = ...,
-        production_version: _builtins.int = ...,
-        production_sha256: _builtins.str = ...,
-        canary_version: _builtins.int = ...,
-        canary_sha256: _builtins.str = ...,
-        canary_weight: _builtins.int = ...,
-        exists: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_sha256", b"canary_sha256", "canary_version", b"canary_version", "canary_weight", b"canary_weight", "exists", b"exists", "model", b"model", "production_sha256", b"production_sha256", "production_version", b"production_version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
 
 @_typing.final
 class Snapshot(_message.Message):
@@ -187,22 +151,24 @@ class Snapshot(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
-    MODELS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The state is valid as of this sequence; events follow from just after it."""
     @_builtins.property
-    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelState]:
-        """One entry per watched model (every model when the watch names none)."""
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Deployment]:
+        """The deployment of each watched model that exists (of every model when the watch names
+        none), in model order. A watched model with no entry does not exist (yet, or any more).
+        """
 
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
-        models: _abc.Iterable[Global___ModelState] | None = ...,
+        deployments: _abc.Iterable[_resources_pb2.Deployment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

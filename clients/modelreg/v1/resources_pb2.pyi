@@ -540,3 +540,157 @@ class StageTransition(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StageTransition: _TypeAlias = StageTransition  # noqa: Y015
+
+@_typing.final
+class ArtifactRef(_message.Message):
+    """ArtifactRef is everything a serving agent needs to fetch, verify and load one version:
+    the version's resource name and number, its artifact's digest, size and file name, its
+    format and its complete config. Agents act on it with no follow-up call.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_NUMBER_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The version, `models/{model}/versions/{n}`."""
+    version_number: _builtins.int
+    """The version number `n`, for routing and labels (the same as the name's last segment)."""
+    sha256: _builtins.str
+    """The artifact's sha256, 64 lowercase hex characters; agents verify it before loading."""
+    size_bytes: _builtins.int
+    """The artifact's size in bytes."""
+    format: Global___ArtifactFormat.ValueType
+    """The artifact's format (how the agent loads it)."""
+    filename: _builtins.str
+    """The self-describing download file name, `{model}_v{n}_{model_type}.{ext}`."""
+    @_builtins.property
+    def config(self) -> _struct_pb2.Struct:
+        """The version's complete config (the model type's defaults merged with the caller's),
+        for example `imgsz` for a YOLO model.
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        version_number: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        format: Global___ArtifactFormat.ValueType = ...,
+        filename: _builtins.str = ...,
+        config: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "filename", b"filename", "format", b"format", "sha256", b"sha256", "size_bytes", b"size_bytes", "version", b"version", "version_number", b"version_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactRef: _TypeAlias = ArtifactRef  # noqa: Y015
+
+@_typing.final
+class CanaryPolicy(_message.Message):
+    """CanaryPolicy is when the registry judges a canary by itself. Zero disables a limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    MAX_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    AUTO_PROMOTE_AFTER_FIELD_NUMBER: _builtins.int
+    max_error_rate: _builtins.float
+    """Abort when the canary's error rate exceeds this fraction (0.05 is 5 %). 0 disables."""
+    max_latency_ratio: _builtins.float
+    """Abort when the canary's p95 latency exceeds this multiple of stable's. 0 disables."""
+    min_requests: _builtins.int
+    """Judge only after the canary served this many requests (summed over agents). Default 100."""
+    auto_promote_after: _builtins.int
+    """Promote by itself after this many requests within the limits. 0 never promotes."""
+    def __init__(
+        self,
+        *,
+        max_error_rate: _builtins.float = ...,
+        max_latency_ratio: _builtins.float = ...,
+        min_requests: _builtins.int = ...,
+        auto_promote_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_promote_after", b"auto_promote_after", "max_error_rate", b"max_error_rate", "max_latency_ratio", b"max_latency_ratio", "min_requests", b"min_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryPolicy: _TypeAlias = CanaryPolicy  # noqa: Y015
+
+@_typing.final
+class Deployment(_message.Message):
+    """Deployment is the desired state of a model's serving agents, `models/{model}/deployment`:
+    the stable (production) version, an optional canary and the share of requests routed to
+    it. It is the one desired-state resource: GetDeployment returns it, WatchEvents' snapshot
+    carries one per watched model and every EVENT_TYPE_DEPLOYMENT_CHANGED event carries the
+    new one. OMITTING A VERSION FROM IT INSTRUCTS AGENTS TO UNLOAD THAT VERSION.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STABLE_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    CANARY_WEIGHT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, `models/{model}/deployment`."""
+    canary_weight: _builtins.int
+    """Percentage of requests routed to the canary, 0 to 100 (0 when no canary runs)."""
+    revision: _builtins.int
+    """The revision; it grows by one with every change."""
+    etag: _builtins.str
+    """The etag to pass back on a change (optimistic concurrency): the revision as a string."""
+    updated_by: _builtins.str
+    """Who made the last change."""
+    @_builtins.property
+    def stable(self) -> Global___ArtifactRef:
+        """The stable (production) version; unset when the model has no production version."""
+
+    @_builtins.property
+    def canary(self) -> Global___ArtifactRef:
+        """The canary version; unset when no canary runs."""
+
+    @_builtins.property
+    def policy(self) -> Global___CanaryPolicy:
+        """The canary policy the registry judges running canaries by."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last change committed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        stable: Global___ArtifactRef | None = ...,
+        canary: Global___ArtifactRef | None = ...,
+        canary_weight: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        policy: Global___CanaryPolicy | None = ...,
+        updated_by: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "policy", b"policy", "stable", b"stable", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "canary_weight", b"canary_weight", "etag", b"etag", "name", b"name", "policy", b"policy", "revision", b"revision", "stable", b"stable", "update_time", b"update_time", "updated_by", b"updated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
