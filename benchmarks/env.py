@@ -158,7 +158,8 @@ class BenchEnv:
         )
         env.update(extra_env)
         modelreg = Path(PY).parent / "modelreg"
-        cmd = [str(modelreg), "server", "--log-level", "WARNING"] if modelreg.exists() else [PY, "-m", "modelreg.cli", "server"]
+        cmd = [str(modelreg), "server"] if modelreg.exists() else [PY, "-m", "registry_server"]
+        cmd += ["--log-level", "WARNING"]
         log(f"starting our server: modelreg server on 127.0.0.1:{port} (artifacts: {env['MODELREG_ARTIFACTS']})")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "wb"))
         self.procs.append(proc)

@@ -212,7 +212,7 @@ def ort(spec: dict) -> dict:
     import numpy as np
     import onnxruntime
 
-    from modelreg.process import keep_freed_memory
+    from modelreg_runtime.process import keep_freed_memory
     from serving_agent.server import AGENT_MALLOC
 
     keep_freed_memory(**AGENT_MALLOC)

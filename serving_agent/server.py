@@ -11,64 +11,24 @@ import signal
 import sys
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelreg.process import keep_freed_memory
+from modelreg.tensors import TensorError, add_tensor, tensor_to_array
 from modelreg.v1 import inference_service_pb2 as inf
 from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
+from modelreg_runtime.process import keep_freed_memory
 from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
 from serving_agent.errors import AgentError, BadInput
 from serving_agent.metrics import serve_metrics
 
 # The agent process keeps blocks up to 32 MiB in the heap and 128 MiB free at its top
-# (see modelreg.process.keep_freed_memory): image-sized tensors in and out of every Predict.
+# (see modelreg_runtime.process.keep_freed_memory): image-sized tensors in and out of every Predict.
 AGENT_MALLOC = {"mmap_threshold": 32 << 20, "trim_threshold": 128 << 20}
 
 log = logging.getLogger("modelreg.agent.server")
 
 SERVICE_NAME = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
-DTYPES = {
-    inf.DATA_TYPE_FLOAT32: np.float32,
-    inf.DATA_TYPE_FLOAT64: np.float64,
-    inf.DATA_TYPE_FLOAT16: np.float16,
-    inf.DATA_TYPE_INT8: np.int8,
-    inf.DATA_TYPE_INT16: np.int16,
-    inf.DATA_TYPE_INT32: np.int32,
-    inf.DATA_TYPE_INT64: np.int64,
-    inf.DATA_TYPE_UINT8: np.uint8,
-    inf.DATA_TYPE_BOOL: np.bool_,
-}
-TO_DTYPE = {np.dtype(v): k for k, v in DTYPES.items()}
-
-
-def tensor_to_array(t: inf.Tensor) -> np.ndarray:
-    """A read-only view on the tensor's bytes (no copy on a little-endian machine)."""
-    if t.dtype not in DTYPES:
-        raise BadInput(f"tensor {t.name!r} needs a dtype (DATA_TYPE_FLOAT32, DATA_TYPE_INT64, ...)")
-    dtype = np.dtype(DTYPES[t.dtype]).newbyteorder("<")
-    shape = tuple(int(d) for d in t.shape)
-    if any(d < 0 for d in shape):
-        raise BadInput(f"tensor {t.name!r} has a negative dimension in shape {list(shape)}")
-    data = t.data  # each read of a bytes field copies it out of the message: read it once
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        raise BadInput(
-            f"tensor {t.name!r}: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(data)}"
-        )
-    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
-
-
-def add_tensor(tensors, name: str, a: np.ndarray) -> inf.Tensor:
-    """Appends `a` to a repeated Tensor field (`request.inputs`, `response.outputs`) in place:
-    one copy of the data into the message. Building a Tensor and passing it in a list would
-    copy it again, which for megabytes of image tensors costs more than the transport."""
-    code = TO_DTYPE.get(a.dtype.newbyteorder("="))
-    if code is None:
-        raise BadInput(f"tensor {name!r} has dtype {a.dtype}, which the inference API cannot carry")
-    data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()  # no-op cast on little-endian
-    return tensors.add(name=name, dtype=code, shape=a.shape, data=data)
 
 
 def agent_errors(fn):
@@ -76,7 +36,7 @@ def agent_errors(fn):
     async def wrapper(self, request, context):
         try:
             return await fn(self, request, context)
-        except AgentError as e:
+        except (AgentError, TensorError) as e:
             await context.abort(e.code, e.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise

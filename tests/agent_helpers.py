@@ -76,7 +76,7 @@ class AgentProcess:
         return self
 
     def client(self):
-        from serving_agent.client import InferenceClient
+        from modelreg.inference import InferenceClient
 
         return InferenceClient(self.address, timeout=10)
 
@@ -113,7 +113,7 @@ class Hammer:
     """Sends Predict requests in a loop from a thread; records every outcome."""
 
     def __init__(self, address: str, model: str):
-        from serving_agent.client import InferenceClient
+        from modelreg.inference import InferenceClient
 
         self.client = InferenceClient(address, timeout=30)
         self.model = model

@@ -231,7 +231,7 @@ def test_agent_cli_rejects_a_bad_model_id_with_usage_error():
 
 def test_tensors_round_trip_through_the_wire_format_for_any_layout_and_byte_order():
     from modelreg.v1 import inference_service_pb2 as inf
-    from serving_agent.server import add_tensor, tensor_to_array
+    from modelreg.tensors import add_tensor, tensor_to_array
 
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     cases = {"c": a, "transposed": a.transpose(2, 0, 1), "big_endian": a.astype(">f4"),

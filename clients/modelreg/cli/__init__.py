@@ -2,6 +2,11 @@
 
 Every command takes `-o json`. Errors print the server's message (no traceback) and exit 1;
 usage errors exit 2.
+
+`modelreg server` and `modelreg agent` belong to the registry and agent packages
+(`registry_server.cli`, `serving_agent.cli`), which are found here by module name and never
+imported by the SDK itself: `pip install modelreg` installs their code but not their
+dependencies, and each command checks for its extra when it runs.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import sys
 
 from modelreg import errors
 
-# Modules that add subcommands: each has `register(subparsers, common)`.
+# Modules that add subcommands, in help order: each has `register(subparsers, common)`.
 COMMAND_MODULES = (
-    "modelreg.cli.server_cmd",
+    "registry_server.cli",  # server (needs modelreg[server])
     "modelreg.cli.registry_cmds",
     "modelreg.cli.watch_cmd",
+    "serving_agent.cli",  # agent (needs modelreg[agent])
     "modelreg.cli.agent_cmds",
     "modelreg.cli.deploy_cmds",
     "modelreg.cli.artifact_cmds",
@@ -58,16 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:  # not built yet
+            if e.name and (name == e.name or name.startswith(e.name + ".")):  # that package is not installed
                 continue
             raise
         module.register(sub, common)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def execute(args: argparse.Namespace) -> int:
+    """Runs a parsed command (`args.func`) with the common options' defaults filled in and
+    turns its errors into exit codes: usage 2, a failed call 1, Ctrl-C 130."""
     args.output = getattr(args, "output", "table")
     args.address = getattr(args, "address", None) or os.environ.get("MODELREG_ADDRESS") or "127.0.0.1:50051"
     try:
@@ -82,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return execute(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Process-wide tuning for the long-running processes (`modelreg server`, `modelreg agent`).
-Never called when the SDK, the server or the agent is used as a library."""
+Called only by their start-up, never when the SDK, the server or the agent is used as a library."""
 
 from __future__ import annotations
 

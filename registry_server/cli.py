@@ -1,0 +1,72 @@
+"""`modelreg server` and `python -m registry_server`: run the registry.
+
+Importing this module is cheap and needs no extra: the `modelreg` command line adds its
+parser to every invocation. The registry itself (asyncpg, the embedded Postgres, minio) is
+imported only when the command runs, after `modelreg_runtime.extras.require` has checked the
+server extra is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelreg.cli import common_parser, execute
+from modelreg_runtime.extras import MissingExtra, require
+
+COMMAND = "server"
+DESCRIPTION = "Run the registry. With no database URL it starts an embedded Postgres in the data directory."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", dest="listen", help="listen address (default: $MODELREG_ADDRESS or 127.0.0.1:50051)")
+    p.add_argument("--database-url", help="Postgres URL (default: $MODELREG_DATABASE_URL, else embedded Postgres)")
+    p.add_argument("--data-dir", help="embedded data directory (default: $MODELREG_DATA_DIR or ./.modelreg)")
+    p.add_argument("--artifacts", help="artifact store: a directory or s3://bucket/prefix (default: $MODELREG_ARTIFACTS)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.set_defaults(func=run, command=COMMAND)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Adds `server` to the `modelreg` command line."""
+    p = sub.add_parser(COMMAND, parents=[common], help="run the registry server", description=DESCRIPTION)
+    add_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        require("server", f"modelreg {COMMAND}")
+    except MissingExtra as e:
+        print(e, file=sys.stderr)
+        return 2
+    from modelreg_runtime.process import keep_freed_memory
+    from registry_server.app import serve_forever
+    from registry_server.config import Settings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Artifact chunks of 1-4 MiB pass through every transfer: keep their pages for reuse.
+    keep_freed_memory(mmap_threshold=8 << 20, trim_threshold=64 << 20)
+    address = args.listen or args.address
+    settings = Settings.from_env(
+        address=address,
+        database_url=args.database_url,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        artifacts=args.artifacts,
+    )
+    try:
+        asyncio.run(serve_forever(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m registry_server [flags]`: the same as `modelreg server [flags]`."""
+    parser = argparse.ArgumentParser(prog="python -m registry_server", description=DESCRIPTION,
+                                     parents=[common_parser()])
+    add_arguments(parser)
+    return execute(parser.parse_args(argv))
