@@ -53,7 +53,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd protos && $(abspath $(BIN))/buf format --diff --exit-code && $(abspath $(BIN))/buf lint
-	$(BIN)/lint-imports
+	@# The contracts are checked on this checkout's code, whichever checkout the venv installed.
+	PYTHONPATH=$(CURDIR):$(CURDIR)/clients $(BIN)/lint-imports
 
 ## Run the test suite (installs what it needs first).
 test: $(STAMP) proto-check lint

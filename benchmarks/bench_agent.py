@@ -41,11 +41,15 @@ def onnx_model(weight_bytes: int, seed: int) -> bytes:
     w = np.random.default_rng(seed).random((rows, 4), dtype=np.float32)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([0], np.int64), "start"),
-             numpy_helper.from_array(np.array([1], np.int64), "end")]
+    inits = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(np.array([0], np.int64), "start"),
+        numpy_helper.from_array(np.array([1], np.int64), "end"),
+    ]
     nodes = [helper.make_node("Slice", ["W", "start", "end"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
-    model = helper.make_model(helper.make_graph(nodes, "bench", [x], [y], initializer=inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "bench", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     return model.SerializeToString()
 
@@ -64,12 +68,28 @@ class Agents:
         for _ in range(n):
             i = len(self.addresses)
             port = free_port()
-            cmd = [str(modelreg), "agent", "--registry", self.env.ours, "--listen", f"127.0.0.1:{port}",
-                   "--cache-dir", str(self.env.tmp / f"agent-{i}"), "--log-level", "WARNING", "--report-interval", "5"]
+            cmd = [
+                str(modelreg),
+                "agent",
+                "--registry",
+                self.env.ours,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--cache-dir",
+                str(self.env.tmp / f"agent-{i}"),
+                "--log-level",
+                "WARNING",
+                "--report-interval",
+                "5",
+            ]
             for m in self.models:
                 cmd += ["--model", m]
-            proc = subprocess.Popen(cmd, cwd=str(self.env.tmp), stdout=subprocess.DEVNULL,
-                                    stderr=open(self.env.tmp / f"agent-{i}.log", "wb"))
+            proc = subprocess.Popen(
+                cmd,
+                cwd=str(self.env.tmp),
+                stdout=subprocess.DEVNULL,
+                stderr=open(self.env.tmp / f"agent-{i}.log", "wb"),
+            )
             self.procs.append(proc)
             self.env.procs.append(proc)
             self.addresses.append(f"127.0.0.1:{port}")
@@ -85,10 +105,18 @@ def yolo_onnx(workdir) -> bytes:
     import onnx
 
     workdir.mkdir(parents=True, exist_ok=True)
-    code = ("from ultralytics import YOLO; import sys; "
-            "print(YOLO('yolov8n.yaml').export(format='onnx', imgsz=640, simplify=False, dynamic=False))")
-    out = subprocess.run([PY, "-c", code], cwd=str(workdir), capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, YOLO_OFFLINE="1"))
+    code = (
+        "from ultralytics import YOLO; import sys; "
+        "print(YOLO('yolov8n.yaml').export(format='onnx', imgsz=640, simplify=False, dynamic=False))"
+    )
+    out = subprocess.run(
+        [PY, "-c", code],
+        cwd=str(workdir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, YOLO_OFFLINE="1"),
+    )
     if out.returncode != 0:
         raise RuntimeError(f"YOLOv8n export failed: {out.stderr[-1500:]}")
     exported = workdir / out.stdout.strip().splitlines()[-1]  # relative to workdir unless absolute
@@ -106,8 +134,13 @@ def _switch(env, agents: list[str], model: str, data: bytes) -> float:
         v = c.register(model, data, format="onnx", filename="model.onnx")
         want = f"models/{model}/versions/{v.version}"
         spec = {"targets": agents, "model": model, "want": want, "interval": 0.003 if len(agents) == 1 else 0.02}
-        poller = subprocess.Popen([PY, "-m", "benchmarks.load_agents", json.dumps(spec)], cwd=str(REPO),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        poller = subprocess.Popen(
+            [PY, "-m", "benchmarks.load_agents", json.dumps(spec)],
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if poller.stdout.readline().strip() != "ready":
             raise RuntimeError(f"agents do not answer Predict: {poller.stderr.read()[-1500:]}")
         c.promote(model, v.version, "production", reason="bench")
@@ -124,8 +157,10 @@ def run(env, cfg) -> list[Row]:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        return [not_measurable("8", NAME, "promote -> serving at every agent", f"onnx and onnxruntime ({e})"),
-                not_measurable("10", NAME, "sidecar overhead", f"onnx and onnxruntime ({e})")]
+        return [
+            not_measurable("8", NAME, "promote -> serving at every agent", f"onnx and onnxruntime ({e})"),
+            not_measurable("10", NAME, "sidecar overhead", f"onnx and onnxruntime ({e})"),
+        ]
     from modelreg import Client
 
     big_bytes = 2 * MIB if cfg.quick else 25 * MIB
@@ -154,10 +189,24 @@ def run(env, cfg) -> list[Row]:
         path = env.tmp / f"{model}.onnx"
         path.write_bytes(data)
         o = env.floor_call("ort", {"path": str(path), "count": 200})
-        d = env.load({"op": "download", "target": env.ours, "name": f"models/{model}/versions/production",
-                      "concurrency": 1, "count": 3, "warmup_calls": 1})
-        bound[model] = {"download_s": d["p50_us"] / 1e6, "session_s": o["extra"]["session_s"], "warmup_s": o["extra"]["warmup_s"]}
-        bound[model]["bound_s"] = bound[model]["download_s"] + 2 * bound[model]["session_s"] + bound[model]["warmup_s"] + 0.1
+        d = env.load(
+            {
+                "op": "download",
+                "target": env.ours,
+                "name": f"models/{model}/versions/production",
+                "concurrency": 1,
+                "count": 3,
+                "warmup_calls": 1,
+            }
+        )
+        bound[model] = {
+            "download_s": d["p50_us"] / 1e6,
+            "session_s": o["extra"]["session_s"],
+            "warmup_s": o["extra"]["warmup_s"],
+        }
+        bound[model]["bound_s"] = (
+            bound[model]["download_s"] + 2 * bound[model]["session_s"] + bound[model]["warmup_s"] + 0.1
+        )
 
     agents = Agents(env, list(kinds) + (["bench-agent-yolo"] if yolo is not None else []))
     rows: list[Row] = []
@@ -171,44 +220,111 @@ def run(env, cfg) -> list[Row]:
             b = bound[model]
             label = "tiny model" if size < MIB else f"{size / MIB:.0f} MB model"
             log(f"  {n} agents, {label}: {[round(t * 1000) for t in took]} ms (bound {b['bound_s'] * 1000:.0f} ms)")
-            rows.append(Row(goal="8", bench=NAME, figure=f"promote -> last of {n} agent(s) serving it, {label}",
-                            ours=median(took) * 1000, unit="ms", ref=b["bound_s"] * 1000,
-                            ref_label=(f"bound: download {b['download_s'] * 1000:.0f} + 2×session {b['session_s'] * 1000:.0f}"
-                                       f" + warm-up {b['warmup_s'] * 1000:.0f} + 100"),
-                            ratio=ratio(median(took), b["bound_s"]), ratio_of="ours/bound", target=("<=", 1),
-                            details={"rounds_ms": [t * 1000 for t in took], "bound": b}))
-    rows.append(not_measurable("8", NAME, "promote -> serving with 50 agents",
-                               "a machine with more than 2 cores (50 agent processes with onnxruntime)"))
+            rows.append(
+                Row(
+                    goal="8",
+                    bench=NAME,
+                    figure=f"promote -> last of {n} agent(s) serving it, {label}",
+                    ours=median(took) * 1000,
+                    unit="ms",
+                    ref=b["bound_s"] * 1000,
+                    ref_label=(
+                        f"bound: download {b['download_s'] * 1000:.0f} + 2×session {b['session_s'] * 1000:.0f}"
+                        f" + warm-up {b['warmup_s'] * 1000:.0f} + 100"
+                    ),
+                    ratio=ratio(median(took), b["bound_s"]),
+                    ratio_of="ours/bound",
+                    target=("<=", 1),
+                    details={"rounds_ms": [t * 1000 for t in took], "bound": b},
+                )
+            )
+    rows.append(
+        not_measurable(
+            "8",
+            NAME,
+            "promote -> serving with 50 agents",
+            "a machine with more than 2 cores (50 agent processes with onnxruntime)",
+        )
+    )
 
     # Goal 10: Predict through the first agent vs onnxruntime in-process, tiny model.
     tiny = env.tmp / "bench-agent-tiny.onnx"
     one = {"concurrency": 1, "duration": cfg.lat_duration}
-    res = alternate(cfg.reps, {
-        "agent_predict": lambda: env.load(dict(one, op="predict", target=agents.addresses[0], model="bench-agent-tiny")),
-        "in_process": lambda: _summ(env.floor_call("ort", {"path": str(tiny), "count": max(200, int(cfg.lat_duration * 3000))})),
-    })
+    res = alternate(
+        cfg.reps,
+        {
+            "agent_predict": lambda: env.load(
+                dict(one, op="predict", target=agents.addresses[0], model="bench-agent-tiny")
+            ),
+            "in_process": lambda: _summ(
+                env.floor_call("ort", {"path": str(tiny), "count": max(200, int(cfg.lat_duration * 3000))})
+            ),
+        },
+    )
     ours, floor = med(res, "agent_predict", "p50_us"), med(res, "in_process", "p50_us")
-    rows.append(Row(goal="10", bench=NAME, figure="Predict via agent vs onnxruntime in-process p50, tiny model", ours=ours,
-                    unit="µs", ref=floor, ref_label="in-process session.run", ratio=ratio(ours, floor),
-                    ratio_of="agent/in-process", note=f"adds {ours - floor:.0f} µs per request"))
+    rows.append(
+        Row(
+            goal="10",
+            bench=NAME,
+            figure="Predict via agent vs onnxruntime in-process p50, tiny model",
+            ours=ours,
+            unit="µs",
+            ref=floor,
+            ref_label="in-process session.run",
+            ratio=ratio(ours, floor),
+            ratio_of="agent/in-process",
+            note=f"adds {ours - floor:.0f} µs per request",
+        )
+    )
     if yolo is None:
-        rows.append(not_measurable("10", NAME, "sidecar overhead for YOLOv8n at 640 on CPU (≤ 1.05×)",
-                                   "the full run (skipped in --quick) and ultralytics installed (the ultralytics extra)"))
+        rows.append(
+            not_measurable(
+                "10",
+                NAME,
+                "sidecar overhead for YOLOv8n at 640 on CPU (≤ 1.05×)",
+                "the full run (skipped in --quick) and ultralytics installed (the ultralytics extra)",
+            )
+        )
         return rows
     path = env.tmp / "yolov8n.onnx"
     path.write_bytes(yolo)
     spec = {"input": ["images", [1, 3, 640, 640]]}
     window = max(3.0, cfg.lat_duration * 2)
-    res = alternate(cfg.reps, {
-        "agent_predict": lambda: env.load(dict(spec, op="predict", target=agents.addresses[0], model="bench-agent-yolo",
-                                               concurrency=1, duration=window, warmup_calls=2)),
-        "in_process": lambda: _summ(env.floor_call("ort", dict(spec, path=str(path), count=10_000, duration=window))),
-    })
+    res = alternate(
+        cfg.reps,
+        {
+            "agent_predict": lambda: env.load(
+                dict(
+                    spec,
+                    op="predict",
+                    target=agents.addresses[0],
+                    model="bench-agent-yolo",
+                    concurrency=1,
+                    duration=window,
+                    warmup_calls=2,
+                )
+            ),
+            "in_process": lambda: _summ(
+                env.floor_call("ort", dict(spec, path=str(path), count=10_000, duration=window))
+            ),
+        },
+    )
     ours, floor = med(res, "agent_predict", "p50_us"), med(res, "in_process", "p50_us")
-    rows.append(Row(goal="10", bench=NAME, figure="Predict via agent vs onnxruntime in-process p50, YOLOv8n 640 CPU",
-                    ours=ours / 1000, unit="ms", ref=floor / 1000, ref_label="in-process session.run",
-                    ratio=ratio(ours, floor), ratio_of="agent/in-process", target=("<=", 1.05),
-                    note=f"adds {(ours - floor) / 1000:.1f} ms per request (4.9 MB in, 2.8 MB out)"))
+    rows.append(
+        Row(
+            goal="10",
+            bench=NAME,
+            figure="Predict via agent vs onnxruntime in-process p50, YOLOv8n 640 CPU",
+            ours=ours / 1000,
+            unit="ms",
+            ref=floor / 1000,
+            ref_label="in-process session.run",
+            ratio=ratio(ours, floor),
+            ratio_of="agent/in-process",
+            target=("<=", 1.05),
+            note=f"adds {(ours - floor) / 1000:.1f} ms per request (4.9 MB in, 2.8 MB out)",
+        )
+    )
     return rows
 
 

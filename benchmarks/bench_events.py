@@ -46,8 +46,16 @@ def _round(env, watchers: int, promotions: int, procs: int) -> dict:
     for i in range(procs):
         share = watchers // procs + (1 if i < watchers % procs else 0)
         spec = {"target": env.ours, "model": MODEL, "watchers": share}
-        running.append(subprocess.Popen([PY, "-m", "benchmarks.load_events", json.dumps(spec)], cwd=str(REPO),
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        running.append(
+            subprocess.Popen(
+                [PY, "-m", "benchmarks.load_events", json.dumps(spec)],
+                cwd=str(REPO),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for p in running:
         line = p.stdout.readline().strip()
         if line != "ready":
@@ -99,11 +107,20 @@ def run(env, cfg) -> list[Row]:
         r6 = [_round(env, w6, promotions, 1) for _ in range(cfg.reps)]
     except RuntimeError as e:
         if "UNIMPLEMENTED" in str(e):
-            return [not_measurable("6", NAME, "promotion -> event at a watcher", NEEDS),
-                    not_measurable("7", NAME, "last of 1,000 watchers gets the event", NEEDS)]
+            return [
+                not_measurable("6", NAME, "promotion -> event at a watcher", NEEDS),
+                not_measurable("7", NAME, "last of 1,000 watchers gets the event", NEEDS),
+            ]
         raise
-    floor = env.floor_call("notify", {"database_url": env.ours_url, "model": "bench-events-floor", "versions": [1, 2],
-                                      "count": 20 if cfg.quick else 100})
+    floor = env.floor_call(
+        "notify",
+        {
+            "database_url": env.ours_url,
+            "model": "bench-events-floor",
+            "versions": [1, 2],
+            "count": 20 if cfg.quick else 100,
+        },
+    )
     r7 = [_round(env, w7, promotions, 1 if cfg.quick else 2) for _ in range(cfg.reps)]
     ms = 1000.0
     p50 = median([percentile(r["all"], 50) * ms for r in r6])
@@ -113,26 +130,82 @@ def run(env, cfg) -> list[Row]:
     last50 = median([percentile(r["last"], 50) * ms for r in r7])
     missing6, missing7 = sum(r["missing"] for r in r6), sum(r["missing"] for r in r7)
     listeners = max(r["listeners"] for r in r7)
-    detail = {"watchers": [w6, w7], "promotions_per_round": promotions, "rounds": cfg.reps,
-              "p50_ms_per_round": [percentile(r["all"], 50) * ms for r in r6],
-              "p99_ms_per_round": [percentile(r["all"], 99) * ms for r in r6],
-              "last_p50_ms_per_round": [percentile(r["last"], 50) * ms for r in r7],
-              "floor_p50_ms": f50, "floor_p99_ms": f99, "missing": [missing6, missing7], "listeners": listeners}
+    detail = {
+        "watchers": [w6, w7],
+        "promotions_per_round": promotions,
+        "rounds": cfg.reps,
+        "p50_ms_per_round": [percentile(r["all"], 50) * ms for r in r6],
+        "p99_ms_per_round": [percentile(r["all"], 99) * ms for r in r6],
+        "last_p50_ms_per_round": [percentile(r["last"], 50) * ms for r in r7],
+        "floor_p50_ms": f50,
+        "floor_p99_ms": f99,
+        "missing": [missing6, missing7],
+        "listeners": listeners,
+    }
     log(f"  events: p50 {p50:.1f} ms p99 {p99:.1f} ms (floor {f50:.1f}/{f99:.1f}); last of {w7}: {last50:.1f} ms")
     miss6 = f"{missing6} deliveries missing" if missing6 else "every watcher got every event"
     miss7 = f"{missing7} deliveries missing" if missing7 else "every watcher got every event"
     return [
-        Row(goal="6", bench=NAME, figure=f"promotion -> event at a watcher p50, {w6} watchers", ours=p50, unit="ms", ref=f50,
-            ref_label="floor: tx + NOTIFY to a LISTENer", ratio=ratio(p50, f50), ratio_of="ours/floor", target=("<=", 5),
-            goal_on="ours", note=miss6, details=detail),
-        Row(goal="6", bench=NAME, figure=f"promotion -> event at a watcher p99, {w6} watchers", ours=p99, unit="ms", ref=f99,
-            ref_label="floor: tx + NOTIFY to a LISTENer", ratio=ratio(p99, f99), ratio_of="ours/floor", target=("<=", 20),
-            goal_on="ours", details=detail),
-        Row(goal="6", bench=NAME, figure=f"promotion -> event p50 vs TF Serving's 1 s poll, {w6} watchers", ours=p50, unit="ms",
-            ref=500.0, ref_label="TF Serving default poll, computed", ratio=ratio(500.0, p50), ratio_of="TF poll/ours",
-            details=detail),
-        Row(goal="7", bench=NAME, figure=f"last of {w7} watchers gets the event, p50", ours=last50, unit="ms",
-            target=("<=", 50), goal_on="ours", note=miss7, details=detail),
-        Row(goal="7", bench=NAME, figure=f"Postgres LISTEN connections, 1 registry process, {w7} watchers",
-            ours=float(listeners), unit="conn", target=("<=", 1), goal_on="ours", details=detail),
+        Row(
+            goal="6",
+            bench=NAME,
+            figure=f"promotion -> event at a watcher p50, {w6} watchers",
+            ours=p50,
+            unit="ms",
+            ref=f50,
+            ref_label="floor: tx + NOTIFY to a LISTENer",
+            ratio=ratio(p50, f50),
+            ratio_of="ours/floor",
+            target=("<=", 5),
+            goal_on="ours",
+            note=miss6,
+            details=detail,
+        ),
+        Row(
+            goal="6",
+            bench=NAME,
+            figure=f"promotion -> event at a watcher p99, {w6} watchers",
+            ours=p99,
+            unit="ms",
+            ref=f99,
+            ref_label="floor: tx + NOTIFY to a LISTENer",
+            ratio=ratio(p99, f99),
+            ratio_of="ours/floor",
+            target=("<=", 20),
+            goal_on="ours",
+            details=detail,
+        ),
+        Row(
+            goal="6",
+            bench=NAME,
+            figure=f"promotion -> event p50 vs TF Serving's 1 s poll, {w6} watchers",
+            ours=p50,
+            unit="ms",
+            ref=500.0,
+            ref_label="TF Serving default poll, computed",
+            ratio=ratio(500.0, p50),
+            ratio_of="TF poll/ours",
+            details=detail,
+        ),
+        Row(
+            goal="7",
+            bench=NAME,
+            figure=f"last of {w7} watchers gets the event, p50",
+            ours=last50,
+            unit="ms",
+            target=("<=", 50),
+            goal_on="ours",
+            note=miss7,
+            details=detail,
+        ),
+        Row(
+            goal="7",
+            bench=NAME,
+            figure=f"Postgres LISTEN connections, 1 registry process, {w7} watchers",
+            ours=float(listeners),
+            unit="conn",
+            target=("<=", 1),
+            goal_on="ours",
+            details=detail,
+        ),
     ]

@@ -41,18 +41,53 @@ def run(env, cfg) -> list[Row]:
     p50 = {k: med(res, k, "p50_us") for k in res}
     detail = {"p50_us_per_rep": reps_detail(res, "p50_us")}
     rows = [
-        Row(goal="3", bench=NAME, figure=f"resolve production p50, {big} vs {small} versions", ours=p50["ours_big"], unit="µs",
-            ref=p50["ours_small"], ref_label=f"ours, {small} versions", ratio=ratio(p50["ours_big"], p50["ours_small"]),
-            ratio_of=f"{big}/{small}", target=("<=", 1.2), details=detail),
+        Row(
+            goal="3",
+            bench=NAME,
+            figure=f"resolve production p50, {big} vs {small} versions",
+            ours=p50["ours_big"],
+            unit="µs",
+            ref=p50["ours_small"],
+            ref_label=f"ours, {small} versions",
+            ratio=ratio(p50["ours_big"], p50["ours_small"]),
+            ratio_of=f"{big}/{small}",
+            target=("<=", 1.2),
+            details=detail,
+        ),
     ]
     if cfg.with_peer:
-        for key, label in (("mlflow_big_client", "MLflow get-latest-versions, MlflowClient"),
-                           ("mlflow_big_fresh", "MLflow get-latest-versions, fresh conn")):
-            rows.append(Row(goal="3", bench=NAME, figure=f"resolve production p50 vs MLflow, {big} versions",
-                            ours=p50["ours_big"], unit="µs", ref=p50[key], ref_label=label,
-                            ratio=ratio(p50[key], p50["ours_big"]), ratio_of="MLflow/ours", target=(">=", 50), details=detail))
-        rows.append(Row(goal="3", bench=NAME, figure=f"MLflow get-latest-versions p50, {big} vs {small} versions",
-                        ours=None, unit="µs", ref=p50["mlflow_big_client"], ref_label=f"MLflow, {big} versions",
-                        ratio=ratio(p50["mlflow_big_client"], p50["mlflow_small_client"]), ratio_of=f"{big}/{small}",
-                        note=f"MLflow {small} versions: {p50['mlflow_small_client']:.0f} µs", details=detail))
+        for key, label in (
+            ("mlflow_big_client", "MLflow get-latest-versions, MlflowClient"),
+            ("mlflow_big_fresh", "MLflow get-latest-versions, fresh conn"),
+        ):
+            rows.append(
+                Row(
+                    goal="3",
+                    bench=NAME,
+                    figure=f"resolve production p50 vs MLflow, {big} versions",
+                    ours=p50["ours_big"],
+                    unit="µs",
+                    ref=p50[key],
+                    ref_label=label,
+                    ratio=ratio(p50[key], p50["ours_big"]),
+                    ratio_of="MLflow/ours",
+                    target=(">=", 50),
+                    details=detail,
+                )
+            )
+        rows.append(
+            Row(
+                goal="3",
+                bench=NAME,
+                figure=f"MLflow get-latest-versions p50, {big} vs {small} versions",
+                ours=None,
+                unit="µs",
+                ref=p50["mlflow_big_client"],
+                ref_label=f"MLflow, {big} versions",
+                ratio=ratio(p50["mlflow_big_client"], p50["mlflow_small_client"]),
+                ratio_of=f"{big}/{small}",
+                note=f"MLflow {small} versions: {p50['mlflow_small_client']:.0f} µs",
+                details=detail,
+            )
+        )
     return rows

@@ -25,8 +25,9 @@ def run(env, cfg) -> list[Row]:
     subjects = {
         "ours_get": lambda: env.load(dict(one, op="get", target=env.ours, names=[name])),
         "floor_empty_grpc": lambda: env.load(dict(one, op="empty", target=env.floor)),
-        "floor_asyncpg_pk": lambda: _summ(env.floor_call("pg_lookup", {"database_url": env.ours_url,
-                                                                        "key": f"{MODEL}/{n // 2}", "count": count})),
+        "floor_asyncpg_pk": lambda: _summ(
+            env.floor_call("pg_lookup", {"database_url": env.ours_url, "key": f"{MODEL}/{n // 2}", "count": count})
+        ),
     }
     if cfg.with_peer:
         fixtures.mlflow_model(env, MODEL, n, production=n // 2)
@@ -44,16 +45,41 @@ def run(env, cfg) -> list[Row]:
     floor = p50["floor_empty_grpc"] + p50["floor_asyncpg_pk"]
     detail = {"p50_us_per_rep": reps_detail(res, "p50_us"), "p99_us_per_rep": reps_detail(res, "p99_us")}
     rows = [
-        Row(goal="2", bench=NAME, figure="GetModelVersion p50, 1 client", ours=p50["ours_get"], unit="µs", ref=floor,
+        Row(
+            goal="2",
+            bench=NAME,
+            figure="GetModelVersion p50, 1 client",
+            ours=p50["ours_get"],
+            unit="µs",
+            ref=floor,
             ref_label=f"floor: empty unary {p50['floor_empty_grpc']:.0f} + asyncpg PK {p50['floor_asyncpg_pk']:.0f}",
-            ratio=ratio(p50["ours_get"], floor), ratio_of="ours/floor", target=("<=", 1.5), details=detail),
+            ratio=ratio(p50["ours_get"], floor),
+            ratio_of="ours/floor",
+            target=("<=", 1.5),
+            details=detail,
+        ),
     ]
     if cfg.with_peer:
-        for key, label in (("mlflow_client", "MLflow get, MlflowClient"), ("mlflow_fresh", "MLflow get, fresh conn"),
-                           ("mlflow_keepalive", "MLflow get, raw keep-alive")):
-            rows.append(Row(goal="2", bench=NAME, figure="GetModelVersion p50 vs MLflow, 1 client", ours=p50["ours_get"],
-                            unit="µs", ref=p50[key], ref_label=label, ratio=ratio(p50["ours_get"], p50[key]),
-                            ratio_of="ours/MLflow", target=("<=", 0.1), details=detail))
+        for key, label in (
+            ("mlflow_client", "MLflow get, MlflowClient"),
+            ("mlflow_fresh", "MLflow get, fresh conn"),
+            ("mlflow_keepalive", "MLflow get, raw keep-alive"),
+        ):
+            rows.append(
+                Row(
+                    goal="2",
+                    bench=NAME,
+                    figure="GetModelVersion p50 vs MLflow, 1 client",
+                    ours=p50["ours_get"],
+                    unit="µs",
+                    ref=p50[key],
+                    ref_label=label,
+                    ratio=ratio(p50["ours_get"], p50[key]),
+                    ratio_of="ours/MLflow",
+                    target=("<=", 0.1),
+                    details=detail,
+                )
+            )
     return rows
 
 

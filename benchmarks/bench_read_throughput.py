@@ -48,32 +48,103 @@ def run(env, cfg) -> list[Row]:
         }
     res = alternate(cfg.reps, subjects)
     tput = {k: med(res, k, "throughput") for k in res}
-    detail = {"throughput_per_rep": reps_detail(res, "throughput"), "errors": {k: sum(r["errors"] for r in v) for k, v in res.items()}}
+    detail = {
+        "throughput_per_rep": reps_detail(res, "throughput"),
+        "errors": {k: sum(r["errors"] for r in v) for k, v in res.items()},
+    }
     fig = f"{cfg.clients} clients"
     rows: list[Row] = []
     for ours_key, what in (("ours_get", "GetModelVersion by number"), ("ours_production", "resolve production")):
         if cfg.with_peer:
-            for peer_key, label in (("mlflow_client", "MLflow get, MlflowClient"), ("mlflow_fresh", "MLflow get, fresh conn")):
-                rows.append(Row(goal="1", bench=NAME, figure=f"{what} throughput, {fig}", ours=tput[ours_key], unit="req/s",
-                                ref=tput[peer_key], ref_label=label, ratio=ratio(tput[ours_key], tput[peer_key]),
-                                ratio_of="ours/MLflow", target=(">=", 20), details=detail))
+            for peer_key, label in (
+                ("mlflow_client", "MLflow get, MlflowClient"),
+                ("mlflow_fresh", "MLflow get, fresh conn"),
+            ):
+                rows.append(
+                    Row(
+                        goal="1",
+                        bench=NAME,
+                        figure=f"{what} throughput, {fig}",
+                        ours=tput[ours_key],
+                        unit="req/s",
+                        ref=tput[peer_key],
+                        ref_label=label,
+                        ratio=ratio(tput[ours_key], tput[peer_key]),
+                        ratio_of="ours/MLflow",
+                        target=(">=", 20),
+                        details=detail,
+                    )
+                )
         else:
-            rows.append(Row(goal="1", bench=NAME, figure=f"{what} throughput, {fig}", ours=tput[ours_key], unit="req/s",
-                            ref_label="peer skipped (--no-peer)", details=detail))
-        rows.append(Row(goal="1", bench=NAME, figure=f"{what} vs bare grpc.aio+asyncpg lookup, {fig}", ours=tput[ours_key],
-                        unit="req/s", ref=tput["floor_lookup"], ref_label="floor", ratio=ratio(tput[ours_key], tput["floor_lookup"]),
-                        ratio_of="ours/floor", details=detail))
-    rows.append(Row(goal="1", bench=NAME, figure=f"GetModelVersion by number vs bare grpc.aio empty call, {fig}",
-                    ours=tput["ours_get"], unit="req/s", ref=tput["floor_empty"], ref_label="floor: no work at all",
-                    ratio=ratio(tput["ours_get"], tput["floor_empty"]), ratio_of="ours/floor",
-                    note="ceiling of one grpc.aio process here", details=detail))
+            rows.append(
+                Row(
+                    goal="1",
+                    bench=NAME,
+                    figure=f"{what} throughput, {fig}",
+                    ours=tput[ours_key],
+                    unit="req/s",
+                    ref_label="peer skipped (--no-peer)",
+                    details=detail,
+                )
+            )
+        rows.append(
+            Row(
+                goal="1",
+                bench=NAME,
+                figure=f"{what} vs bare grpc.aio+asyncpg lookup, {fig}",
+                ours=tput[ours_key],
+                unit="req/s",
+                ref=tput["floor_lookup"],
+                ref_label="floor",
+                ratio=ratio(tput[ours_key], tput["floor_lookup"]),
+                ratio_of="ours/floor",
+                details=detail,
+            )
+        )
+    rows.append(
+        Row(
+            goal="1",
+            bench=NAME,
+            figure=f"GetModelVersion by number vs bare grpc.aio empty call, {fig}",
+            ours=tput["ours_get"],
+            unit="req/s",
+            ref=tput["floor_empty"],
+            ref_label="floor: no work at all",
+            ratio=ratio(tput["ours_get"], tput["floor_empty"]),
+            ratio_of="ours/floor",
+            note="ceiling of one grpc.aio process here",
+            details=detail,
+        )
+    )
     if cfg.with_peer:
-        rows.append(Row(goal="1", bench=NAME, figure=f"bare grpc.aio empty call vs MLflow get, {fig}", ours=tput["floor_empty"],
-                        unit="req/s", ref=tput["mlflow_client"], ref_label="MLflow get, MlflowClient",
-                        ratio=ratio(tput["floor_empty"], tput["mlflow_client"]), ratio_of="floor/MLflow",
-                        note="even zero work per request", details=detail))
-        rows.append(Row(goal="1", bench=NAME, figure=f"bare grpc.aio+asyncpg lookup vs MLflow get, {fig}", ours=tput["floor_lookup"],
-                        unit="req/s", ref=tput["mlflow_client"], ref_label="MLflow get, MlflowClient",
-                        ratio=ratio(tput["floor_lookup"], tput["mlflow_client"]), ratio_of="floor/MLflow",
-                        note="the floor's own head-room", details=detail))
+        rows.append(
+            Row(
+                goal="1",
+                bench=NAME,
+                figure=f"bare grpc.aio empty call vs MLflow get, {fig}",
+                ours=tput["floor_empty"],
+                unit="req/s",
+                ref=tput["mlflow_client"],
+                ref_label="MLflow get, MlflowClient",
+                ratio=ratio(tput["floor_empty"], tput["mlflow_client"]),
+                ratio_of="floor/MLflow",
+                note="even zero work per request",
+                details=detail,
+            )
+        )
+        rows.append(
+            Row(
+                goal="1",
+                bench=NAME,
+                figure=f"bare grpc.aio+asyncpg lookup vs MLflow get, {fig}",
+                ours=tput["floor_lookup"],
+                unit="req/s",
+                ref=tput["mlflow_client"],
+                ref_label="MLflow get, MlflowClient",
+                ratio=ratio(tput["floor_lookup"], tput["mlflow_client"]),
+                ratio_of="floor/MLflow",
+                note="the floor's own head-room",
+                details=detail,
+            )
+        )
     return rows

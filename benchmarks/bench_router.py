@@ -61,7 +61,9 @@ def run(env, cfg) -> list[Row]:
     try:
         _manager(True)
     except Exception as e:  # noqa: BLE001 - the agent's internals moved
-        return [not_measurable("12", NAME, "canary router cost and split", f"serving_agent.manager as benchmarked ({e})")]
+        return [
+            not_measurable("12", NAME, "canary router cost and split", f"serving_agent.manager as benchmarked ({e})")
+        ]
     n = 10_000 if cfg.quick else 100_000
     keys = [f"user-{i}" for i in range(n)]
     routed, floor, routed_keys, floor_keys = [], [], [], []
@@ -75,19 +77,65 @@ def run(env, cfg) -> list[Row]:
     share_keys = sum(m.route(k).version == 2 for k in keys) / n * 100
     added = (median(routed) - median(floor)) * 1e6
     added_keys = (median(routed_keys) - median(floor_keys)) * 1e6
-    detail = {"calls": n, "weight": WEIGHT, "routed_us": [x * 1e6 for x in routed], "floor_us": [x * 1e6 for x in floor],
-              "routed_keys_us": [x * 1e6 for x in routed_keys], "floor_keys_us": [x * 1e6 for x in floor_keys]}
+    detail = {
+        "calls": n,
+        "weight": WEIGHT,
+        "routed_us": [x * 1e6 for x in routed],
+        "floor_us": [x * 1e6 for x in floor],
+        "routed_keys_us": [x * 1e6 for x in routed_keys],
+        "floor_keys_us": [x * 1e6 for x in floor_keys],
+    }
     return [
-        Row(goal="12", bench=NAME, figure="lease with canary routing at 10 %, no routing key", ours=median(routed) * 1e6,
-            unit="µs", ref=median(floor) * 1e6, ref_label="lease without a canary", target=("<=", 2), goal_on="diff",
-            note=f"router adds {added:.2f} µs", details=detail),
-        Row(goal="12", bench=NAME, figure="lease with canary routing at 10 %, sticky routing keys",
-            ours=median(routed_keys) * 1e6, unit="µs", ref=median(floor_keys) * 1e6, ref_label="lease without a canary",
-            target=("<=", 2), goal_on="diff", note=f"router adds {added_keys:.2f} µs (sha256 of the key)", details=detail),
-        Row(goal="12", bench=NAME, figure=f"realized canary share over {n:,} requests, no key (weight {WEIGHT})",
-            ours=share, unit="%", ref=float(WEIGHT), ref_label="weight", ratio=abs(share - WEIGHT),
-            ratio_of="points off the weight", target=("<=", 1), details=detail),
-        Row(goal="12", bench=NAME, figure=f"realized canary share over {n:,} distinct routing keys (weight {WEIGHT})",
-            ours=share_keys, unit="%", ref=float(WEIGHT), ref_label="weight", ratio=abs(share_keys - WEIGHT),
-            ratio_of="points off the weight", target=("<=", 1), details=detail),
+        Row(
+            goal="12",
+            bench=NAME,
+            figure="lease with canary routing at 10 %, no routing key",
+            ours=median(routed) * 1e6,
+            unit="µs",
+            ref=median(floor) * 1e6,
+            ref_label="lease without a canary",
+            target=("<=", 2),
+            goal_on="diff",
+            note=f"router adds {added:.2f} µs",
+            details=detail,
+        ),
+        Row(
+            goal="12",
+            bench=NAME,
+            figure="lease with canary routing at 10 %, sticky routing keys",
+            ours=median(routed_keys) * 1e6,
+            unit="µs",
+            ref=median(floor_keys) * 1e6,
+            ref_label="lease without a canary",
+            target=("<=", 2),
+            goal_on="diff",
+            note=f"router adds {added_keys:.2f} µs (sha256 of the key)",
+            details=detail,
+        ),
+        Row(
+            goal="12",
+            bench=NAME,
+            figure=f"realized canary share over {n:,} requests, no key (weight {WEIGHT})",
+            ours=share,
+            unit="%",
+            ref=float(WEIGHT),
+            ref_label="weight",
+            ratio=abs(share - WEIGHT),
+            ratio_of="points off the weight",
+            target=("<=", 1),
+            details=detail,
+        ),
+        Row(
+            goal="12",
+            bench=NAME,
+            figure=f"realized canary share over {n:,} distinct routing keys (weight {WEIGHT})",
+            ours=share_keys,
+            unit="%",
+            ref=float(WEIGHT),
+            ref_label="weight",
+            ratio=abs(share_keys - WEIGHT),
+            ratio_of="points off the weight",
+            target=("<=", 1),
+            details=detail,
+        ),
     ]

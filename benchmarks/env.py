@@ -189,10 +189,18 @@ class BenchEnv:
             artifacts = self.tmp / "mlflow-artifacts"
             artifacts.mkdir(parents=True, exist_ok=True)
             cmd = [
-                str(py.parent / "mlflow"), "server",
-                "--backend-store-uri", sa_url,
-                "--default-artifact-root", str(artifacts),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                str(py.parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                sa_url,
+                "--default-artifact-root",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
             ]
             log(f"starting the peer: mlflow server --workers 1 on 127.0.0.1:{port} (Postgres database mlflow_bench)")
             proc = subprocess.Popen(cmd, stdout=open(self.tmp / "mlflow.log", "wb"), stderr=subprocess.STDOUT)
@@ -207,7 +215,10 @@ class BenchEnv:
         spec = dict(spec, uri=self._mlflow or self.mlflow)
         out = subprocess.run(
             [str(MLFLOW_PY), str(BENCH_DIR / "load_mlflow.py"), mode, json.dumps(spec)],
-            capture_output=True, text=True, timeout=timeout, cwd=str(self.tmp),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(self.tmp),
         )
         if out.returncode != 0:
             raise RuntimeError(f"load_mlflow {mode} failed: {out.stderr[-2000:]}")
@@ -221,7 +232,9 @@ class BenchEnv:
             _ = self.ours  # the floor reads our database's tables
             proc = subprocess.Popen(
                 [PY, "-m", "benchmarks.floors", "server", json.dumps({"database_url": self.ours_url})],
-                stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=str(REPO),
             )
             self.procs.append(proc)
             port = int(proc.stdout.readline().strip())
@@ -231,7 +244,10 @@ class BenchEnv:
     def floor_call(self, mode: str, spec: dict, timeout: float = 600) -> dict:
         out = subprocess.run(
             [PY, "-m", "benchmarks.floors", mode, json.dumps(spec)],
-            capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(REPO),
         )
         if out.returncode != 0:
             raise RuntimeError(f"floors {mode} failed: {out.stderr[-2000:]}")
@@ -255,7 +271,9 @@ class BenchEnv:
                 cmd = [str(MLFLOW_PY), str(BENCH_DIR / "load_mlflow.py"), "measure", json.dumps(s)]
             else:
                 cmd = [PY, "-m", "benchmarks.load_grpc", json.dumps(s)]
-            running.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO)))
+            running.append(
+                subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+            )
         results = []
         for p in running:
             out, err = p.communicate(timeout=timeout)

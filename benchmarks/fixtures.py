@@ -19,8 +19,17 @@ def ours_model(env: BenchEnv, name: str, n: int, production: int | None = None) 
     if key not in env.cache:
         clients, per = _split(n)
         log(f"seeding our {name}: {n} versions")
-        r = env.load({"op": "register", "target": env.ours, "model": name, "concurrency": clients,
-                      "count": per, "warmup_calls": 0, "size": 1024})
+        r = env.load(
+            {
+                "op": "register",
+                "target": env.ours,
+                "model": name,
+                "concurrency": clients,
+                "count": per,
+                "warmup_calls": 0,
+                "size": 1024,
+            }
+        )
         if r["errors"] or r["count"] != n:
             raise RuntimeError(f"seeding {name} registered {r['count']} of {n}: {r['error_samples']}")
         if production:

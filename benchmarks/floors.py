@@ -36,8 +36,9 @@ async def serve(spec: dict) -> None:
         # RESET ALL" on every release: a second round trip per request. A bare floor skips it.
         return None
 
-    pool = await asyncpg.create_pool(**db.connect_kwargs(spec["database_url"]), min_size=2, max_size=20,
-                                     reset=no_reset, statement_cache_size=256)
+    pool = await asyncpg.create_pool(
+        **db.connect_kwargs(spec["database_url"]), min_size=2, max_size=20, reset=no_reset, statement_cache_size=256
+    )
 
     async def empty(request: bytes, context) -> bytes:
         return b""
@@ -121,7 +122,9 @@ async def _promote_once(
             number,
             "production",
         )
-        await conn.execute("UPDATE models SET production_version = $2, updated_at = now() WHERE name = $1", model, number)
+        await conn.execute(
+            "UPDATE models SET production_version = $2, updated_at = now() WHERE name = $1", model, number
+        )
         state = {"stable_version": number, "canary_version": 0, "canary_weight": 0, "revision": revision + 1}
         if deployments:
             await conn.execute(
@@ -158,7 +161,18 @@ async def _promote_once(
             await conn.executemany(
                 "INSERT INTO deployment_history (model, revision, action, actor, reason, before, after, sequence)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [(model, revision + 1, "PROMOTE", "bench", "floor", dict(state, stable_version=previous or 0), state, last)],
+                [
+                    (
+                        model,
+                        revision + 1,
+                        "PROMOTE",
+                        "bench",
+                        "floor",
+                        dict(state, stable_version=previous or 0),
+                        state,
+                        last,
+                    )
+                ],
             )
 
 
@@ -220,8 +234,9 @@ def ort(spec: dict) -> dict:
     created = []
     for _ in range(3):
         t0 = time.perf_counter()
-        session = onnxruntime.InferenceSession(spec["path"], sess_options=onnxruntime.SessionOptions(),
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            spec["path"], sess_options=onnxruntime.SessionOptions(), providers=["CPUExecutionProvider"]
+        )
         created.append(time.perf_counter() - t0)
     name, shape = spec.get("input", ["x", [1, 4]])
     x = {name: np.zeros(shape, np.float32)}
@@ -238,8 +253,12 @@ def ort(spec: dict) -> dict:
         session.run(None, x)
         latencies.append(time.perf_counter() - s)
     elapsed = time.perf_counter() - start
-    return {"latencies": latencies, "errors": 0, "elapsed_s": elapsed,
-            "extra": {"session_s": sorted(created)[1], "warmup_s": warmup}}
+    return {
+        "latencies": latencies,
+        "errors": 0,
+        "elapsed_s": elapsed,
+        "extra": {"session_s": sorted(created)[1], "warmup_s": warmup},
+    }
 
 
 def file_read(spec: dict) -> dict:

@@ -20,11 +20,12 @@ from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
 
 
 async def main(spec: dict) -> None:
-    req = inf.PredictRequest(model=spec["model"],
-                             inputs=[inf.Tensor(name="x", dtype=inf.DATA_TYPE_FLOAT32, shape=[1, 4], data=bytes(16))])
+    req = inf.PredictRequest(
+        model=spec["model"], inputs=[inf.Tensor(name="x", dtype=inf.DATA_TYPE_FLOAT32, shape=[1, 4], data=bytes(16))]
+    )
     channels = {t: grpc.aio.insecure_channel(t) for t in spec["targets"]}
     stubs = {t: inf_grpc.InferenceServiceStub(c) for t, c in channels.items()}
-    for t, stub in stubs.items():
+    for stub in stubs.values():
         deadline = time.time() + 120
         while True:
             try:

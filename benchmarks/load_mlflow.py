@@ -59,7 +59,9 @@ class Fresh:
         self._req("GET", f"/api/2.0/mlflow/model-versions/get?name={name}&version={version}")
 
     def latest(self, name: str) -> list:
-        r = self._req("POST", "/api/2.0/mlflow/registered-models/get-latest-versions", {"name": name, "stages": ["Production"]})
+        r = self._req(
+            "POST", "/api/2.0/mlflow/registered-models/get-latest-versions", {"name": name, "stages": ["Production"]}
+        )
         return r.get("model_versions", [])
 
     def transition(self, name: str, version: int) -> None:
@@ -70,7 +72,11 @@ class Fresh:
         )
 
     def alias(self, name: str, version: int) -> None:
-        self._req("POST", "/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": "production", "version": str(version)})
+        self._req(
+            "POST",
+            "/api/2.0/mlflow/registered-models/alias",
+            {"name": name, "alias": "production", "version": str(version)},
+        )
 
     def create(self, name: str, source: str) -> int:
         r = self._req("POST", "/api/2.0/mlflow/model-versions/create", {"name": name, "source": source})
@@ -212,8 +218,13 @@ def seed(spec: dict) -> dict:
     if prod:
         c.transition_model_version_stage(name, str(prod), "Production", archive_existing_versions=True)
         c.set_registered_model_alias(name, "production", str(prod))
-    return {"versions": len(versions), "max_version": versions[-1] if versions else 0, "failures": failures[:5],
-            "failed": len(failures), "elapsed_s": elapsed}
+    return {
+        "versions": len(versions),
+        "max_version": versions[-1] if versions else 0,
+        "failures": failures[:5],
+        "failed": len(failures),
+        "elapsed_s": elapsed,
+    }
 
 
 def versions_of(spec: dict) -> dict:

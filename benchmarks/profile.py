@@ -104,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(block)
             with Client(env.ours, actor="bench", timeout=None) as c:
                 v = c.register("bench-profile-big", str(path), format="onnx")
-            spec = {"op": "download", "name": f"models/bench-profile-big/versions/{v.version}", "concurrency": 1,
-                    "chunk_size": 1 << 20, "warmup_calls": 0}
+            spec = {
+                "op": "download",
+                "name": f"models/bench-profile-big/versions/{v.version}",
+                "concurrency": 1,
+                "chunk_size": 1 << 20,
+                "warmup_calls": 0,
+            }
         if args.workload == "watch":
             return _profile_watch(env, spy, args.seconds)
         if args.workload == "swap":
@@ -116,9 +121,26 @@ def main(argv: list[str] | None = None) -> int:
         t = threading.Thread(target=lambda: holder.update(r=env.load(spec)))
         t.start()
         log(f"py-spy record on our server (pid {env.ours_pid}) for {args.seconds:g}s under '{args.workload}'")
-        subprocess.run([spy, "record", "--pid", str(env.ours_pid), "--duration", str(int(args.seconds)), "--rate", "250",
-                        "--format", "raw", "--output", str(out_file), "--nonblocking"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(env.ours_pid),
+                "--duration",
+                str(int(args.seconds)),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(out_file),
+                "--nonblocking",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         t.join()
         r = holder.get("r", {})
         print(f"workload {args.workload}: {r.get('throughput', 0):.0f} calls/s, p50 {r.get('p50_us', 0):.0f} µs")
@@ -140,14 +162,37 @@ def _profile_watch(env, spy: str, seconds: float) -> int:
     watchers = []
     for _ in range(2):
         spec = {"target": env.ours, "model": "bench-events", "watchers": 500}
-        watchers.append(subprocess.Popen([PY, "-m", "benchmarks.load_events", json.dumps(spec)], cwd=str(REPO),
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        watchers.append(
+            subprocess.Popen(
+                [PY, "-m", "benchmarks.load_events", json.dumps(spec)],
+                cwd=str(REPO),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
     for w in watchers:
         assert w.stdout.readline().strip() == "ready"
     out_file = Path(tempfile.gettempdir()) / "modelreg-profile-watch.txt"
-    spy_proc = subprocess.Popen([spy, "record", "--pid", str(env.ours_pid), "--duration", str(int(seconds)), "--rate", "250",
-                                 "--format", "raw", "--output", str(out_file), "--nonblocking"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy_proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(env.ours_pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out_file),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     promotions = 0
     with Client(env.ours, actor="bench") as c:
         current = c.get_version("bench-events", "production").version
@@ -178,16 +223,38 @@ def _profile_swap(env, spy: str, seconds: float) -> int:
         c.promote("bench-swap", a, "production", reason="profile")
     agents = Agents(env, ["bench-swap"])
     agents.add(1)
-    load = {"op": "predict", "target": agents.addresses[0], "model": "bench-swap", "concurrency": 8,
-            "duration": seconds + 3}
+    load = {
+        "op": "predict",
+        "target": agents.addresses[0],
+        "model": "bench-swap",
+        "concurrency": 8,
+        "duration": seconds + 3,
+    }
     holder: dict = {}
     t = threading.Thread(target=lambda: holder.update(r=env.load(load)))
     t.start()
     time.sleep(1.5)
     out_file = Path(tempfile.gettempdir()) / "modelreg-profile-swap.txt"
-    spy_proc = subprocess.Popen([spy, "record", "--pid", str(agents.procs[0].pid), "--duration", str(int(seconds)),
-                                 "--rate", "250", "--format", "raw", "--output", str(out_file), "--nonblocking",
-                                 "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy_proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(agents.procs[0].pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out_file),
+            "--nonblocking",
+            "--threads",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     swaps = 0
     with Client(env.ours, actor="bench") as c:
         stop = time.time() + seconds
@@ -198,8 +265,10 @@ def _profile_swap(env, spy: str, seconds: float) -> int:
     spy_proc.wait()
     t.join()
     r = holder.get("r", {})
-    print(f"workload swap: {swaps} promotions, {r.get('throughput', 0):.0f} req/s, p99 {r.get('p99_us', 0):.0f} µs, "
-          f"{r.get('errors', 0)} failed")
+    print(
+        f"workload swap: {swaps} promotions, {r.get('throughput', 0):.0f} req/s, p99 {r.get('p99_us', 0):.0f} µs, "
+        f"{r.get('errors', 0)} failed"
+    )
     print(summarize(out_file.read_text()))
     print(f"\ncollapsed stacks: {out_file}")
     return 0

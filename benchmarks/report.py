@@ -6,7 +6,7 @@ import json
 import operator
 import platform
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
@@ -92,7 +92,7 @@ def table(rows: list[Row]) -> str:
     widths = [max(len(str(x[i])) for x in [header, *lines]) for i in range(len(header) - 1)]
     out = []
     for i, line in enumerate([header, *lines]):
-        cells = [str(c).ljust(w) for c, w in zip(line[:-1], widths)] + [str(line[-1])]
+        cells = [str(c).ljust(w) for c, w in zip(line[:-1], widths, strict=True)] + [str(line[-1])]
         out.append(" | ".join(cells).rstrip())
         if i == 0:
             out.append("-+-".join("-" * w for w in widths) + "-+-" + "-" * 8)
@@ -102,12 +102,15 @@ def table(rows: list[Row]) -> str:
 def write_json(path: Path, rows: list[Row], meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},
         **meta,
         "rows": [
-            {**{k: v for k, v in asdict(r).items() if k != "target"}, "goal_text": r.goal_text,
-             "target": list(r.target) if r.target else None}
+            {
+                **{k: v for k, v in asdict(r).items() if k != "target"},
+                "goal_text": r.goal_text,
+                "target": list(r.target) if r.target else None,
+            }
             for r in rows
         ],
     }

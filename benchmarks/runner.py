@@ -49,10 +49,34 @@ class Config:
 
 def config(quick: bool, with_peer: bool) -> Config:
     if quick:
-        return Config(quick, with_peer, reps=1, duration=0.5, lat_duration=0.3, clients=16, ours_procs=1,
-                      history_small=20, history_big=100, promote_count=20, reg_per_client=2, big_bytes=16 << 20)
-    return Config(quick, with_peer, reps=3, duration=3.0, lat_duration=2.0, clients=16, ours_procs=1,
-                  history_small=20, history_big=2000, promote_count=200, reg_per_client=20, big_bytes=2 << 30)
+        return Config(
+            quick,
+            with_peer,
+            reps=1,
+            duration=0.5,
+            lat_duration=0.3,
+            clients=16,
+            ours_procs=1,
+            history_small=20,
+            history_big=100,
+            promote_count=20,
+            reg_per_client=2,
+            big_bytes=16 << 20,
+        )
+    return Config(
+        quick,
+        with_peer,
+        reps=3,
+        duration=3.0,
+        lat_duration=2.0,
+        clients=16,
+        ours_procs=1,
+        history_small=20,
+        history_big=2000,
+        promote_count=200,
+        reg_per_client=20,
+        big_bytes=2 << 30,
+    )
 
 
 def _revision() -> dict:
@@ -115,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "failures": failures,
     }
-    print(f"\n1-minute load average before/after: {meta['loadavg_1m'][0]} / {meta['loadavg_1m'][1]} "
-          f"on {os.cpu_count()} CPUs; ratios are the result, absolute times are context")
+    print(
+        f"\n1-minute load average before/after: {meta['loadavg_1m'][0]} / {meta['loadavg_1m'][1]} "
+        f"on {os.cpu_count()} CPUs; ratios are the result, absolute times are context"
+    )
     dirty = f" plus uncommitted {', '.join(revision['uncommitted_changes'])}" if revision["uncommitted_changes"] else ""
     print(f"measured commit {revision['commit']}{dirty}")
     write_json(args.out, rows, meta)

@@ -15,8 +15,18 @@ from benchmarks.env import free_port
 WEED = Path(sys.executable).parent / "weed"
 ACCESS_KEY = "modelreg-bench"
 SECRET_KEY = "modelreg-bench-secret"
-PORT_FLAGS = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-              "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")
+PORT_FLAGS = (
+    "s3.port",
+    "s3.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
 
 
 def available() -> bool:
@@ -40,12 +50,28 @@ class Weed:
         return f"127.0.0.1:{self.ports['s3.port']}"
 
     def start(self, timeout: float = 60.0) -> None:
-        args = [str(WEED), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", *(f"-{flag}={port}" for flag, port in self.ports.items())]
+        args = [
+            str(WEED),
+            "mini",
+            f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+        ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-        self.proc = subprocess.Popen(args, cwd=self.root, env=env, stdout=open(self.root / "weed.log", "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=self.root,
+            env=env,
+            stdout=open(self.root / "weed.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         client = self.client()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -73,6 +99,11 @@ class Weed:
         return Minio(self.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1")
 
     def registry_env(self, bucket: str) -> dict:
-        return {"MODELREG_ARTIFACTS": f"s3://{bucket}/artifacts", "MODELREG_S3_ENDPOINT": self.endpoint,
-                "MODELREG_S3_ACCESS_KEY": ACCESS_KEY, "MODELREG_S3_SECRET_KEY": SECRET_KEY, "MODELREG_S3_SECURE": "false",
-                "MODELREG_S3_REGION": "us-east-1"}
+        return {
+            "MODELREG_ARTIFACTS": f"s3://{bucket}/artifacts",
+            "MODELREG_S3_ENDPOINT": self.endpoint,
+            "MODELREG_S3_ACCESS_KEY": ACCESS_KEY,
+            "MODELREG_S3_SECRET_KEY": SECRET_KEY,
+            "MODELREG_S3_SECURE": "false",
+            "MODELREG_S3_REGION": "us-east-1",
+        }

@@ -26,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", dest="listen", help="listen address (default: $MODELREG_ADDRESS or 127.0.0.1:50051)")
     p.add_argument("--database-url", help="Postgres URL (default: $MODELREG_DATABASE_URL, else embedded Postgres)")
     p.add_argument("--data-dir", help="embedded data directory (default: $MODELREG_DATA_DIR or ./.modelreg)")
-    p.add_argument("--artifacts", help="artifact store: a directory or s3://bucket/prefix (default: $MODELREG_ARTIFACTS)")
+    p.add_argument(
+        "--artifacts", help="artifact store: a directory or s3://bucket/prefix (default: $MODELREG_ARTIFACTS)"
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     p.set_defaults(func=run, command=COMMAND)
 
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m registry_server [flags]`: the same as `modelreg server [flags]`."""
-    parser = argparse.ArgumentParser(prog="python -m registry_server", description=DESCRIPTION,
-                                     parents=[common_parser()])
+    parser = argparse.ArgumentParser(
+        prog="python -m registry_server", description=DESCRIPTION, parents=[common_parser()]
+    )
     add_arguments(parser)
     return execute(parser.parse_args(argv))

@@ -157,7 +157,6 @@ def run_agent(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m serving_agent [flags]`: the same as `modelreg agent [flags]`."""
-    parser = argparse.ArgumentParser(prog="python -m serving_agent", description=DESCRIPTION,
-                                     parents=[common_parser()])
+    parser = argparse.ArgumentParser(prog="python -m serving_agent", description=DESCRIPTION, parents=[common_parser()])
     add_arguments(parser)
     return execute(parser.parse_args(argv))

@@ -84,4 +84,3 @@ def test_the_sdk_cli_works_without_the_server_and_agent_extras(tmp_path):
     proc = run([sys.executable, "-c", code], env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
-

@@ -1,6 +1,6 @@
 """modelreg: the Python SDK of the modelreg registry.
 
-    from modelreg import Client
+from modelreg import Client
 """
 
 from modelreg.client import Client

@@ -14,7 +14,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,9 @@ def default_actor() -> str:
         return "unknown"
 
 
-def stage_enum(stage: str | int) -> int:
+def stage_enum(stage: str | int) -> res.Stage.ValueType:
     if isinstance(stage, int):
-        return stage
+        return res.Stage.ValueType(stage)
     key = stage.strip().lower().removeprefix("stage_")
     if key not in STAGES:
         raise errors.InvalidArgument(
@@ -72,11 +72,11 @@ def stage_enum(stage: str | int) -> int:
     return STAGES[key]
 
 
-def format_enum(fmt: str | int | None) -> int:
+def format_enum(fmt: str | int | None) -> res.ArtifactFormat.ValueType:
     if fmt is None or fmt == "":
         return res.ARTIFACT_FORMAT_UNSPECIFIED
     if isinstance(fmt, int):
-        return fmt
+        return res.ArtifactFormat.ValueType(fmt)
     key = fmt.strip().lower().lstrip(".")
     if key not in FORMATS:
         raise errors.InvalidArgument(
@@ -217,7 +217,7 @@ class Client(DeploymentMixin):
         model_type: str = "",
         config: dict[str, Any] | None = None,
         metrics: dict[str, float] | None = None,
-        metric_history: dict[str, list[float] | list[tuple[int, float]]] | None = None,
+        metric_history: Mapping[str, Sequence[float] | Sequence[tuple[int, float]]] | None = None,
         dataset_id: str = "",
         dataset_hash: str = "",
         parent_version: int = 0,
@@ -278,7 +278,7 @@ class Client(DeploymentMixin):
         for key, points in (kw.get("metric_history") or {}).items():
             series = res.MetricSeries()
             for i, p in enumerate(points):
-                step, value = (p if isinstance(p, (tuple, list)) else (i, p))
+                step, value = p if isinstance(p, (tuple, list)) else (i, p)
                 series.points.add(step=int(step), value=float(value))
             history[key] = series
         header = rs.RegisterModelVersionHeader(
@@ -360,7 +360,9 @@ class Client(DeploymentMixin):
 
     # ------------------------------------------------------------------ stages
 
-    def promote(self, model: str, version: int | str, stage: str, *, reason: str = "") -> rs.PromoteModelVersionResponse:
+    def promote(
+        self, model: str, version: int | str, stage: str, *, reason: str = ""
+    ) -> rs.PromoteModelVersionResponse:
         req = rs.PromoteModelVersionRequest(name=version_name(model, version), stage=stage_enum(stage), reason=reason)
         return self._call(self.stub.PromoteModelVersion, req)
 
@@ -453,7 +455,9 @@ class Client(DeploymentMixin):
         os.replace(part, target)
         return target
 
-    def artifact_url(self, model: str, version: int | str = "production", *, expires_in: int = 3600) -> rs.GetArtifactUrlResponse:
+    def artifact_url(
+        self, model: str, version: int | str = "production", *, expires_in: int = 3600
+    ) -> rs.GetArtifactUrlResponse:
         req = rs.GetArtifactUrlRequest(name=version_name(model, version), expires_in_seconds=expires_in)
         return self._call(self.stub.GetArtifactUrl, req)
 
@@ -467,7 +471,9 @@ class Client(DeploymentMixin):
         token = ""
         while True:
             req = ag.ListAgentsRequest(
-                page_size=page_size, page_token=token, model=model_name(model) if model else "",
+                page_size=page_size,
+                page_token=token,
+                model=model_name(model) if model else "",
                 include_stale=include_stale,
             )
             resp = self._call(self.agents.ListAgents, req)

@@ -3,11 +3,16 @@ Mixed into `modelreg.Client`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from modelreg.v1 import deployment_service_pb2 as ds
 from modelreg.v1 import deployment_service_pb2_grpc as ds_grpc
+from modelreg.v1 import resources_pb2 as res
+
+if TYPE_CHECKING:
+    import grpc
 
 
 def deployment_name(model: str) -> str:
@@ -18,14 +23,22 @@ def deployment_name(model: str) -> str:
 class DeploymentMixin:
     """Needs `self._channel` and `self._call` from `Client`."""
 
+    if TYPE_CHECKING:
+        _channel: grpc.Channel
+        _call: Callable[..., Any]
+
     @cached_property
     def deployment_stub(self) -> ds_grpc.DeploymentServiceStub:
         return ds_grpc.DeploymentServiceStub(self._channel)
 
-    def get_deployment(self, model: str) -> ds.Deployment:
-        return self._call(self.deployment_stub.GetDeployment, ds.GetDeploymentRequest(name=deployment_name(model))).deployment
+    def get_deployment(self, model: str) -> res.Deployment:
+        return self._call(
+            self.deployment_stub.GetDeployment, ds.GetDeploymentRequest(name=deployment_name(model))
+        ).deployment
 
-    def set_canary(self, model: str, version: int, weight: int, *, reason: str = "", etag: str = "") -> ds.SetCanaryResponse:
+    def set_canary(
+        self, model: str, version: int, weight: int, *, reason: str = "", etag: str = ""
+    ) -> ds.SetCanaryResponse:
         req = ds.SetCanaryRequest(name=deployment_name(model), version=version, weight=weight, reason=reason, etag=etag)
         return self._call(self.deployment_stub.SetCanary, req)
 
@@ -49,8 +62,8 @@ class DeploymentMixin:
         max_latency_ratio: float = 0.0,
         min_requests: int = 100,
         auto_promote_after: int = 0,
-    ) -> ds.Deployment:
-        policy = ds.CanaryPolicy(
+    ) -> res.Deployment:
+        policy = res.CanaryPolicy(
             max_error_rate=max_error_rate,
             max_latency_ratio=max_latency_ratio,
             min_requests=min_requests,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -67,7 +69,8 @@ _BY_CODE = {
 def error_reason(err: grpc.RpcError) -> str:
     """The google.rpc.ErrorInfo reason attached to a status, or ''."""
     try:
-        status = rpc_status.from_call(err)
+        # Every RpcError grpc raises (sync or aio) is also a Call; the stubs only say RpcError.
+        status = rpc_status.from_call(cast(grpc.Call, err))
     except Exception:  # noqa: BLE001 - a status without details
         return ""
     if status is None:
@@ -83,8 +86,9 @@ def error_reason(err: grpc.RpcError) -> str:
 def from_rpc_error(err: grpc.RpcError) -> ModelregError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    if code == grpc.StatusCode.UNAVAILABLE and (not details or "failed to connect" in details.lower()
-                                                or "connection refused" in details.lower()):
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        not details or "failed to connect" in details.lower() or "connection refused" in details.lower()
+    ):
         details = f"cannot reach the registry ({details}); is it running? set MODELREG_ADDRESS or --address"
     cls = _BY_CODE.get(code, ModelregError)
     return cls(code, details or code.name, error_reason(err))

@@ -1,11 +1,11 @@
 """A small synchronous client for an agent's inference API (the app side of the sidecar).
 
-    from modelreg.inference import InferenceClient
-    agent = InferenceClient("127.0.0.1:50052")          # or "unix:/run/modelreg/agent.sock"
-    r = agent.predict("fraud", {"x": np.ones((1, 4), np.float32)})
-    r.model_version, r.outputs["y"]
-    d = agent.detect("detector", open("street.jpg", "rb").read())
-    for box in d.detections: box.class_name, box.confidence, box.xyxy
+from modelreg.inference import InferenceClient
+agent = InferenceClient("127.0.0.1:50052")          # or "unix:/run/modelreg/agent.sock"
+r = agent.predict("fraud", {"x": np.ones((1, 4), np.float32)})
+r.model_version, r.outputs["y"]
+d = agent.detect("detector", open("street.jpg", "rb").read())
+for box in d.detections: box.class_name, box.confidence, box.xyxy
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class InferenceClient:
             options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)],
         )
         self.stub = inf_grpc.InferenceServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+        # Any: typeshed's HealthStub declares no methods (types-grpcio-health-checking).
+        self.health: Any = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -79,18 +80,33 @@ class InferenceClient:
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e) from None
 
-    def predict(self, model: str, inputs: dict[str, np.ndarray], *, output_names: list[str] | None = None,
-                routing_key: str = "") -> PredictResult:
+    def predict(
+        self, model: str, inputs: dict[str, np.ndarray], *, output_names: list[str] | None = None, routing_key: str = ""
+    ) -> PredictResult:
         req = inf.PredictRequest(model=_model(model), output_names=output_names or [], routing_key=routing_key)
         for k, v in inputs.items():
             add_tensor(req.inputs, k, np.asarray(v))
         resp = self._call(self.stub.Predict, req)
         return PredictResult(resp.model_version, {t.name: tensor_to_array(t) for t in resp.outputs})
 
-    def detect(self, model: str, image: bytes, *, confidence: float = 0.0, iou: float = 0.0,
-               max_detections: int = 0, routing_key: str = "") -> DetectResult:
-        req = inf.DetectRequest(model=_model(model), image=image, confidence_threshold=confidence,
-                                iou_threshold=iou, max_detections=max_detections, routing_key=routing_key)
+    def detect(
+        self,
+        model: str,
+        image: bytes,
+        *,
+        confidence: float = 0.0,
+        iou: float = 0.0,
+        max_detections: int = 0,
+        routing_key: str = "",
+    ) -> DetectResult:
+        req = inf.DetectRequest(
+            model=_model(model),
+            image=image,
+            confidence_threshold=confidence,
+            iou_threshold=iou,
+            max_detections=max_detections,
+            routing_key=routing_key,
+        )
         resp = self._call(self.stub.Detect, req)
         return DetectResult(
             resp.model_version,

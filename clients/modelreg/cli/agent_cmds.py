@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from modelreg.cli import output as out
 from modelreg.client import Client
 from modelreg.v1 import agent_service_pb2 as ag
@@ -36,7 +38,7 @@ def register(sub, common) -> None:
     ls.set_defaults(func=run_agents_list)
 
 
-def _versions(vs) -> str:
+def _versions(vs: Iterable[ag.ServedVersion]) -> str:
     parts = []
     for v in vs:
         text = f"v{v.version}:{STATE_NAMES.get(v.state, '?')}"
@@ -52,20 +54,32 @@ def run_status(args) -> int:
     if args.output == "json":
         out.print_json(st)
         return 0
-    out.kv([
-        ("model", st.model),
-        ("desired", f"v{st.desired_version} ({st.desired_sha256[:12]})" if st.desired_version else "none"),
-        *([("canary", f"v{st.desired_canary_version} ({st.desired_canary_sha256[:12]}) at {st.canary_weight}%")]
-          if st.desired_canary_version else []),
-        ("agents", f"{st.converged_agents}/{st.live_agents} converged"),
-        ("complete", "yes" if st.complete else "no"),
-    ])
+    stable, canary, weight = st.deployment.stable, st.deployment.canary, st.deployment.canary_weight
+    out.kv(
+        [
+            ("model", st.model),
+            ("desired", f"v{stable.version_number} ({stable.sha256[:12]})" if stable.version_number else "none"),
+            *(
+                [("canary", f"v{canary.version_number} ({canary.sha256[:12]}) at {weight}%")]
+                if canary.version_number
+                else []
+            ),
+            ("agents", f"{st.converged_agents}/{st.live_agents} converged"),
+            ("complete", "yes" if st.complete else "no"),
+        ]
+    )
     print()
     out.table(
         ["agent", "node", "versions", "converged", "stale", "reported"],
         [
-            (a.agent.removeprefix("agents/"), a.node, _versions(a.versions), "yes" if a.converged else "no",
-             "yes" if a.stale else "no", out.when(a.report_time))
+            (
+                a.agent.removeprefix("agents/"),
+                a.node,
+                _versions(a.versions),
+                "yes" if a.converged else "no",
+                "yes" if a.stale else "no",
+                out.when(a.report_time),
+            )
             for a in st.agents
         ],
     )
@@ -81,8 +95,14 @@ def run_agents_list(args) -> int:
     out.table(
         ["agent", "node", "address", "healthy", "stale", "models"],
         [
-            (a.agent_id, a.node, a.address, "yes" if a.healthy else "no", "yes" if a.stale else "no",
-             "; ".join(f"{m.model.removeprefix('models/')} {_versions(m.versions)}" for m in a.models))
+            (
+                a.agent_id,
+                a.node,
+                a.address,
+                "yes" if a.healthy else "no",
+                "yes" if a.stale else "no",
+                "; ".join(f"{m.model.removeprefix('models/')} {_versions(m.versions)}" for m in a.models),
+            )
             for a in agents
         ],
     )

@@ -18,7 +18,7 @@ def register(sub, common) -> None:
         help="print a time-limited presigned URL of a version's artifact (S3 store only)",
         description=(
             "Print a presigned HTTP GET URL for a version's artifact, so a user or agent fetches the bytes "
-            "straight from MinIO/S3 (curl -o FILE \"$(modelreg url NAME 3)\"). Verify the sha256 afterwards "
+            'straight from MinIO/S3 (curl -o FILE "$(modelreg url NAME 3)"). Verify the sha256 afterwards '
             "(shown with -o json). A registry that stores artifacts in a local directory answers "
             "FAILED_PRECONDITION; use 'modelreg download' there."
         ),

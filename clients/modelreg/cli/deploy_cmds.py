@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelreg.cli import UsageError
 from modelreg.cli import output as out
 from modelreg.client import Client
+from modelreg.v1 import resources_pb2 as res
 
 ACTION_NAMES = {
     0: "",
@@ -23,7 +24,8 @@ def register(sub, common) -> None:
         "canary",
         parents=[common],
         help="start or change a canary, or promote or abort it",
-        description="modelreg canary NAME VERSION --weight W | modelreg canary NAME --promote | modelreg canary NAME --abort",
+        description="modelreg canary NAME VERSION --weight W | modelreg canary NAME --promote "
+        "| modelreg canary NAME --abort",
     )
     p.add_argument("name")
     p.add_argument("version", nargs="?", type=int, help="the canary version (with --weight)")
@@ -37,7 +39,9 @@ def register(sub, common) -> None:
 
     p = sub.add_parser("rollback", parents=[common], help="put the previous (or a named) version back in production")
     p.add_argument("name")
-    p.add_argument("--to", type=int, default=0, metavar="VERSION", help="the version to restore (default: previous production)")
+    p.add_argument(
+        "--to", type=int, default=0, metavar="VERSION", help="the version to restore (default: previous production)"
+    )
     p.add_argument("--reason", default="")
     p.add_argument("--etag", default="")
     p.set_defaults(func=rollback)
@@ -53,15 +57,20 @@ def register(sub, common) -> None:
         ),
     )
     p.add_argument("words", nargs="+", metavar="[history|policy] NAME")
-    p.add_argument("--max-error-rate", type=float, default=0.0, help="policy: abort above this error fraction (0.05 = 5%%)")
-    p.add_argument("--max-latency-ratio", type=float, default=0.0, help="policy: abort above this multiple of stable's p95")
+    p.add_argument(
+        "--max-error-rate", type=float, default=0.0, help="policy: abort above this error fraction (0.05 = 5%%)"
+    )
+    p.add_argument(
+        "--max-latency-ratio", type=float, default=0.0, help="policy: abort above this multiple of stable's p95"
+    )
     p.add_argument("--min-requests", type=int, default=100, help="policy: requests before judging (default 100)")
     p.add_argument("--auto-promote-after", type=int, default=0, help="policy: promote after this many good requests")
     p.set_defaults(func=deployment)
 
 
-def _print_deployment(d) -> None:
-    canary = f"v{d.canary_version} at {d.canary_weight}%" if d.canary_version else "none"
+def _print_deployment(d: res.Deployment) -> None:
+    stable, canary_ref = d.stable, d.canary
+    canary = f"v{canary_ref.version_number} at {d.canary_weight}%" if canary_ref.version_number else "none"
     pol = d.policy
     policy = "none"
     if pol.max_error_rate or pol.max_latency_ratio or pol.auto_promote_after:
@@ -77,8 +86,8 @@ def _print_deployment(d) -> None:
     out.kv(
         [
             ("deployment", d.name),
-            ("stable", f"v{d.stable_version} ({d.stable_sha256[:12]})" if d.stable_version else "none"),
-            ("canary", canary + (f" ({d.canary_sha256[:12]})" if d.canary_version else "")),
+            ("stable", f"v{stable.version_number} ({stable.sha256[:12]})" if stable.version_number else "none"),
+            ("canary", canary + (f" ({canary_ref.sha256[:12]})" if canary_ref.version_number else "")),
             ("etag", d.etag),
             ("policy", policy),
             ("updated", f"{out.when(d.update_time)} by {d.updated_by}" if d.updated_by else ""),
@@ -101,7 +110,9 @@ def canary(args) -> int:
         raise UsageError("give either VERSION --weight W, or --promote, or --abort")
     with Client(args.address) as c:
         if args.promote:
-            return _show_change(args, c.promote_canary(args.name, reason=args.reason, etag=args.etag), "canary promoted")
+            return _show_change(
+                args, c.promote_canary(args.name, reason=args.reason, etag=args.etag), "canary promoted"
+            )
         if args.abort:
             return _show_change(args, c.abort_canary(args.name, reason=args.reason, etag=args.etag), "canary aborted")
         if args.weight is None:
@@ -113,7 +124,7 @@ def canary(args) -> int:
 def rollback(args) -> int:
     with Client(args.address) as c:
         resp = c.rollback(args.name, to_version=args.to, reason=args.reason, etag=args.etag)
-    return _show_change(args, resp, f"rolled back to v{resp.deployment.stable_version}")
+    return _show_change(args, resp, f"rolled back to v{resp.deployment.stable.version_number}")
 
 
 def deployment(args) -> int:
@@ -173,10 +184,10 @@ def _history(args, model: str) -> int:
         out.print_json({"entries": [out.to_dict(e) for e in entries]})
         return 0
 
-    def state(s) -> str:
-        text = f"v{s.stable_version}" if s.stable_version else "-"
-        if s.canary_version:
-            text += f" + canary v{s.canary_version}@{s.canary_weight}%"
+    def state(s: res.Deployment) -> str:
+        text = f"v{s.stable.version_number}" if s.stable.version_number else "-"
+        if s.canary.version_number:
+            text += f" + canary v{s.canary.version_number}@{s.canary_weight}%"
         return text
 
     out.table(

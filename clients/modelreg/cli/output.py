@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
@@ -37,7 +37,7 @@ def print_json_line(value: Message | dict) -> None:
 def when(ts) -> str:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return ""
-    return datetime.fromtimestamp(ts.seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts.seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def human_size(n: int) -> str:

@@ -24,7 +24,9 @@ def _json_arg(value: str | None, flag: str) -> dict | None:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as e:
-        raise UsageError(f"{flag} is not valid JSON ({e.msg} at position {e.pos}); example: {flag} '{{\"epochs\": 100}}'")
+        raise UsageError(
+            f"{flag} is not valid JSON ({e.msg} at position {e.pos}); example: {flag} '{{\"epochs\": 100}}'"
+        ) from None
     if not isinstance(parsed, dict):
         raise UsageError(f"{flag} must be a JSON object, like {flag} '{{\"lr\": 0.01}}'")
     return parsed
@@ -86,12 +88,14 @@ def register(sub, common) -> None:
     p.add_argument("name")
     p.set_defaults(func=models_delete)
 
-    p = sub.add_parser("register", parents=[common], help="register a new version with its artifact (file or directory)")
+    p = sub.add_parser(
+        "register", parents=[common], help="register a new version with its artifact (file or directory)"
+    )
     p.add_argument("name", help="model name (created if missing)")
     p.add_argument("path", help="artifact file, or a directory to pack into a bundle")
     p.add_argument("--format", help="onnx, ultralytics_pt, bundle or other (default: from the file name)")
     p.add_argument("--model-type", default="")
-    p.add_argument("--metrics", help='JSON object of numbers, e.g. \'{"map50": 0.71}\'')
+    p.add_argument("--metrics", help="JSON object of numbers, e.g. '{\"map50\": 0.71}'")
     p.add_argument("--config", help="JSON object merged over the model's default config")
     p.add_argument("--dataset-id", default="")
     p.add_argument("--dataset-hash", default="")
@@ -100,7 +104,9 @@ def register(sub, common) -> None:
     p.add_argument("--code-revision", default="")
     p.add_argument("--description", default="")
     p.add_argument("--tag", action="append", metavar="K=V")
-    p.add_argument("--request-id", default="", help="idempotency key: a retry with the same id returns the same version")
+    p.add_argument(
+        "--request-id", default="", help="idempotency key: a retry with the same id returns the same version"
+    )
     p.set_defaults(func=register_version)
 
     p = sub.add_parser("list", parents=[common], help="list a model's versions, newest first")

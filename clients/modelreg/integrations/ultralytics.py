@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from modelreg.client import Client, file_sha256
+from modelreg.v1 import resources_pb2 as res
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ModelregCallback:
         self.dataset_hash = dataset_hash
         self.code_revision = code_revision
         self.history: dict[str, list[tuple[int, float]]] = {}
-        self.version = None  # the registered ModelVersion, after training
+        self.version: res.ModelVersion | None = None  # the registered ModelVersion, after training
 
     def on_fit_epoch_end(self, trainer) -> None:
         epoch = int(trainer.epoch) + 1  # 1-based, as Ultralytics prints it
@@ -123,7 +124,9 @@ class ModelregCallback:
         )
         log.info("modelreg: registered %s", self.version.name)
         if self.promote_to:
-            self.client.promote(self.model_name, self.version.version, self.promote_to, reason="ultralytics training run")
+            self.client.promote(
+                self.model_name, self.version.version, self.promote_to, reason="ultralytics training run"
+            )
 
 
 def track(yolo_model, model_name: str, **kwargs) -> ModelregCallback:
