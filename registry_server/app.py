@@ -244,7 +244,7 @@ def _secrets(settings: Settings | None) -> list[str]:
     return sorted({v for v in values if v}, key=len, reverse=True)
 
 
-def main(build_settings: Callable[[], Settings]) -> int:
+def run_server(build_settings: Callable[[], Settings]) -> int:
     """The server process: builds the settings, serves until SIGTERM/SIGINT, returns the exit
     status. THE ONLY PLACE A START-UP FAILURE BECOMES AN EXIT MESSAGE: a ConfigError prints one
     line on stderr and returns 2, another StartupError one line and 1; neither shows a

@@ -73,9 +73,9 @@ class Unavailable(RegistryError):
 # ---------------------------------------------------------------- start-up failures
 #
 # Not caller errors: they carry no gRPC status. They stop the server before it serves, and
-# ONLY the process start-up (`registry_server.app.main`) turns them into an exit message: one
-# line on stderr, exit status `exit_code`. Their messages say what to check and never contain
-# a secret (the S3 secret key, a database password).
+# ONLY the process start-up (`registry_server.app.run_server`) turns them into an exit
+# message: one line on stderr, exit status `exit_code`. Their messages say what to check and
+# never contain a secret (the S3 secret key, a database password).
 
 
 class StartupError(Exception):

@@ -22,7 +22,7 @@ def register(sub, common) -> None:
 
 
 def run(args) -> int:
-    from registry_server.app import main
+    from registry_server.app import run_server
     from registry_server.config import Settings
 
     from modelreg.process import keep_freed_memory
@@ -31,7 +31,7 @@ def run(args) -> int:
     # Artifact chunks of 1-4 MiB pass through every transfer: keep their pages for reuse.
     keep_freed_memory(mmap_threshold=8 << 20, trim_threshold=64 << 20)
     address = args.listen or args.address
-    return main(
+    return run_server(
         lambda: Settings.from_env(
             address=address,
             database_url=args.database_url,
