@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from registry_server.errors import ConfigError
 from registry_server.storage.db import describe_url
@@ -109,7 +110,7 @@ class Settings:
     canary_judge_interval: float = 2.0
 
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
+    def from_env(cls, **overrides: Any) -> Settings:
         env = os.environ
         s = cls(
             address=env.get("MODELREG_ADDRESS") or DEFAULT_ADDRESS,

@@ -27,7 +27,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -41,7 +41,7 @@ from minio.error import MinioException, S3Error
 
 from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer, blob_key
 from registry_server.blobstore.s3_settings import S3Settings, parse_endpoint
-from registry_server.blobstore.s3_upload import GiB, MAX_PARTS, MIN_PART_SIZE, MiB, S3Upload
+from registry_server.blobstore.s3_upload import MAX_PARTS, MIN_PART_SIZE, GiB, MiB, S3Upload
 from registry_server.errors import ConfigError, StartupError, Unavailable
 
 if TYPE_CHECKING:
@@ -265,9 +265,7 @@ class S3BlobStore(BlobStore):
             exists = await self.call(f"check bucket {self.bucket}", self.client.bucket_exists, self.bucket)
             if not exists:
                 try:
-                    await self.call(
-                        f"create bucket {self.bucket}", self.client.make_bucket, self.bucket, self.region
-                    )
+                    await self.call(f"create bucket {self.bucket}", self.client.make_bucket, self.bucket, self.region)
                     log.info("created bucket %s", self.bucket)
                 except Unavailable as e:
                     cause = e.__cause__
@@ -356,7 +354,7 @@ class S3BlobStore(BlobStore):
         )
 
     async def remove_stale_uploads(self, older_than: timedelta) -> int:
-        cutoff = datetime.now(timezone.utc) - older_than
+        cutoff = datetime.now(UTC) - older_than
         tmp = self.key("tmp/")
         removed = 0
 

@@ -64,8 +64,8 @@ class S3Upload(BlobUpload):
         self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[Part] = []
-        self._sending: list[asyncio.Future] = []
-        self._committing: asyncio.Future | None = None
+        self._sending: list[asyncio.Future[Part]] = []
+        self._committing: asyncio.Future[None] | None = None
         self._done = False
 
     # -------------------------------------------------------------- writing
