@@ -132,6 +132,16 @@ def test_database_that_refuses_the_connection_exits_1(tmp_path, postgres):
     assert "check the user, password and database name in MODELREG_DATABASE_URL" in line
 
 
+def test_embedded_postgres_that_cannot_start_exits_1_saying_what_to_check(tmp_path):
+    not_a_directory = tmp_path / "data"
+    not_a_directory.write_text("a file where the data directory should be")
+    proc = start_server(tmp_path, "", MODELREG_DATA_DIR=str(not_a_directory))
+    assert proc.returncode == 1
+    line = exit_line(proc)
+    assert line.startswith(f"cannot start the embedded Postgres in {not_a_directory / 'postgres'} (")
+    assert "check that the directory is writable" in line and "or set MODELREG_DATABASE_URL" in line
+
+
 def test_unreachable_s3_exits_1_without_the_secret_key(tmp_path, database_url):
     endpoint = f"127.0.0.1:{free_port()}"
     proc = start_server(
