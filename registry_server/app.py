@@ -22,7 +22,7 @@ from modelreg.v1 import agent_service_pb2, agent_service_pb2_grpc
 from modelreg.v1 import deployment_service_pb2, deployment_service_pb2_grpc
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
-from registry_server.canary_judge import run_judge
+from registry_server.background import run_janitor, run_judge
 from registry_server.config import Settings
 from registry_server.errors import StartupError
 from registry_server.read_cache import VersionCache
@@ -101,17 +101,6 @@ class RunningServer:
         await self.blobs.close()
 
 
-async def _janitor(blobs: BlobStore, settings: Settings) -> None:
-    while True:
-        try:
-            removed = await blobs.remove_stale_uploads(settings.upload_ttl)
-            if removed:
-                log.info("janitor removed %d stale uploads", removed)
-        except Exception:  # noqa: BLE001 - the janitor must survive a flaky store
-            log.exception("janitor sweep failed")
-        await asyncio.sleep(JANITOR_INTERVAL)
-
-
 async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
     """Starts a server and returns once it listens. The caller calls `stop()`.
     `interceptors` run before the error mapping (outermost first). Raises StartupError
@@ -179,7 +168,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
     )
-    running.tasks.append(asyncio.create_task(_janitor(blobs, settings)))
+    running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running
 
