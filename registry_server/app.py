@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,16 +22,23 @@ from modelreg.v1 import agent_service_pb2, agent_service_pb2_grpc
 from modelreg.v1 import deployment_service_pb2, deployment_service_pb2_grpc
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
-from registry_server.canary_judge import run_judge
+from registry_server.background import run_janitor, run_judge
 from registry_server.config import Settings
-from registry_server.registry import Registry
+from registry_server.errors import StartupError
+from registry_server.read_cache import VersionCache
 from registry_server.services.agents import AgentServicer
 from registry_server.services.deployments import DeploymentServicer
+from registry_server.services.errors import ErrorInterceptor
 from registry_server.services.events import attach_event_service
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
-from registry_server.storage.agents import AgentRepository
-from registry_server.storage.repository import Repository
+from registry_server.storage.agents import AgentStore
+from registry_server.storage.deployments import DeploymentStore
+from registry_server.storage.models import ModelStore
+from registry_server.storage.outbox import Outbox
+from registry_server.usecases.agents import Agents
+from registry_server.usecases.deployments import Deployments
+from registry_server.usecases.models import Models
 
 log = logging.getLogger("modelreg.server")
 
@@ -69,7 +76,8 @@ class RunningServer:
     blobs: BlobStore
     health: object
     database_url: str
-    registry: Registry | None = None
+    models: Models | None = None
+    deployments: Deployments | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     closers: list = field(default_factory=list)
 
@@ -93,58 +101,58 @@ class RunningServer:
         await self.blobs.close()
 
 
-async def _janitor(blobs: BlobStore, settings: Settings) -> None:
-    while True:
-        try:
-            removed = await blobs.remove_stale_uploads(settings.upload_ttl)
-            if removed:
-                log.info("janitor removed %d stale uploads", removed)
-        except Exception:  # noqa: BLE001 - the janitor must survive a flaky store
-            log.exception("janitor sweep failed")
-        await asyncio.sleep(JANITOR_INTERVAL)
-
-
-async def start(settings: Settings) -> RunningServer:
-    """Starts a server and returns once it listens. The caller calls `stop()`."""
+async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
+    """Starts a server and returns once it listens. The caller calls `stop()`.
+    `interceptors` run before the error mapping (outermost first). Raises StartupError
+    (ConfigError for a bad setting) when a dependency or the address fails."""
+    blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
     url = settings.database_url
     if not url:
         url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
-    conn = await db.connect(url)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
-    pool = await db.create_pool(url, max_size=settings.db_pool_size)
-    blobs = make_blobstore(settings)
+    pool = await db.open_database(url, settings.db_pool_size)
     await blobs.start()
 
-    repo = Repository(pool)
-    registry = Registry(repo, blobs)
+    outbox = Outbox(pool)
+    cache = VersionCache()
+    outbox.on_change = cache.invalidate_models
+    outbox.on_committed = cache.committed_own
+    deployment_store = DeploymentStore(outbox)
+    agent_store = AgentStore(pool)
+    models = Models(ModelStore(outbox), deployment_store, blobs, cache)
+    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window)
+    agents = Agents(agent_store, deployment_store, settings.agent_stale_after)
 
     server = grpc.aio.server(
+        interceptors=[*interceptors, ErrorInterceptor(SERVICE_NAMES)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
         ]
     )
-    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
-    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(registry), server)
-    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentRepository(pool)), server)
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(models, deployments), server)
+    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(deployments), server)
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     extra_closers = [
-        await attach_event_service(server, pool, url, settings, on_events=registry.cache.on_events)
+        await attach_event_service(server, pool, deployment_store, url, settings, on_events=cache.on_events)
     ]
     # Every replica's writes now reach this process's cache as invalidations.
-    registry.cache.enabled = True
+    cache.enabled = True
     reflection.enable_server_reflection(
         SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(settings.address)
+    try:
+        port = server.add_insecure_port(settings.address)
+    except RuntimeError:  # grpc raises "Failed to bind" (older versions returned 0)
+        port = 0
     if port == 0:
-        raise SystemExit(f"cannot listen on {settings.address}: the address is in use or invalid")
+        raise StartupError(
+            f"cannot listen on {settings.address}: the address is in use or invalid; stop what listens "
+            "there or set MODELREG_ADDRESS (or --listen) to another host:port"
+        )
     await server.start()
     for name in ("",) + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -156,11 +164,12 @@ async def start(settings: Settings) -> RunningServer:
         blobs=blobs,
         health=health_servicer,
         database_url=url,
-        registry=registry,
+        models=models,
+        deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
     )
-    running.tasks.append(asyncio.create_task(_janitor(blobs, settings)))
-    running.tasks.append(asyncio.create_task(run_judge(registry.deployments, settings.canary_judge_interval)))
+    running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
+    running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running
 
 
@@ -210,3 +219,49 @@ async def serve_forever(settings: Settings) -> None:
     await stop.wait()
     print(f"shutting down (grace {settings.shutdown_grace:g}s)", file=sys.stderr, flush=True)
     await running.stop()
+
+
+def _one_line(message: str, secrets: list[str]) -> str:
+    """The message on one line, every secret replaced by ****. The messages are written
+    without secrets; this is the second guard. It skips secrets under 4 characters, which
+    would mask ordinary words."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            message = message.replace(secret, "****")
+    return " ".join(message.split())
+
+
+def _secrets(settings: Settings | None) -> list[str]:
+    """Everything that must never appear in an exit message: the S3 secret key and database
+    passwords, from the settings and from the environment (a ConfigError may come before the
+    settings exist)."""
+    from urllib.parse import urlparse
+
+    values = [os.environ.get("MODELREG_S3_SECRET_KEY", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")]
+    urls = [os.environ.get("MODELREG_DATABASE_URL", "")]
+    if settings is not None:
+        values.append(settings.s3_secret_key)
+        urls.append(settings.database_url or "")
+    for url in urls:
+        try:
+            values.append(urlparse(url).password or "")
+        except ValueError:
+            pass
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def run_server(build_settings: Callable[[], Settings]) -> int:
+    """The server process: builds the settings, serves until SIGTERM/SIGINT, returns the exit
+    status. THE ONLY PLACE A START-UP FAILURE BECOMES AN EXIT MESSAGE: a ConfigError prints one
+    line on stderr and returns 2, another StartupError one line and 1; neither shows a
+    traceback or a secret."""
+    settings: Settings | None = None
+    try:
+        settings = build_settings()
+        asyncio.run(serve_forever(settings))
+    except StartupError as e:
+        print(f"modelreg server: {_one_line(e.message, _secrets(settings))}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -9,7 +9,6 @@ server extra is installed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -46,24 +45,21 @@ def run(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 2
     from modelreg_runtime.process import keep_freed_memory
-    from registry_server.app import serve_forever
+    from registry_server.app import run_server
     from registry_server.config import Settings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Artifact chunks of 1-4 MiB pass through every transfer: keep their pages for reuse.
     keep_freed_memory(mmap_threshold=8 << 20, trim_threshold=64 << 20)
     address = args.listen or args.address
-    settings = Settings.from_env(
-        address=address,
-        database_url=args.database_url,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        artifacts=args.artifacts,
+    return run_server(
+        lambda: Settings.from_env(
+            address=address,
+            database_url=args.database_url,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            artifacts=args.artifacts,
+        )
     )
-    try:
-        asyncio.run(serve_forever(settings))
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

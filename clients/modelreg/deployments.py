@@ -15,6 +15,20 @@ if TYPE_CHECKING:
     import grpc
 
 
+def describe(deployment: res.Deployment) -> tuple[str, str]:
+    """("v3 (1f2e3d4c5b6a)", "v4 at 10% (9a8b7c6d5e4f)") for a deployment's stable and
+    canary, "none" where unset."""
+    stable = deployment.stable
+    canary = deployment.canary
+    s = f"v{stable.version_number} ({stable.sha256[:12]})" if deployment.HasField("stable") else "none"
+    c = (
+        f"v{canary.version_number} at {deployment.canary_weight}% ({canary.sha256[:12]})"
+        if deployment.HasField("canary")
+        else "none"
+    )
+    return s, c
+
+
 def deployment_name(model: str) -> str:
     model = model.removeprefix("models/").removesuffix("/deployment")
     return f"models/{model}/deployment"

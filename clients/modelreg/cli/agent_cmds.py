@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from modelreg.cli import output as out
 from modelreg.client import Client
+from modelreg.deployments import describe
 from modelreg.v1 import agent_service_pb2 as ag
 
 STATE_NAMES = {
@@ -54,16 +55,12 @@ def run_status(args) -> int:
     if args.output == "json":
         out.print_json(st)
         return 0
-    stable, canary, weight = st.deployment.stable, st.deployment.canary, st.deployment.canary_weight
+    desired, canary = describe(st.deployment)
     out.kv(
         [
             ("model", st.model),
-            ("desired", f"v{stable.version_number} ({stable.sha256[:12]})" if stable.version_number else "none"),
-            *(
-                [("canary", f"v{canary.version_number} ({canary.sha256[:12]}) at {weight}%")]
-                if canary.version_number
-                else []
-            ),
+            ("desired", desired),
+            *([("canary", canary)] if st.deployment.HasField("canary") else []),
             ("agents", f"{st.converged_agents}/{st.live_agents} converged"),
             ("complete", "yes" if st.complete else "no"),
         ]

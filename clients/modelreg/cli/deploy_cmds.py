@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelreg.cli import UsageError
 from modelreg.cli import output as out
 from modelreg.client import Client
+from modelreg.deployments import describe
 from modelreg.v1 import resources_pb2 as res
 
 ACTION_NAMES = {
@@ -69,8 +70,7 @@ def register(sub, common) -> None:
 
 
 def _print_deployment(d: res.Deployment) -> None:
-    stable, canary_ref = d.stable, d.canary
-    canary = f"v{canary_ref.version_number} at {d.canary_weight}%" if canary_ref.version_number else "none"
+    stable, canary = describe(d)
     pol = d.policy
     policy = "none"
     if pol.max_error_rate or pol.max_latency_ratio or pol.auto_promote_after:
@@ -86,8 +86,8 @@ def _print_deployment(d: res.Deployment) -> None:
     out.kv(
         [
             ("deployment", d.name),
-            ("stable", f"v{stable.version_number} ({stable.sha256[:12]})" if stable.version_number else "none"),
-            ("canary", canary + (f" ({canary_ref.sha256[:12]})" if canary_ref.version_number else "")),
+            ("stable", stable),
+            ("canary", canary),
             ("etag", d.etag),
             ("policy", policy),
             ("updated", f"{out.when(d.update_time)} by {d.updated_by}" if d.updated_by else ""),
@@ -185,8 +185,8 @@ def _history(args, model: str) -> int:
         return 0
 
     def state(s: res.Deployment) -> str:
-        text = f"v{s.stable.version_number}" if s.stable.version_number else "-"
-        if s.canary.version_number:
+        text = f"v{s.stable.version_number}" if s.HasField("stable") else "-"
+        if s.HasField("canary"):
             text += f" + canary v{s.canary.version_number}@{s.canary_weight}%"
         return text
 
