@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,8 +104,9 @@ async def _janitor(blobs: BlobStore, settings: Settings) -> None:
         await asyncio.sleep(JANITOR_INTERVAL)
 
 
-async def start(settings: Settings) -> RunningServer:
-    """Starts a server and returns once it listens. The caller calls `stop()`."""
+async def start(settings: Settings, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
+    """Starts a server and returns once it listens. The caller calls `stop()`.
+    `interceptors` wrap every RPC, in the order given (tests use one to record calls)."""
     url = settings.database_url
     if not url:
         url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
@@ -122,6 +123,7 @@ async def start(settings: Settings) -> RunningServer:
     registry = Registry(repo, blobs)
 
     server = grpc.aio.server(
+        interceptors=tuple(interceptors),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),

@@ -215,7 +215,7 @@ def test_ops_read_rollout_status_and_agents_with_grpcurl(client, registry):
         return json.loads(proc.stdout)
 
     st = grpcurl("modelreg.v1.AgentService/GetRolloutStatus", '{"model": "models/ops"}')
-    assert st["desired_version"] == "1" and st["complete"] is True
+    assert st["deployment"]["stable"]["version_number"] == "1" and st["complete"] is True
     assert st["agents"][0]["agent"] == "agents/edge-1"
     listed = grpcurl("modelreg.v1.AgentService/ListAgents", '{"model": "models/ops"}')
     assert [a["agent_id"] for a in listed["agents"]] == ["edge-1"]
