@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from modelreg.v1 import event_service_pb2 as ev
@@ -78,7 +78,7 @@ class ScriptedEvents(ev_grpc.EventServiceServicer):
         self.scripts = scripts
         self.requests: list[ev.WatchEventsRequest] = []
 
-    async def WatchEvents(self, request, context):  # noqa: N802 - the gRPC method name
+    async def WatchEvents(self, request, context):
         self.requests.append(request)
         script = self.scripts[len(self.requests) - 1] if len(self.requests) <= len(self.scripts) else []
         for step in script:

@@ -292,7 +292,7 @@ class AsyncWatcher(_Progress):
         self._metadata = tuple(metadata)
         self._backoff = (backoff_first, backoff_max)
         self._closed = asyncio.Event()
-        self._call = None
+        self._call: grpc.aio.UnaryStreamCall | None = None
         self.last_error: grpc.RpcError | None = None
 
     async def close(self) -> None:
