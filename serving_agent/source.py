@@ -118,7 +118,8 @@ class RegistrySource:
 
     async def run(self) -> None:
         """Follows the registry until cancelled. Only an error that retrying cannot fix
-        (say the registry refuses the watch) ends a watcher; then a new one starts later."""
+        (say the registry refuses the watch) or a bug ends a watcher; then a new one starts
+        after FATAL_RETRY seconds, resuming from the persisted cursor."""
         while True:
             self.watcher = AsyncWatcher(
                 self.channel,
@@ -140,6 +141,10 @@ class RegistrySource:
             except errors.ModelregError as e:
                 log.error("the registry refuses the watch (%s); retrying in %.0fs", e, FATAL_RETRY)
                 self._lost = f"refused: {e}"
+                await asyncio.sleep(FATAL_RETRY)
+            except Exception:  # noqa: BLE001 - the source must outlive a bug in one message
+                log.exception("source error; watching again in %.0fs", FATAL_RETRY)
+                self._lost = "source error"
                 await asyncio.sleep(FATAL_RETRY)
 
     def apply(self, msg: ev.WatchEventsResponse) -> None:
