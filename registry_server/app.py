@@ -24,14 +24,20 @@ from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.canary_judge import run_judge
 from registry_server.config import Settings
-from registry_server.registry import Registry
+from registry_server.read_cache import VersionCache
 from registry_server.services.agents import AgentServicer
 from registry_server.services.deployments import DeploymentServicer
+from registry_server.services.errors import ErrorInterceptor
 from registry_server.services.events import attach_event_service
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
-from registry_server.storage.agents import AgentRepository
-from registry_server.storage.repository import Repository
+from registry_server.storage.agents import AgentStore
+from registry_server.storage.deployments import DeploymentStore
+from registry_server.storage.models import ModelStore
+from registry_server.storage.outbox import Outbox
+from registry_server.usecases.agents import Agents
+from registry_server.usecases.deployments import Deployments
+from registry_server.usecases.models import Models
 
 log = logging.getLogger("modelreg.server")
 
@@ -69,7 +75,8 @@ class RunningServer:
     blobs: BlobStore
     health: object
     database_url: str
-    registry: Registry | None = None
+    models: Models | None = None
+    deployments: Deployments | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     closers: list = field(default_factory=list)
 
@@ -104,9 +111,9 @@ async def _janitor(blobs: BlobStore, settings: Settings) -> None:
         await asyncio.sleep(JANITOR_INTERVAL)
 
 
-async def start(settings: Settings, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
+async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
     """Starts a server and returns once it listens. The caller calls `stop()`.
-    `interceptors` wrap every RPC, in the order given (tests use one to record calls)."""
+    `interceptors` run before the error mapping (outermost first)."""
     url = settings.database_url
     if not url:
         url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
@@ -119,27 +126,34 @@ async def start(settings: Settings, *, interceptors: Sequence[grpc.aio.ServerInt
     blobs = make_blobstore(settings)
     await blobs.start()
 
-    repo = Repository(pool)
-    registry = Registry(repo, blobs)
+    outbox = Outbox(pool)
+    cache = VersionCache()
+    outbox.on_change = cache.invalidate_models
+    outbox.on_committed = cache.committed_own
+    deployment_store = DeploymentStore(outbox)
+    agent_store = AgentStore(pool)
+    models = Models(ModelStore(outbox), deployment_store, blobs, cache)
+    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window)
+    agents = Agents(agent_store, deployment_store, settings.agent_stale_after)
 
     server = grpc.aio.server(
-        interceptors=tuple(interceptors),
+        interceptors=[*interceptors, ErrorInterceptor(SERVICE_NAMES)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
         ]
     )
-    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
-    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(registry), server)
-    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(AgentRepository(pool)), server)
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(models, deployments), server)
+    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(deployments), server)
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     extra_closers = [
-        await attach_event_service(server, pool, url, settings, on_events=registry.cache.on_events)
+        await attach_event_service(server, pool, deployment_store, url, settings, on_events=cache.on_events)
     ]
     # Every replica's writes now reach this process's cache as invalidations.
-    registry.cache.enabled = True
+    cache.enabled = True
     reflection.enable_server_reflection(
         SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
@@ -158,11 +172,12 @@ async def start(settings: Settings, *, interceptors: Sequence[grpc.aio.ServerInt
         blobs=blobs,
         health=health_servicer,
         database_url=url,
-        registry=registry,
+        models=models,
+        deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
     )
     running.tasks.append(asyncio.create_task(_janitor(blobs, settings)))
-    running.tasks.append(asyncio.create_task(run_judge(registry.deployments, settings.canary_judge_interval)))
+    running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running
 
 

@@ -56,6 +56,11 @@ class Settings:
     shutdown_grace: float = 5.0
     # Seconds between canary-policy judgements from agent reports (MODELREG_CANARY_JUDGE_INTERVAL).
     canary_judge_interval: float = 2.0
+    # An agent silent this long is stale: it no longer counts toward a rollout (MODELREG_AGENT_STALE_SECONDS).
+    agent_stale_after: timedelta = timedelta(seconds=30)
+    # The canary judge sums reports of agents heard from within this window
+    # (MODELREG_CANARY_STATS_WINDOW_SECONDS).
+    canary_stats_window: timedelta = timedelta(seconds=60)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -76,6 +81,8 @@ class Settings:
             upload_ttl=timedelta(hours=_float("MODELREG_UPLOAD_TTL_HOURS", 24)),
             shutdown_grace=_float("MODELREG_SHUTDOWN_GRACE", 5.0),
             canary_judge_interval=_float("MODELREG_CANARY_JUDGE_INTERVAL", 2.0),
+            agent_stale_after=timedelta(seconds=_float("MODELREG_AGENT_STALE_SECONDS", 30)),
+            canary_stats_window=timedelta(seconds=_float("MODELREG_CANARY_STATS_WINDOW_SECONDS", 60)),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given) if given else s

@@ -1,18 +1,14 @@
-"""Domain errors, and the one place they map to gRPC status codes.
-
-Every error a caller can cause is a named exception here. Its message says what to change.
-Anything else that escapes a servicer is a bug and becomes INTERNAL.
+"""Domain errors: every error a caller can cause is a named exception here, and its message
+says what to change. They carry no transport types: `services.errors` maps them to gRPC
+status codes in one place (and a later HTTP front end to HTTP codes). Anything else that
+escapes a use case is a bug and becomes INTERNAL.
 """
 
 from __future__ import annotations
 
-import grpc
-
 
 class RegistryError(Exception):
-    """Base of every error a caller can cause. `code` is the gRPC status it maps to."""
-
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    """Base of every error a caller can cause."""
 
     def __init__(self, message: str, *, reason: str = "", metadata: dict[str, str] | None = None):
         super().__init__(message)
@@ -23,11 +19,11 @@ class RegistryError(Exception):
 
 
 class InvalidArgument(RegistryError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request itself is wrong: a bad name, field or value."""
 
 
 class NotFound(RegistryError):
-    code = grpc.StatusCode.NOT_FOUND
+    """The resource the request names does not exist."""
 
 
 class ModelNotFound(NotFound):
@@ -47,11 +43,11 @@ class VersionNotFound(NotFound):
 
 
 class AlreadyExists(RegistryError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    """A resource with that name exists already."""
 
 
 class FailedPrecondition(RegistryError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    """The request is fine but the current state does not allow it."""
 
 
 class StageConflict(FailedPrecondition):
@@ -59,12 +55,12 @@ class StageConflict(FailedPrecondition):
 
 
 class Aborted(RegistryError):
-    code = grpc.StatusCode.ABORTED
+    """A concurrent change won (a stale etag); re-read and retry."""
 
 
 class DataLoss(RegistryError):
-    code = grpc.StatusCode.DATA_LOSS
+    """Stored bytes are missing or corrupted."""
 
 
 class Unavailable(RegistryError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """A backend (database, artifact store) is unreachable; retry shortly."""

@@ -68,34 +68,3 @@ WARM_CASES = [
 @pytest.mark.parametrize(("rationale", "versions", "expected"), WARM_CASES, ids=[c[0] for c in WARM_CASES])
 def test_policy_keeps_one_previous_version_warm(rationale, versions, expected):
     assert next_action(versions, keep_warm=1) == expected, rationale
-
-
-# ---------------------------------------------------------------- rollout convergence (registry side)
-
-from registry_server.services.agents import converged  # noqa: E402
-from registry_server.storage.agents import Desired, ServedVersionRow  # noqa: E402
-
-
-def row(version: int, state: str = "serving", sha: str = "") -> ServedVersionRow:
-    return ServedVersionRow(version=version, sha256=sha or f"sha{version}", state=state)
-
-
-CONVERGENCE = [
-    ("serving exactly the desired version", [row(2)], Desired(2, "sha2"), True),
-    ("the old version still serves beside the new one", [row(2), row(1)], Desired(2, "sha2"), False),
-    ("the old version draining does not block completion", [row(2), row(1, "unloading")], Desired(2, "sha2"), True),
-    ("the new version failed: the old one serving is not convergence", [row(2, "failed"), row(1)],
-     Desired(2, "sha2"), False),
-    ("the right number with the wrong digest is not the desired version", [row(2, sha="other")],
-     Desired(2, "sha2"), False),
-    ("a running canary must be served too", [row(1)], Desired(1, "sha1", 2, "sha2", 10), False),
-    ("stable and canary both serving", [row(2), row(1)], Desired(1, "sha1", 2, "sha2", 10), True),
-    ("nothing in production: nothing may serve", [row(1)], Desired(0, ""), False),
-    ("nothing in production and nothing served", [], Desired(0, ""), True),
-]
-
-
-@pytest.mark.parametrize(("rationale", "versions", "desired", "expected"), CONVERGENCE,
-                         ids=[c[0] for c in CONVERGENCE])
-def test_rollout_convergence(rationale, versions, desired, expected):
-    assert converged(versions, desired) is expected, rationale

@@ -159,8 +159,8 @@ def test_failing_canary_is_aborted_automatically_and_every_agent_returns_to_stab
         entry = wait_until(aborted, 90, what="the judge to abort the canary")
         assert entry.actor == "modelreg-canary-judge"
         assert "error rate" in entry.reason
-        assert (entry.before.canary_version, entry.after.canary_version) == (2, 0)
-        assert client.get_deployment("guarded").canary_version == 0
+        assert (entry.before.canary.version_number, entry.after.canary.version_number) == (2, 0)
+        assert client.get_deployment("guarded").canary.version_number == 0
 
         def back_on_stable(a: AgentProcess) -> bool:
             tail = outcomes[a.address][-50:]

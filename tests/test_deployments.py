@@ -27,12 +27,12 @@ def stages(client, model: str) -> dict[int, int]:
 def test_canary_starts_changes_weight_and_promotes(client):
     three_versions(client)
     d = client.set_canary("svc", 2, 10, reason="try v2").deployment
-    assert (d.stable_version, d.canary_version, d.canary_weight) == (1, 2, 10)
-    assert d.canary_sha256 == client.get_version("svc", 2).artifact.sha256
+    assert (d.stable.version_number, d.canary.version_number, d.canary_weight) == (1, 2, 10)
+    assert d.canary.sha256 == client.get_version("svc", 2).artifact.sha256
     d = client.set_canary("svc", 2, 50, reason="more traffic").deployment
     assert d.canary_weight == 50
     d = client.promote_canary("svc", reason="v2 is good").deployment
-    assert (d.stable_version, d.canary_version, d.canary_weight) == (2, 0, 0)
+    assert (d.stable.version_number, d.canary.version_number, d.canary_weight) == (2, 0, 0)
     assert stages(client, "svc") == {1: res.STAGE_ARCHIVED, 2: res.STAGE_PRODUCTION, 3: res.STAGE_NONE}
     assert client.get_version("svc", "production").version == 2
     actions = [(e.action, e.actor, e.reason) for e in client.deployment_history("svc")]
@@ -43,8 +43,8 @@ def test_canary_starts_changes_weight_and_promotes(client):
         (ds.DEPLOYMENT_ACTION_PROMOTE, "tester", "launch"),
     ]
     last = next(iter(client.deployment_history("svc")))
-    assert (last.before.stable_version, last.before.canary_version) == (1, 2)
-    assert (last.after.stable_version, last.after.canary_version) == (2, 0)
+    assert (last.before.stable.version_number, last.before.canary.version_number) == (1, 2)
+    assert (last.after.stable.version_number, last.after.canary.version_number) == (2, 0)
     # The stage history shows the canary promotion like any promotion.
     assert [(t.model_version, t.to_stage) for t in client.history("svc")][:2] == [
         ("models/svc/versions/2", res.STAGE_PRODUCTION),
@@ -56,7 +56,7 @@ def test_abort_returns_all_traffic_to_stable(client):
     three_versions(client)
     client.set_canary("svc", 3, 25)
     d = client.abort_canary("svc", reason="p95 too high").deployment
-    assert (d.stable_version, d.canary_version, d.canary_weight) == (1, 0, 0)
+    assert (d.stable.version_number, d.canary.version_number, d.canary_weight) == (1, 0, 0)
     assert stages(client, "svc")[3] == res.STAGE_NONE
     with pytest.raises(errors.FailedPrecondition, match="no canary to abort"):
         client.abort_canary("svc")
@@ -85,14 +85,14 @@ def test_rollback_restores_previous_production_and_clears_canary(client):
     client.promote("svc", 2, "production", reason="v2")
     client.set_canary("svc", 3, 10)
     d = client.rollback("svc", reason="v2 regressed").deployment
-    assert (d.stable_version, d.canary_version, d.canary_weight) == (1, 0, 0)
+    assert (d.stable.version_number, d.canary.version_number, d.canary_weight) == (1, 0, 0)
     assert stages(client, "svc") == {1: res.STAGE_PRODUCTION, 2: res.STAGE_ARCHIVED, 3: res.STAGE_NONE}
     entry = next(iter(client.deployment_history("svc")))
     assert entry.action == ds.DEPLOYMENT_ACTION_ROLLBACK and entry.reason == "v2 regressed"
     # A second rollback walks back to v2, the production before v1's restoration.
-    assert client.rollback("svc").deployment.stable_version == 2
+    assert client.rollback("svc").deployment.stable.version_number == 2
     # Rollback to a named version.
-    assert client.rollback("svc", to_version=3, reason="pin v3").deployment.stable_version == 3
+    assert client.rollback("svc", to_version=3, reason="pin v3").deployment.stable.version_number == 3
     assert client.get_version("svc", "production").version == 3
 
 
@@ -120,7 +120,7 @@ def test_promoting_the_canary_version_directly_clears_the_canary(client):
     client.set_canary("svc", 2, 10)
     client.promote("svc", 2, "production", reason="by hand")
     d = client.get_deployment("svc")
-    assert (d.stable_version, d.canary_version) == (2, 0)
+    assert (d.stable.version_number, d.canary.version_number) == (2, 0)
 
 
 def test_deployment_cli_walkthrough(cli, tmp_path):
@@ -130,18 +130,19 @@ def test_deployment_cli_walkthrough(cli, tmp_path):
         cli("register", "web", str(w))
     cli("promote", "web", "1", "production")
     out = json.loads(cli("canary", "web", "2", "--weight", "10", "--reason", "try", "-o", "json").stdout)
-    assert out["deployment"]["canaryVersion"] == "2" and out["deployment"]["canaryWeight"] == 10
+    assert out["deployment"]["canary"]["version"] == "models/web/versions/2"
+    assert out["deployment"]["canary"]["versionNumber"] == "2" and out["deployment"]["canaryWeight"] == 10
     both = json.loads(cli("deployment", "web", "-o", "json").stdout)
     shown = both["deployment"]
-    assert shown["stableVersion"] == "1" and shown["etag"]
-    assert both["rollout"]["desiredCanaryVersion"] == "2"
+    assert shown["stable"]["versionNumber"] == "1" and shown["etag"]
+    assert both["rollout"]["deployment"]["canary"]["versionNumber"] == "2"
     text = cli("deployment", "web").stdout
     assert "v2 at 10%" in text
     assert "no agent follows this model yet" in text
     out = json.loads(cli("canary", "web", "--promote", "-o", "json").stdout)
-    assert out["deployment"]["stableVersion"] == "2"
+    assert out["deployment"]["stable"]["version"] == "models/web/versions/2"
     out = json.loads(cli("rollback", "web", "--reason", "bad", "-o", "json").stdout)
-    assert out["deployment"]["stableVersion"] == "1"
+    assert out["deployment"]["stable"]["versionNumber"] == "1"
     hist = json.loads(cli("deployment", "history", "web", "-o", "json").stdout)["entries"]
     assert [e["action"] for e in hist] == [
         "DEPLOYMENT_ACTION_ROLLBACK",

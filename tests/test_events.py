@@ -26,7 +26,8 @@ from modelreg.v1 import event_service_pb2_grpc as es_grpc
 from modelreg.v1 import resources_pb2 as res
 from modelreg.watch import AsyncWatcher, list_events
 from registry_server.storage import db
-from registry_server.storage.repository import EventDraft, Repository
+from registry_server.domain.events import EventDraft
+from registry_server.storage.outbox import Outbox
 
 
 def all_sequences(client: Client) -> list[int]:
@@ -54,23 +55,25 @@ def test_snapshot_has_production_version_and_sha256_then_live_events(client, reg
         snap = first.snapshot
         assert first.WhichOneof("payload") == "snapshot"
         assert snap.sequence == all_sequences(client)[-1]
-        states = {m.model: m for m in snap.models}
-        assert set(states) == {"models/det", "models/ghost"}
-        assert states["models/det"].exists
-        assert states["models/det"].production_version == v1.version
-        assert states["models/det"].production_sha256 == v1.artifact.sha256
-        assert not states["models/ghost"].exists
-        assert states["models/ghost"].production_version == 0
+        # One deployment per watched model that exists: the unknown "ghost" has none.
+        states = {d.name: d for d in snap.deployments}
+        assert set(states) == {"models/det/deployment"}
+        stable = states["models/det/deployment"].stable
+        assert (stable.version, stable.version_number) == (f"models/det/versions/{v1.version}", v1.version)
+        assert stable.sha256 == v1.artifact.sha256
+        assert stable.size_bytes == v1.artifact.size_bytes
+        assert stable.filename == v1.artifact.download_filename
+        assert not states["models/det/deployment"].HasField("canary")
 
         client.promote("det", v2.version, "production", reason="better")
         client.create_model("unwatched")  # filtered out
         got = take(call, 2)
         assert [m.event.type for m in got] == [es.EVENT_TYPE_STAGE_CHANGED] * 2
         archived, promoted = got[0].event, got[1].event
-        assert (archived.version, archived.from_stage, archived.to_stage) == (
-            v1.version, res.STAGE_PRODUCTION, res.STAGE_ARCHIVED)
-        assert (promoted.version, promoted.from_stage, promoted.to_stage) == (
-            v2.version, res.STAGE_NONE, res.STAGE_PRODUCTION)
+        assert (archived.model_version, archived.from_stage, archived.to_stage) == (
+            v1.name, res.STAGE_PRODUCTION, res.STAGE_ARCHIVED)
+        assert (promoted.model_version, promoted.from_stage, promoted.to_stage) == (
+            v2.name, res.STAGE_NONE, res.STAGE_PRODUCTION)
         assert promoted.model == "models/det"
         assert promoted.actor == "tester"
         assert promoted.reason == "better"
@@ -89,10 +92,10 @@ def test_snapshot_carries_the_canary_and_its_weight(client, registry):
     client.set_canary("can", v2.version, 25, reason="try it")
     ch, call = raw_watch(registry.address, es.WatchEventsRequest(models=["can"]))
     try:
-        state = next(call).snapshot.models[0]
-        assert (state.production_version, state.production_sha256) == (v1.version, v1.artifact.sha256)
-        assert (state.canary_version, state.canary_sha256, state.canary_weight) == (
-            v2.version, v2.artifact.sha256, 25)
+        state = next(call).snapshot.deployments[0]
+        assert (state.stable.version_number, state.stable.sha256) == (v1.version, v1.artifact.sha256)
+        assert (state.canary.version, state.canary.sha256, state.canary_weight) == (
+            v2.name, v2.artifact.sha256, 25)
     finally:
         call.cancel()
         ch.close()
@@ -106,8 +109,8 @@ def test_snapshot_without_models_lists_every_model(client, registry):
     ch, call = raw_watch(registry.address, es.WatchEventsRequest())
     try:
         snap = next(call).snapshot
-        assert [m.model for m in snap.models] == ["models/a", "models/b"]
-        assert all(m.exists and m.production_version == 0 for m in snap.models)
+        assert [d.name for d in snap.deployments] == ["models/a/deployment", "models/b/deployment"]
+        assert not any(d.HasField("stable") for d in snap.deployments)
     finally:
         call.cancel()
         ch.close()
@@ -273,7 +276,7 @@ def test_late_commit_is_delivered_in_order_and_nothing_is_skipped(client, regist
         conn = await db.connect(registry.database_url)
         tx = conn.transaction()
         await tx.start()
-        seq = await Repository(None)._emit(conn, "late-writer", [EventDraft("MODEL_UPDATED", "late", reason="held")])
+        seq = await Outbox(None).emit(conn, "late-writer", [EventDraft("MODEL_UPDATED", "late", reason="held")])
         return conn, tx, seq
 
     conn, tx, late_seq = registry.call(open_and_emit())
@@ -323,7 +326,7 @@ def test_changes_made_while_no_one_watches_arrive_on_resume(make_registry):
         got = col.of("event")
         assert [es.EventType.Name(e.type) for e in got] == ["EVENT_TYPE_STAGE_CHANGED", "EVENT_TYPE_MODEL_UPDATED"]
         assert got[0].sequence == cursor + 1
-        assert got[0].version == v.version and got[0].to_stage == res.STAGE_PRODUCTION
+        assert got[0].model_version == v.name and got[0].to_stage == res.STAGE_PRODUCTION
         assert not col.of("snapshot")
 
 
@@ -465,7 +468,8 @@ def test_events_carried_by_notify_and_too_big_for_it_both_arrive_as_stored(clien
 def test_notify_payloads_are_parsed_and_a_bare_sequence_means_read_the_table():
     from datetime import datetime, timezone
 
-    from registry_server.storage.events import EventRow, parse_notify_payload
+    from registry_server.storage.events import EventRow
+    from registry_server.storage.outbox import parse_notify_payload
 
     payload = '[[41,"STAGE_CHANGED","m",2,"staging","production","ci","why",{"k":[1,"two"]},"2026-11-29T07:00:00.123456+00:00"]]'
     at = datetime(2026, 11, 29, 7, 0, 0, 123456, tzinfo=timezone.utc)
@@ -617,7 +621,7 @@ def test_too_old_cursor_is_resync_required_and_the_sdk_watcher_recovers(make_reg
         col.wait_for(lambda x: x.of("snapshot"))
         snap = col.of("snapshot")[0]
         assert watcher.resyncs == 1
-        assert snap.models[0].production_version == v.version
+        assert snap.deployments[0].stable.version_number == v.version
         assert snap.sequence == latest
         c.update_model("old", description="live after resync")
         col.wait_for(lambda x: len(x.of("event")) == 1)
@@ -670,7 +674,7 @@ async def test_async_watcher_yields_snapshot_then_events(registry):
             it = w.__aiter__()
             first = await anext(it)
             assert first.WhichOneof("payload") == "snapshot"
-            assert first.snapshot.models[0].model == "models/aw"
+            assert first.snapshot.deployments[0].name == "models/aw/deployment"
             await asyncio.to_thread(c.update_model, "aw", description="x")
             second = await anext(it)
             assert second.event.type == es.EVENT_TYPE_MODEL_UPDATED
@@ -687,7 +691,7 @@ def test_cli_watch_prints_one_json_object_per_line(client, registry):
     )
     try:
         snap = json.loads(proc.stdout.readline())
-        assert snap["snapshot"]["models"][0]["model"] == "models/cw"
+        assert snap["snapshot"]["deployments"][0]["name"] == "models/cw/deployment"
         client.update_model("cw", description="filtered out")
         client.promote("cw", v.version, "staging")
         client.promote("cw", v.version, "production")
@@ -743,8 +747,9 @@ def test_grpcurl_receives_a_snapshot(client, registry):
         capture_output=True, text=True, timeout=60,
     )
     first = json.loads(proc.stdout.split("\n}\n")[0] + "\n}")
-    assert first["snapshot"]["models"][0] == {
-        "model": "models/gc", "production_version": str(v.version),
-        "production_sha256": v.artifact.sha256, "exists": True,
+    deployment = first["snapshot"]["deployments"][0]
+    assert deployment["name"] == "models/gc/deployment"
+    assert {k: deployment["stable"][k] for k in ("version", "version_number", "sha256")} == {
+        "version": v.name, "version_number": str(v.version), "sha256": v.artifact.sha256,
     }
     assert "bookmark" in proc.stdout  # the test server's bookmark interval is 1 s

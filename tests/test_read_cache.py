@@ -12,7 +12,7 @@ def test_reads_are_cached_and_own_writes_are_visible_at_once(registry, client):
     client.register("hot", b"v1")
     client.register("hot", b"v2")
     client.promote("hot", 1, "production")
-    cache = registry.running.registry.cache
+    cache = registry.running.models.cache
     assert client.get_version("hot", "production").version == 1
     # The event hub echoes this replica's own promotion back a moment later; the cache
     # already dropped the model after the commit and keeps what it has read since.

@@ -194,7 +194,7 @@ async def test_registrations_committed_together_keep_numbers_events_and_request_
     assert numbers == list(range(1, 62))
     assert [v.version for v in client.list_versions("batch")] == list(range(61, 0, -1))
     ready = [
-        e.version
+        int(e.model_version.removeprefix("models/batch/versions/"))
         for e in list_events(client._channel)
         if e.model == "models/batch" and e.type == es.EVENT_TYPE_VERSION_READY
     ]

@@ -8,6 +8,21 @@ from functools import cached_property
 
 from modelreg.v1 import deployment_service_pb2 as ds
 from modelreg.v1 import deployment_service_pb2_grpc as ds_grpc
+from modelreg.v1 import resources_pb2 as res
+
+
+def describe(deployment: res.Deployment) -> tuple[str, str]:
+    """("v3 (1f2e3d4c5b6a)", "v4 at 10% (9a8b7c6d5e4f)") for a deployment's stable and
+    canary, "none" where unset."""
+    stable = deployment.stable
+    canary = deployment.canary
+    s = f"v{stable.version_number} ({stable.sha256[:12]})" if deployment.HasField("stable") else "none"
+    c = (
+        f"v{canary.version_number} at {deployment.canary_weight}% ({canary.sha256[:12]})"
+        if deployment.HasField("canary")
+        else "none"
+    )
+    return s, c
 
 
 def deployment_name(model: str) -> str:
@@ -22,7 +37,7 @@ class DeploymentMixin:
     def deployment_stub(self) -> ds_grpc.DeploymentServiceStub:
         return ds_grpc.DeploymentServiceStub(self._channel)
 
-    def get_deployment(self, model: str) -> ds.Deployment:
+    def get_deployment(self, model: str) -> res.Deployment:
         return self._call(self.deployment_stub.GetDeployment, ds.GetDeploymentRequest(name=deployment_name(model))).deployment
 
     def set_canary(self, model: str, version: int, weight: int, *, reason: str = "", etag: str = "") -> ds.SetCanaryResponse:
@@ -49,8 +64,8 @@ class DeploymentMixin:
         max_latency_ratio: float = 0.0,
         min_requests: int = 100,
         auto_promote_after: int = 0,
-    ) -> ds.Deployment:
-        policy = ds.CanaryPolicy(
+    ) -> res.Deployment:
+        policy = res.CanaryPolicy(
             max_error_rate=max_error_rate,
             max_latency_ratio=max_latency_ratio,
             min_requests=min_requests,

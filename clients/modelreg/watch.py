@@ -5,7 +5,7 @@
     for item in reg.watch(models=["detector"], types=["stage_changed"]):
         kind = item.WhichOneof("payload")        # "snapshot", "event" or "bookmark"
         if kind == "event":
-            print(item.event.sequence, item.event.model, item.event.version)
+            print(item.event.sequence, item.event.model, item.event.model_version)
 
 A `Watcher` yields `WatchEventsResponse` messages: first a snapshot (the watched models'
 state and the sequence it is valid at), then every event after it, in sequence order, and

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from registry_server.domain.stages import Stage
-from registry_server.errors import InvalidArgument
+from registry_server.errors import FailedPrecondition, InvalidArgument
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_REQUEST_ID = 128
@@ -179,3 +179,13 @@ def compare(versions: list[ModelVersion], production: ModelVersion | None) -> Co
             k: v.metrics[k] - production.metrics[k] for k in v.metrics if k in production.metrics
         }
     return Comparison(versions, keys, production, deltas)
+
+
+def check_deletable_model(model: Model) -> None:
+    """A model with a production version is serving: archive it first."""
+    if model.production_version:
+        raise FailedPrecondition(
+            f"model 'models/{model.name}' has version {model.production_version} in production; "
+            f"archive it first ('modelreg promote {model.name} {model.production_version} archived') "
+            "and then delete the model"
+        )

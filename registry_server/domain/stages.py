@@ -5,14 +5,12 @@ Rules (pure, no I/O):
 - Moving a version to the stage it is in is refused, so a retried promote is visible.
 - Any other move is legal; archived -> production is how a rollback happens.
 - Promoting to production archives the model's previous production version in the same
-  transaction (the storage layer does that; `plan_promotion` says what to do).
+  transaction (`deployments.plan_stage_move` plans it).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-
 from registry_server.errors import InvalidArgument, StageConflict
 
 
@@ -35,16 +33,8 @@ def parse_stage(value: str) -> Stage:
         ) from None
 
 
-@dataclass(frozen=True)
-class PromotionPlan:
-    from_stage: Stage
-    to_stage: Stage
-    # True when the model's current production version (if any, and not this one) must be
-    # archived in the same transaction.
-    archive_current_production: bool
-
-
-def plan_promotion(model: str, version: int, current: Stage, target: Stage) -> PromotionPlan:
+def check_stage_move(model: str, version: int, current: Stage, target: Stage) -> None:
+    """Refuses an illegal move (StageConflict); any other move is legal."""
     if target == Stage.NONE:
         raise StageConflict(
             f"models/{model}/versions/{version} cannot move back to stage 'none'; "
@@ -55,4 +45,3 @@ def plan_promotion(model: str, version: int, current: Stage, target: Stage) -> P
             f"models/{model}/versions/{version} is already in stage '{current.value}'; "
             "choose another stage"
         )
-    return PromotionPlan(current, target, archive_current_production=target == Stage.PRODUCTION)

@@ -30,7 +30,7 @@ import asyncpg
 
 from registry_server.storage import db
 from registry_server.storage import events as store
-from registry_server.storage.repository import EVENTS_CHANNEL
+from registry_server.storage.outbox import EVENTS_CHANNEL, parse_notify_payload
 
 log = logging.getLogger("modelreg.events")
 
@@ -243,7 +243,7 @@ class EventHub:
     # ------------------------------------------------------------------ listening
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        rows = store.parse_notify_payload(payload)
+        rows = parse_notify_payload(payload)
         if rows and rows[0].sequence <= self.last_seen + 1 and not self._stopping.is_set():
             self._append(rows)
         else:

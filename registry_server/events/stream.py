@@ -1,6 +1,7 @@
 """EventStream: what one watcher receives, in order.
 
-1. A `Snapshot` of the watched models and the sequence it is valid at (unless skipped).
+1. A `Snapshot`: the watched models' deployments and the sequence they are valid at
+   (unless skipped).
 2. Every matching event after the cursor: from the hub's in-memory tail when it reaches
    back far enough, else from the table in pages.
 3. Live events as the hub reads them, and a `Bookmark` with the cursor whenever nothing
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from registry_server.domain.deployments import Deployment
 from registry_server.errors import FailedPrecondition, Unavailable
 from registry_server.events.hub import EventHub
 from registry_server.storage import events as store
+from registry_server.storage.deployments import DeploymentStore
 
 # Events read from the table per page when replaying an old cursor.
 REPLAY_PAGE = 500
@@ -31,7 +34,7 @@ SHUTTING_DOWN = "SHUTTING_DOWN"
 @dataclass(frozen=True)
 class Snapshot:
     sequence: int
-    models: list[store.ModelStateRow]
+    deployments: list[Deployment]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class EventStream:
         self,
         hub: EventHub,
         pool: asyncpg.Pool,
+        deployments: DeploymentStore,
         *,
         models: Sequence[str] = (),
         types: Sequence[str] = (),
@@ -85,6 +89,7 @@ class EventStream:
     ):
         self.hub = hub
         self.pool = pool
+        self.deployments = deployments
         self.models = tuple(models)
         self.types = tuple(types)
         self.cursor = after
@@ -117,7 +122,7 @@ class EventStream:
         if self.cursor is not None:
             await self._check_retained(self.cursor)
         if self.snapshot:
-            sequence, states = await store.model_states(self.pool, self.models)
+            sequence, states = await self.deployments.snapshot(self.models)
             yield Snapshot(sequence, states)
             if self.cursor is None:
                 self.cursor = sequence

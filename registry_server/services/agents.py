@@ -1,21 +1,18 @@
 """AgentService: serving agents report what they serve; ops read desired against observed.
-
-The servicer is thin: proto <-> records, plus `converged`, the one rule of a rollout.
-"""
+Proto in, use case, proto out."""
 
 from __future__ import annotations
 
-import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
+from registry_server.domain.agents import AgentRecord, ServedVersion
 from registry_server.domain.names import model_name, parse_model_name
-from registry_server.errors import InvalidArgument, ModelNotFound
+from registry_server.errors import InvalidArgument
 from registry_server.services import convert as cv
-from registry_server.services.status import grpc_errors
-from registry_server.storage.agents import AgentRecord, AgentRepository, Desired, ServedVersionRow
+from registry_server.usecases.agents import Agents
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 STATE_TO_ROW = {
@@ -29,21 +26,7 @@ MAX_MODELS = 256
 MAX_VERSIONS = 16
 
 
-def stale_after_seconds() -> int:
-    return int(os.environ.get("MODELREG_AGENT_STALE_SECONDS", "30"))
-
-
-def converged(versions: list[ServedVersionRow], desired: Desired) -> bool:
-    """An agent converged when it serves the desired version (and the canary, while one
-    runs) with the desired digests, and no other version is left serving."""
-    serving = {v.version: v for v in versions if v.state == "serving"}
-    wanted = {desired.version: desired.sha256} if desired.version else {}
-    if desired.canary_version:
-        wanted[desired.canary_version] = desired.canary_sha256
-    return set(serving) == set(wanted) and all(serving[v].sha256 == sha for v, sha in wanted.items())
-
-
-def _served_to_proto(v: ServedVersionRow) -> ag.ServedVersion:
+def _served_to_proto(v: ServedVersion) -> ag.ServedVersion:
     return ag.ServedVersion(
         version=v.version,
         sha256=v.sha256,
@@ -61,12 +44,9 @@ def _served_to_proto(v: ServedVersionRow) -> ag.ServedVersion:
 
 
 class AgentServicer(ag_grpc.AgentServiceServicer):
-    def __init__(self, repo: AgentRepository):
-        self.repo = repo
-        self.stale_after = stale_after_seconds()
-
-    def _is_stale(self, a: AgentRecord, now: datetime) -> bool:
-        return a.reported_at is None or now - a.reported_at > timedelta(seconds=self.stale_after)
+    def __init__(self, agents: Agents):
+        self.agents = agents
+        self.stale_after = int(agents.stale_after.total_seconds())
 
     def _agent_to_proto(self, a: AgentRecord, now: datetime) -> ag.Agent:
         return ag.Agent(
@@ -77,14 +57,13 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
             healthy=a.healthy,
             start_time=cv.ts(a.started_at),
             report_time=cv.ts(a.reported_at),
-            stale=self._is_stale(a, now),
+            stale=self.agents.is_stale(a, now),
             models=[
                 ag.AgentModelStatus(model=model_name(m), versions=[_served_to_proto(v) for v in vs])
                 for m, vs in sorted(a.models.items())
             ],
         )
 
-    @grpc_errors
     async def ReportAgentStatus(self, request: ag.ReportAgentStatusRequest, context) -> ag.ReportAgentStatusResponse:
         a = request.agent
         if not AGENT_ID.match(a.agent_id):
@@ -112,7 +91,7 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
                         "(LOADING, SERVING, FAILED or UNLOADING)"
                     )
                 rows.append(
-                    ServedVersionRow(
+                    ServedVersion(
                         version=v.version,
                         sha256=v.sha256[:64],
                         state=STATE_TO_ROW[v.state],
@@ -127,68 +106,39 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
                         state_time=v.state_time.ToDatetime(tzinfo=timezone.utc) if v.HasField("state_time") else None,
                     )
                 )
-        await self.repo.save_report(record)
+        await self.agents.report(record)
         return ag.ReportAgentStatusResponse(stale_after_seconds=self.stale_after)
 
-    @grpc_errors
     async def ListAgents(self, request: ag.ListAgentsRequest, context) -> ag.ListAgentsResponse:
         size = cv.page_size(request.page_size)
         after = cv.decode_token("agents", request.page_token) or ""
         model = parse_model_name(request.model, "model") if request.model else ""
+        agents, last = await self.agents.list(after, size, model, request.include_stale)
         now = datetime.now(timezone.utc)
-        out: list[ag.Agent] = []
-        token = ""
-        # Stale agents are filtered after the query, so read pages until one is full.
-        while len(out) <= size:
-            batch = await self.repo.list_agents(after, size + 1, model)
-            for a in batch:
-                if request.include_stale or not self._is_stale(a, now):
-                    out.append(self._agent_to_proto(a, now))
-            if len(batch) <= size:
-                break
-            after = batch[-1].agent_id
-        if len(out) > size:
-            out = out[:size]
-            token = cv.encode_token("agents", out[-1].agent_id)
-        return ag.ListAgentsResponse(agents=out, next_page_token=token, stale_after_seconds=self.stale_after)
+        return ag.ListAgentsResponse(
+            agents=[self._agent_to_proto(a, now) for a in agents],
+            next_page_token=cv.encode_token("agents", last) if last else "",
+            stale_after_seconds=self.stale_after,
+        )
 
-    @grpc_errors
     async def GetRolloutStatus(self, request: ag.GetRolloutStatusRequest, context) -> ag.GetRolloutStatusResponse:
         model = parse_model_name(request.model, "model")
-        desired = await self.repo.desired(model)
-        if desired is None:
-            raise ModelNotFound(model)
-        now = datetime.now(timezone.utc)
-        resp = ag.GetRolloutStatusResponse(
+        rollout = await self.agents.rollout(model)
+        return ag.GetRolloutStatusResponse(
             model=model_name(model),
-            desired_version=desired.version,
-            desired_sha256=desired.sha256,
-            desired_canary_version=desired.canary_version,
-            desired_canary_sha256=desired.canary_sha256,
-            canary_weight=desired.canary_weight,
-        )
-        after = ""
-        while True:
-            batch = await self.repo.list_agents(after, 500, model)
-            for a in batch:
-                versions = a.models.get(model, [])
-                stale = self._is_stale(a, now)
-                ok = converged(versions, desired)
-                resp.agents.append(
-                    ag.AgentRollout(
-                        agent=f"agents/{a.agent_id}",
-                        node=a.node,
-                        versions=[_served_to_proto(v) for v in versions],
-                        converged=ok,
-                        stale=stale,
-                        report_time=cv.ts(a.reported_at),
-                    )
+            deployment=cv.deployment_to_proto(rollout.deployment),
+            agents=[
+                ag.AgentRollout(
+                    agent=f"agents/{r.agent.agent_id}",
+                    node=r.agent.node,
+                    versions=[_served_to_proto(v) for v in r.versions],
+                    converged=r.converged,
+                    stale=r.stale,
+                    report_time=cv.ts(r.agent.reported_at),
                 )
-                if not stale:
-                    resp.live_agents += 1
-                    resp.converged_agents += int(ok)
-            if len(batch) < 500:
-                break
-            after = batch[-1].agent_id
-        resp.complete = resp.live_agents > 0 and resp.converged_agents == resp.live_agents
-        return resp
+                for r in rollout.agents
+            ],
+            complete=rollout.complete,
+            converged_agents=rollout.converged_agents,
+            live_agents=rollout.live_agents,
+        )

@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import resources_pb2 as res
+from registry_server.domain import deployments as dd
 from registry_server.domain import models as dm
 from registry_server.domain.names import model_name, version_name
 from registry_server.domain.stages import Stage
@@ -220,3 +221,52 @@ def decode_int_token(kind: str, token: str, default: int) -> int:
         return int(key)
     except ValueError:
         raise InvalidArgument("page_token is malformed: pass the next_page_token of the same list call") from None
+
+
+# ---------------------------------------------------------------------- deployments
+
+
+def artifact_ref_to_proto(r: dd.ArtifactRef | None) -> res.ArtifactRef | None:
+    if r is None:
+        return None
+    return res.ArtifactRef(
+        version=r.name,
+        version_number=r.version,
+        sha256=r.sha256,
+        size_bytes=r.size_bytes,
+        format=FORMAT_TO_PROTO[r.format],
+        filename=r.filename,
+        config=struct(r.config),
+    )
+
+
+def policy_to_proto(p: dd.CanaryPolicy) -> res.CanaryPolicy:
+    return res.CanaryPolicy(
+        max_error_rate=p.max_error_rate,
+        max_latency_ratio=p.max_latency_ratio,
+        min_requests=p.min_requests,
+        auto_promote_after=p.auto_promote_after,
+    )
+
+
+def policy_from_proto(p: res.CanaryPolicy) -> dd.CanaryPolicy:
+    return dd.CanaryPolicy(
+        max_error_rate=p.max_error_rate,
+        max_latency_ratio=p.max_latency_ratio,
+        min_requests=p.min_requests if p.min_requests else 100,
+        auto_promote_after=p.auto_promote_after,
+    )
+
+
+def deployment_to_proto(d: dd.Deployment, *, with_policy: bool = True) -> res.Deployment:
+    return res.Deployment(
+        name=f"models/{d.model}/deployment",
+        stable=artifact_ref_to_proto(d.stable),
+        canary=artifact_ref_to_proto(d.canary),
+        canary_weight=d.canary_weight,
+        revision=d.revision,
+        etag=d.etag,
+        policy=policy_to_proto(d.policy) if with_policy else None,
+        updated_by=d.updated_by,
+        update_time=ts(d.update_time),
+    )

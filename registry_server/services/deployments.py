@@ -1,4 +1,4 @@
-"""DeploymentService: proto in, domain call, proto out."""
+"""DeploymentService: proto in, use case, proto out."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from modelreg.v1 import deployment_service_pb2_grpc as ds_grpc
 from registry_server.domain import deployments as dd
 from registry_server.domain.names import validate_model_id
 from registry_server.errors import InvalidArgument
-from registry_server.registry import Registry
 from registry_server.services import convert as cv
-from registry_server.services.status import actor_of, grpc_errors
-from registry_server.storage.deployments import Deployment, HistoryEntry
+from registry_server.services.errors import actor_of
+from registry_server.storage.deployments import HistoryEntry
+from registry_server.usecases.deployments import Deployments
 
 ACTION_TO_PROTO = {
     dd.Action.PROMOTE: ds.DEPLOYMENT_ACTION_PROMOTE,
@@ -37,123 +37,67 @@ def parse_deployment_name(name: str) -> str:
     )
 
 
-def policy_to_proto(p: dd.CanaryPolicy) -> ds.CanaryPolicy:
-    return ds.CanaryPolicy(
-        max_error_rate=p.max_error_rate,
-        max_latency_ratio=p.max_latency_ratio,
-        min_requests=p.min_requests,
-        auto_promote_after=p.auto_promote_after,
-    )
-
-
-def state_to_proto(s: dd.DeploymentState) -> ds.DeploymentState:
-    return ds.DeploymentState(
-        stable_version=s.stable_version,
-        canary_version=s.canary_version,
-        canary_weight=s.canary_weight,
-        revision=s.revision,
-    )
-
-
-def deployment_to_proto(d: Deployment) -> ds.Deployment:
-    return ds.Deployment(
-        name=f"models/{d.model}/deployment",
-        stable_version=d.state.stable_version,
-        stable_sha256=d.stable_sha256,
-        canary_version=d.state.canary_version,
-        canary_sha256=d.canary_sha256,
-        canary_weight=d.state.canary_weight,
-        etag=d.state.etag,
-        policy=policy_to_proto(d.policy),
-        updated_by=d.updated_by,
-        update_time=cv.ts(d.update_time),
-    )
-
-
 def history_to_proto(h: HistoryEntry) -> ds.DeploymentHistoryEntry:
     return ds.DeploymentHistoryEntry(
-        action=ACTION_TO_PROTO[dd.Action(h.action)],
+        action=ACTION_TO_PROTO[h.action],
         actor=h.actor,
         reason=h.reason,
-        before=state_to_proto(h.before),
-        after=state_to_proto(h.after),
+        before=cv.deployment_to_proto(h.before, with_policy=False),
+        after=cv.deployment_to_proto(h.after, with_policy=False),
         create_time=cv.ts(h.create_time),
         sequence=h.sequence,
     )
 
 
 class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
-    def __init__(self, registry: Registry):
-        self.deployments = registry.deployments
+    def __init__(self, deployments: Deployments):
+        self.deployments = deployments
 
-    @grpc_errors
     async def GetDeployment(self, request, context) -> ds.GetDeploymentResponse:
         d = await self.deployments.get(parse_deployment_name(request.name))
-        return ds.GetDeploymentResponse(deployment=deployment_to_proto(d))
+        return ds.GetDeploymentResponse(deployment=cv.deployment_to_proto(d))
 
-    @grpc_errors
     async def SetCanary(self, request, context) -> ds.SetCanaryResponse:
         model = parse_deployment_name(request.name)
         if request.version < 1:
             raise InvalidArgument("'version' is required: the version number to run as the canary")
-        d, seq = await self.deployments.change(
-            model,
-            dd.Action.SET_CANARY,
-            actor_of(context),
-            request.reason,
-            request.etag,
-            version=request.version,
-            weight=request.weight,
+        d, seq = await self.deployments.set_canary(
+            model, request.version, request.weight, request.reason, actor_of(context), request.etag
         )
-        return ds.SetCanaryResponse(deployment=deployment_to_proto(d), sequence=seq)
+        return ds.SetCanaryResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
-    @grpc_errors
     async def PromoteCanary(self, request, context) -> ds.PromoteCanaryResponse:
-        d, seq = await self.deployments.change(
-            parse_deployment_name(request.name), dd.Action.PROMOTE_CANARY, actor_of(context), request.reason, request.etag
+        d, seq = await self.deployments.promote_canary(
+            parse_deployment_name(request.name), request.reason, actor_of(context), request.etag
         )
-        return ds.PromoteCanaryResponse(deployment=deployment_to_proto(d), sequence=seq)
+        return ds.PromoteCanaryResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
-    @grpc_errors
     async def AbortCanary(self, request, context) -> ds.AbortCanaryResponse:
-        d, seq = await self.deployments.change(
-            parse_deployment_name(request.name), dd.Action.ABORT_CANARY, actor_of(context), request.reason, request.etag
+        d, seq = await self.deployments.abort_canary(
+            parse_deployment_name(request.name), request.reason, actor_of(context), request.etag
         )
-        return ds.AbortCanaryResponse(deployment=deployment_to_proto(d), sequence=seq)
+        return ds.AbortCanaryResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
-    @grpc_errors
     async def Rollback(self, request, context) -> ds.RollbackResponse:
         if request.to_version < 0:
             raise InvalidArgument("to_version must be a version number, or 0 for the previous production version")
-        d, seq = await self.deployments.change(
-            parse_deployment_name(request.name),
-            dd.Action.ROLLBACK,
-            actor_of(context),
-            request.reason,
-            request.etag,
-            version=request.to_version,
+        d, seq = await self.deployments.rollback(
+            parse_deployment_name(request.name), request.to_version, request.reason, actor_of(context), request.etag
         )
-        return ds.RollbackResponse(deployment=deployment_to_proto(d), sequence=seq)
+        return ds.RollbackResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
-    @grpc_errors
     async def SetCanaryPolicy(self, request, context) -> ds.SetCanaryPolicyResponse:
-        p = request.policy
-        policy = dd.CanaryPolicy(
-            max_error_rate=p.max_error_rate,
-            max_latency_ratio=p.max_latency_ratio,
-            min_requests=p.min_requests if p.min_requests else 100,
-            auto_promote_after=p.auto_promote_after,
+        d = await self.deployments.set_policy(
+            parse_deployment_name(request.name), cv.policy_from_proto(request.policy), actor_of(context)
         )
-        d = await self.deployments.set_policy(parse_deployment_name(request.name), policy, actor_of(context))
-        return ds.SetCanaryPolicyResponse(deployment=deployment_to_proto(d))
+        return ds.SetCanaryPolicyResponse(deployment=cv.deployment_to_proto(d))
 
-    @grpc_errors
     async def ListDeploymentHistory(self, request, context) -> ds.ListDeploymentHistoryResponse:
         model = parse_deployment_name(request.name)
         size = cv.page_size(request.page_size)
         before = cv.decode_int_token("deployhist", request.page_token, 2**62)
         rows = await self.deployments.history(model, before, size + 1)
-        token = cv.encode_token("deployhist", rows[size - 1].id) if len(rows) > size else ""
+        token = cv.encode_token("deployhist", rows[size - 1][0]) if len(rows) > size else ""
         return ds.ListDeploymentHistoryResponse(
-            entries=[history_to_proto(h) for h in rows[:size]], next_page_token=token
+            entries=[history_to_proto(h) for _, h in rows[:size]], next_page_token=token
         )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import collections
-
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import asyncpg
 import grpc
@@ -14,14 +14,16 @@ from modelreg.v1 import event_service_pb2 as es
 from modelreg.v1 import event_service_pb2_grpc as es_grpc
 from modelreg.v1 import resources_pb2 as res
 from registry_server.config import Settings
-from registry_server.domain.names import model_name, parse_model_name
+from registry_server.domain.deployments import Deployment
+from registry_server.domain.names import model_name, parse_model_name, version_name
 from registry_server.domain.stages import Stage
 from registry_server.errors import InvalidArgument, Unavailable
 from registry_server.events.hub import EventHub
 from registry_server.events.stream import Bookmark, EventStream, Snapshot
 from registry_server.services import convert as cv
-from registry_server.services.status import grpc_errors
+from registry_server.services.errors import BACKEND_DOWN
 from registry_server.storage import events as store
+from registry_server.storage.deployments import DeploymentStore
 
 log = logging.getLogger("modelreg.events")
 
@@ -30,14 +32,7 @@ MAX_LIST_PAGE = 1000
 MAX_WATCHED_MODELS = 1000
 MIN_BOOKMARK_INTERVAL = 1.0
 # A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
-# OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
-DATABASE_DOWN = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-)
+DATABASE_DOWN = BACKEND_DOWN
 
 
 def type_names() -> dict[int, str]:
@@ -58,36 +53,31 @@ def _stage(value: str) -> int:
 
 
 def event_to_proto(ev: store.EventRow) -> es.Event:
+    details = ev.details
+    deployment = None
+    if "deployment" in details:  # DEPLOYMENT_CHANGED carries the deployment itself
+        details = {k: v for k, v in details.items() if k != "deployment"}
+        d = Deployment.from_dict(ev.model, ev.details["deployment"])
+        deployment = cv.deployment_to_proto(replace(d, update_time=ev.created_at))
+    elif ev.type == "DEPLOYMENT_CHANGED":  # written before events carried it: versions and digests only
+        deployment = cv.deployment_to_proto(Deployment.from_dict(ev.model, details), with_policy=False)
     return es.Event(
         sequence=ev.sequence,
         type=TYPE_FROM_DB.get(ev.type, es.EVENT_TYPE_UNSPECIFIED),
         model=model_name(ev.model),
-        version=ev.version,
+        model_version=version_name(ev.model, ev.version) if ev.version and ev.type != "DEPLOYMENT_CHANGED" else "",
         from_stage=_stage(ev.from_stage),
         to_stage=_stage(ev.to_stage),
         actor=ev.actor,
         reason=ev.reason,
         create_time=cv.ts(ev.created_at),
-        details=cv.struct(ev.details),
+        details=cv.struct(details),
+        deployment=deployment,
     )
 
 
 def snapshot_to_proto(s: Snapshot) -> es.Snapshot:
-    return es.Snapshot(
-        sequence=s.sequence,
-        models=[
-            es.ModelState(
-                model=model_name(m.model),
-                exists=m.exists,
-                production_version=m.production_version,
-                production_sha256=m.production_sha256,
-                canary_version=m.canary_version,
-                canary_sha256=m.canary_sha256,
-                canary_weight=m.canary_weight,
-            )
-            for m in s.models
-        ],
-    )
+    return es.Snapshot(sequence=s.sequence, deployments=[cv.deployment_to_proto(d) for d in s.deployments])
 
 
 def parse_models(names, field: str = "models") -> list[str]:
@@ -117,9 +107,10 @@ RESPONSE_CACHE = 4096
 
 
 class EventServicer(es_grpc.EventServiceServicer):
-    def __init__(self, hub: EventHub, pool: asyncpg.Pool, settings: Settings):
+    def __init__(self, hub: EventHub, pool: asyncpg.Pool, deployments: DeploymentStore, settings: Settings):
         self.hub = hub
         self.pool = pool
+        self.deployments = deployments
         self.settings = settings
         # An event fans out to every watcher: build its response once, not once per stream.
         self._responses: collections.OrderedDict[int, es.WatchEventsResponse] = collections.OrderedDict()
@@ -133,7 +124,6 @@ class EventServicer(es_grpc.EventServiceServicer):
                 self._responses.popitem(last=False)
         return resp
 
-    @grpc_errors
     async def WatchEvents(self, request: es.WatchEventsRequest, context):
         models = parse_models(request.models)
         types = parse_types(request.types)
@@ -149,6 +139,7 @@ class EventServicer(es_grpc.EventServiceServicer):
         stream = EventStream(
             self.hub,
             self.pool,
+            self.deployments,
             models=models,
             types=types,
             after=after,
@@ -173,7 +164,6 @@ class EventServicer(es_grpc.EventServiceServicer):
                 metadata={"resume_after_sequence": str(stream.cursor)} if stream.cursor is not None else {},
             ) from exc
 
-    @grpc_errors
     async def ListEvents(self, request: es.ListEventsRequest, context) -> es.ListEventsResponse:
         models = parse_models(request.models)
         types = parse_types(request.types)
@@ -194,6 +184,7 @@ class EventServicer(es_grpc.EventServiceServicer):
 async def attach_event_service(
     server: grpc.aio.Server,
     pool: asyncpg.Pool,
+    deployments: DeploymentStore,
     database_url: str,
     settings: Settings,
     on_events: Callable[[list[store.EventRow] | None], None] | None = None,
@@ -206,7 +197,7 @@ async def attach_event_service(
     if on_events is not None:
         hub.listeners.append(on_events)
     await hub.start()
-    es_grpc.add_EventServiceServicer_to_server(EventServicer(hub, pool, settings), server)
+    es_grpc.add_EventServiceServicer_to_server(EventServicer(hub, pool, deployments, settings), server)
 
     async def close() -> None:
         await hub.close_streams(settings.shutdown_grace)

@@ -1,4 +1,4 @@
-"""RegistryService: proto in, domain call, proto out. No rules here."""
+"""RegistryService: proto in, use case, proto out. No rules here."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from modelreg.v1 import resources_pb2 as res
 from registry_server.domain import models as dm
 from registry_server.domain.names import parse_model_name, parse_version_name
 from registry_server.errors import InvalidArgument
-from registry_server.registry import Registry
 from registry_server.services import convert as cv
-from registry_server.services.status import actor_of, grpc_errors
+from registry_server.services.errors import actor_of
+from registry_server.usecases.deployments import Deployments
+from registry_server.usecases.models import Models
 
 MODEL_MASK_FIELDS = ("description", "tags", "default_config", "model_type")
 VERSION_MASK_FIELDS = ("description", "tags")
@@ -24,9 +25,9 @@ MAX_MEMO_RESPONSES = 10_000
 
 
 class RegistryServicer(rs_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry):
-        self.registry = registry
-        self.repo = registry.repo
+    def __init__(self, models: Models, deployments: Deployments):
+        self.models = models
+        self.deployments = deployments
         # GetModelVersion answers built once per cached version object: the read cache hands
         # out the same immutable ModelVersion until an event replaces it, so its response
         # can be reused (keyed by identity, checked against the object itself).
@@ -34,7 +35,6 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
 
     # ------------------------------------------------------------------ models
 
-    @grpc_errors
     async def CreateModel(self, request: rs.CreateModelRequest, context) -> rs.CreateModelResponse:
         m = request.model
         model = dm.Model(
@@ -45,24 +45,20 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             default_config=cv.from_struct(m.default_config),
             tags=dict(m.tags),
         )
-        dm.validate_tags(model.tags, "model.tags")
-        created = await self.repo.create_model(model, actor_of(context))
+        created = await self.models.create_model(model, actor_of(context))
         return rs.CreateModelResponse(model=cv.model_to_proto(created))
 
-    @grpc_errors
     async def GetModel(self, request: rs.GetModelRequest, context) -> rs.GetModelResponse:
-        model = await self.repo.get_model(parse_model_name(request.name))
+        model = await self.models.get_model(parse_model_name(request.name))
         return rs.GetModelResponse(model=cv.model_to_proto(model))
 
-    @grpc_errors
     async def ListModels(self, request: rs.ListModelsRequest, context) -> rs.ListModelsResponse:
         size = cv.page_size(request.page_size)
         after = cv.decode_token("models", request.page_token) or ""
-        models = await self.repo.list_models(after, size + 1, request.project)
+        models = await self.models.list_models(after, size + 1, request.project)
         token = cv.encode_token("models", models[size - 1].name) if len(models) > size else ""
         return rs.ListModelsResponse(models=[cv.model_to_proto(m) for m in models[:size]], next_page_token=token)
 
-    @grpc_errors
     async def UpdateModel(self, request: rs.UpdateModelRequest, context) -> rs.UpdateModelResponse:
         name = parse_model_name(request.model.name, "model.name")
         paths = list(request.update_mask.paths)
@@ -82,17 +78,15 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             "default_config": cv.from_struct(m.default_config),
             "model_type": m.model_type,
         }
-        updated = await self.registry.update_model(name, {p: values[p] for p in paths}, actor_of(context))
+        updated = await self.models.update_model(name, {p: values[p] for p in paths}, actor_of(context))
         return rs.UpdateModelResponse(model=cv.model_to_proto(updated))
 
-    @grpc_errors
     async def DeleteModel(self, request: rs.DeleteModelRequest, context) -> rs.DeleteModelResponse:
-        count = await self.registry.delete_model(parse_model_name(request.name), actor_of(context))
+        count = await self.models.delete_model(parse_model_name(request.name), actor_of(context))
         return rs.DeleteModelResponse(deleted_versions=count)
 
     # ------------------------------------------------------------------ versions
 
-    @grpc_errors
     async def RegisterModelVersion(self, request_iterator, context) -> rs.RegisterModelVersionResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("payload") != "header":
@@ -112,12 +106,11 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
                 # give the cancellation that moment before the bytes become a version.
                 await asyncio.sleep(CANCEL_GRACE_S)
 
-        version, dedup = await self.registry.register(nv, chunks(), actor_of(context))
+        version, dedup = await self.models.register(nv, chunks(), actor_of(context))
         return rs.RegisterModelVersionResponse(model_version=cv.version_to_proto(version), deduplicated=dedup)
 
-    @grpc_errors
     async def GetModelVersion(self, request: rs.GetModelVersionRequest, context) -> rs.GetModelVersionResponse:
-        version = await self.registry.resolve(parse_version_name(request.name))
+        version = await self.models.resolve(parse_version_name(request.name))
         memo = self._responses.get(id(version))
         if memo is not None and memo[0] is version:
             return memo[1]
@@ -127,19 +120,17 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         self._responses[id(version)] = (version, response)
         return response
 
-    @grpc_errors
     async def ListModelVersions(self, request: rs.ListModelVersionsRequest, context) -> rs.ListModelVersionsResponse:
         model = parse_model_name(request.parent, "parent")
         size = cv.page_size(request.page_size)
         before = cv.decode_int_token("versions", request.page_token, 2**62)
         stage = cv.stage_from_proto(request.stage) if request.stage else None
-        versions = await self.repo.list_versions(model, stage, before, size + 1)
+        versions = await self.models.list_versions(model, stage, before, size + 1)
         token = cv.encode_token("versions", versions[size - 1].version) if len(versions) > size else ""
         return rs.ListModelVersionsResponse(
             model_versions=[cv.version_to_proto(v) for v in versions[:size]], next_page_token=token
         )
 
-    @grpc_errors
     async def UpdateModelVersion(self, request: rs.UpdateModelVersionRequest, context) -> rs.UpdateModelVersionResponse:
         ref = parse_version_name(request.model_version.name, "model_version.name")
         paths = list(request.update_mask.paths) or list(VERSION_MASK_FIELDS)
@@ -151,50 +142,42 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
                 )
         mv = request.model_version
         values = {"description": mv.description, "tags": dict(mv.tags)}
-        changes = {p: values[p] for p in paths}
-        if "tags" in changes:
-            dm.validate_tags(changes["tags"], "model_version.tags")
-        version = await self.registry.resolve(ref)
-        updated = await self.repo.update_version(ref.model, version.version, changes, actor_of(context))
+        updated = await self.models.update_version(ref, {p: values[p] for p in paths}, actor_of(context))
         return rs.UpdateModelVersionResponse(model_version=cv.version_to_proto(updated))
 
-    @grpc_errors
     async def DeleteModelVersion(self, request: rs.DeleteModelVersionRequest, context) -> rs.DeleteModelVersionResponse:
         ref = parse_version_name(request.name)
         if ref.number is None:
             raise InvalidArgument("delete a version by number, not by alias: 'models/{model}/versions/{n}'")
-        removed = await self.registry.delete_version(ref.model, ref.number, actor_of(context))
+        removed = await self.models.delete_version(ref.model, ref.number, actor_of(context))
         return rs.DeleteModelVersionResponse(blob_deleted=removed)
 
     # ------------------------------------------------------------------ stages
 
-    @grpc_errors
     async def PromoteModelVersion(self, request: rs.PromoteModelVersionRequest, context) -> rs.PromoteModelVersionResponse:
         ref = parse_version_name(request.name)
         if request.stage == res.STAGE_UNSPECIFIED:
             raise InvalidArgument("'stage' is required: STAGE_STAGING, STAGE_PRODUCTION or STAGE_ARCHIVED")
         stage = cv.stage_from_proto(request.stage)
-        version, archived, seq = await self.registry.promote(ref, stage, request.reason, actor_of(context))
+        version, archived, seq = await self.deployments.promote(ref, stage, request.reason, actor_of(context))
         return rs.PromoteModelVersionResponse(
             model_version=cv.version_to_proto(version),
             archived_version=cv.version_to_proto(archived) if archived else None,
             sequence=seq,
         )
 
-    @grpc_errors
     async def ListStageTransitions(
         self, request: rs.ListStageTransitionsRequest, context
     ) -> rs.ListStageTransitionsResponse:
         model = parse_model_name(request.parent, "parent")
         size = cv.page_size(request.page_size)
         before = cv.decode_int_token("transitions", request.page_token, 2**62)
-        rows = await self.registry.deployments.list_transitions(model, before, size + 1)
+        rows = await self.deployments.transitions(model, before, size + 1)
         token = cv.encode_token("transitions", rows[size - 1][0]) if len(rows) > size else ""
         return rs.ListStageTransitionsResponse(
             transitions=[cv.transition_to_proto(t) for _, t in rows[:size]], next_page_token=token
         )
 
-    @grpc_errors
     async def CompareModelVersions(
         self, request: rs.CompareModelVersionsRequest, context
     ) -> rs.CompareModelVersionsResponse:
@@ -202,17 +185,16 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         for n in request.versions:
             if n < 1:
                 raise InvalidArgument(f"versions must be positive numbers; got {n}")
-        comparison = await self.registry.compare(model, list(request.versions))
+        comparison = await self.models.compare(model, list(request.versions))
         return cv.comparison_to_proto(comparison)
 
     # ------------------------------------------------------------------ artifacts
 
-    @grpc_errors
     async def DownloadArtifact(self, request: rs.DownloadArtifactRequest, context):
         ref = parse_version_name(request.name)
         if request.chunk_size < 0:
             raise InvalidArgument("chunk_size must not be negative; 0 means 1 MiB")
-        dl = await self.registry.open_download(ref, request.offset, request.chunk_size)
+        dl = await self.models.open_download(ref, request.offset, request.chunk_size)
         v = dl.version
         yield rs.DownloadArtifactResponse(
             header=rs.DownloadArtifactHeader(
@@ -227,13 +209,12 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         async for chunk in dl.chunks:
             yield rs.DownloadArtifactResponse(chunk=chunk)
 
-    @grpc_errors
     async def GetArtifactUrl(self, request: rs.GetArtifactUrlRequest, context) -> rs.GetArtifactUrlResponse:
         ref = parse_version_name(request.name)
         seconds = request.expires_in_seconds or 3600
         if seconds < 1 or seconds > MAX_URL_EXPIRY:
             raise InvalidArgument(f"expires_in_seconds must be 1..{MAX_URL_EXPIRY} (7 days); 0 means 3600")
-        version, url = await self.registry.presign(ref, timedelta(seconds=seconds))
+        version, url = await self.models.presign(ref, timedelta(seconds=seconds))
         return rs.GetArtifactUrlResponse(
             url=url,
             expire_time=cv.ts(datetime.now(timezone.utc) + timedelta(seconds=seconds)),

@@ -2,50 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
-
-@dataclass
-class ServedVersionRow:
-    version: int
-    sha256: str
-    state: str  # loading | serving | failed | unloading
-    error: str = ""
-    desired: bool = False
-    attempts: int = 0
-    download_seconds: float = 0.0
-    load_seconds: float = 0.0
-    request_count: int = 0
-    error_count: int = 0
-    p95_latency_ms: float = 0.0
-    state_time: datetime | None = None
+from registry_server.domain.agents import AgentRecord, ServedVersion
+from registry_server.domain.deployments import VersionStats
 
 
-@dataclass
-class Desired:
-    version: int = 0
-    sha256: str = ""
-    canary_version: int = 0
-    canary_sha256: str = ""
-    canary_weight: int = 0
-
-
-@dataclass
-class AgentRecord:
-    agent_id: str
-    node: str = ""
-    address: str = ""
-    healthy: bool = False
-    started_at: datetime | None = None
-    reported_at: datetime | None = None
-    # model id -> versions, newest first
-    models: dict[str, list[ServedVersionRow]] = field(default_factory=dict)
-
-
-class AgentRepository:
+class AgentStore:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
@@ -128,7 +93,7 @@ class AgentRepository:
                 if model and r["model"] != model:
                     continue
                 agents[r["agent_id"]].models.setdefault(r["model"], []).append(
-                    ServedVersionRow(
+                    ServedVersion(
                         version=r["version"],
                         sha256=r["sha256"],
                         state=r["state"],
@@ -145,29 +110,21 @@ class AgentRepository:
                 )
             return list(agents.values())
 
-    async def desired(self, model: str) -> Desired | None:
-        """What agents should serve for a model (production, and the deployment's canary),
-        or None when the model does not exist."""
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT m.production_version, v.sha256 FROM models m"
-                " LEFT JOIN model_versions v ON v.model = m.name AND v.version = m.production_version"
-                " WHERE m.name = $1",
-                model,
-            )
-            if row is None:
-                return None
-            desired = Desired(row["production_version"] or 0, row["sha256"] or "")
-            has_deployments = await conn.fetchval("SELECT to_regclass('deployments') IS NOT NULL")
-            if has_deployments:
-                canary = await conn.fetchrow(
-                    "SELECT d.canary_version, d.canary_weight, v.sha256 FROM deployments d"
-                    " JOIN model_versions v ON v.model = d.model AND v.version = d.canary_version"
-                    " WHERE d.model = $1 AND d.canary_version > 0",
-                    model,
-                )
-                if canary is not None:
-                    desired.canary_version = canary["canary_version"]
-                    desired.canary_sha256 = canary["sha256"]
-                    desired.canary_weight = canary["canary_weight"]
-        return desired
+    async def version_stats(self, model: str, versions: list[int], window: timedelta) -> dict[int, VersionStats]:
+        """What agents that reported within `window` observed for these versions, summed over
+        agents; p95 is the request-weighted mean of the agents' p95s."""
+        rows = await self.pool.fetch(
+            "SELECT s.version, sum(s.request_count) AS requests, sum(s.error_count) AS errors,"
+            " CASE WHEN sum(s.request_count) > 0"
+            "  THEN sum(s.p95_latency_ms * s.request_count) / sum(s.request_count) ELSE 0 END AS p95"
+            " FROM agent_model_status s JOIN agents a ON a.agent_id = s.agent_id"
+            " WHERE s.model = $1 AND s.version = ANY($2::bigint[]) AND a.reported_at > now() - $3::interval"
+            " GROUP BY s.version",
+            model,
+            versions,
+            window,
+        )
+        return {
+            r["version"]: VersionStats(int(r["requests"] or 0), int(r["errors"] or 0), float(r["p95"] or 0))
+            for r in rows
+        }

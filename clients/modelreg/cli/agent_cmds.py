@@ -12,6 +12,7 @@ from pathlib import Path
 from modelreg.cli import UsageError
 from modelreg.cli import output as out
 from modelreg.client import Client
+from modelreg.deployments import describe
 from modelreg.v1 import agent_service_pb2 as ag
 
 MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -149,9 +150,8 @@ def run_status(args) -> int:
         return 0
     out.kv([
         ("model", st.model),
-        ("desired", f"v{st.desired_version} ({st.desired_sha256[:12]})" if st.desired_version else "none"),
-        *([("canary", f"v{st.desired_canary_version} ({st.desired_canary_sha256[:12]}) at {st.canary_weight}%")]
-          if st.desired_canary_version else []),
+        ("desired", describe(st.deployment)[0]),
+        *([("canary", describe(st.deployment)[1])] if st.deployment.HasField("canary") else []),
         ("agents", f"{st.converged_agents}/{st.live_agents} converged"),
         ("complete", "yes" if st.complete else "no"),
     ])

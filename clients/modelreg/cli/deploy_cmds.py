@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelreg.cli import UsageError
 from modelreg.cli import output as out
 from modelreg.client import Client
+from modelreg.deployments import describe
 
 ACTION_NAMES = {
     0: "",
@@ -61,7 +62,7 @@ def register(sub, common) -> None:
 
 
 def _print_deployment(d) -> None:
-    canary = f"v{d.canary_version} at {d.canary_weight}%" if d.canary_version else "none"
+    stable, canary = describe(d)
     pol = d.policy
     policy = "none"
     if pol.max_error_rate or pol.max_latency_ratio or pol.auto_promote_after:
@@ -77,8 +78,8 @@ def _print_deployment(d) -> None:
     out.kv(
         [
             ("deployment", d.name),
-            ("stable", f"v{d.stable_version} ({d.stable_sha256[:12]})" if d.stable_version else "none"),
-            ("canary", canary + (f" ({d.canary_sha256[:12]})" if d.canary_version else "")),
+            ("stable", stable),
+            ("canary", canary),
             ("etag", d.etag),
             ("policy", policy),
             ("updated", f"{out.when(d.update_time)} by {d.updated_by}" if d.updated_by else ""),
@@ -113,7 +114,7 @@ def canary(args) -> int:
 def rollback(args) -> int:
     with Client(args.address) as c:
         resp = c.rollback(args.name, to_version=args.to, reason=args.reason, etag=args.etag)
-    return _show_change(args, resp, f"rolled back to v{resp.deployment.stable_version}")
+    return _show_change(args, resp, f"rolled back to v{resp.deployment.stable.version_number}")
 
 
 def deployment(args) -> int:
@@ -174,9 +175,9 @@ def _history(args, model: str) -> int:
         return 0
 
     def state(s) -> str:
-        text = f"v{s.stable_version}" if s.stable_version else "-"
-        if s.canary_version:
-            text += f" + canary v{s.canary_version}@{s.canary_weight}%"
+        text = f"v{s.stable.version_number}" if s.HasField("stable") else "-"
+        if s.HasField("canary"):
+            text += f" + canary v{s.canary.version_number}@{s.canary_weight}%"
         return text
 
     out.table(

@@ -8,6 +8,7 @@ from modelreg import errors
 from modelreg.cli import UsageError
 from modelreg.cli import output as out
 from modelreg.client import Client
+from modelreg.deployments import describe
 from modelreg.v1 import event_service_pb2 as es
 from modelreg.watch import event_type_enum, event_type_name, list_events
 
@@ -76,9 +77,12 @@ def _check_sequence(value: int | None) -> None:
 
 def _event_line(e: es.Event) -> str:
     when = out.when(e.create_time)
-    what = f"{e.model} v{e.version}" if e.version else e.model
+    what = f"{e.model} v{e.model_version.rsplit('/', 1)[-1]}" if e.model_version else e.model
     if e.type == es.EVENT_TYPE_STAGE_CHANGED:
         what += f" {out.STAGE_NAMES.get(e.from_stage, '?')} -> {out.STAGE_NAMES.get(e.to_stage, '?')}"
+    if e.HasField("deployment"):
+        stable, canary = describe(e.deployment)
+        what += f" stable={stable} canary={canary}"
     line = f"#{e.sequence}  {when}  {event_type_name(e.type)}  {what}  by {e.actor}"
     if e.reason:
         line += f"  ({e.reason})"
@@ -86,19 +90,16 @@ def _event_line(e: es.Event) -> str:
 
 
 def _snapshot_lines(s: es.Snapshot) -> list[str]:
-    lines = [f"snapshot at sequence {s.sequence}: {len(s.models)} model(s)"]
-    for m in s.models:
-        if not m.exists:
-            lines.append(f"  {m.model}  (does not exist)")
+    lines = [f"snapshot at sequence {s.sequence}: {len(s.deployments)} model(s)"]
+    for d in s.deployments:
+        line = f"  {d.name.removesuffix('/deployment')}  "
+        if d.HasField("stable"):
+            line += f"production=v{d.stable.version_number} sha256={d.stable.sha256[:12]}"
         else:
-            line = f"  {m.model}  "
-            if m.production_version:
-                line += f"production=v{m.production_version} sha256={m.production_sha256[:12]}"
-            else:
-                line += "no production version"
-            if m.canary_version:
-                line += f"  canary=v{m.canary_version} at {m.canary_weight}% sha256={m.canary_sha256[:12]}"
-            lines.append(line)
+            line += "no production version"
+        if d.HasField("canary"):
+            line += f"  canary=v{d.canary.version_number} at {d.canary_weight}% sha256={d.canary.sha256[:12]}"
+        lines.append(line)
     return lines
 
 

@@ -1,5 +1,7 @@
-"""The registry's use cases: what the servicers call. Orchestrates the repository (Postgres)
-and the blob store; the rules themselves live in `domain`."""
+"""Use cases of models and versions: create, read, update, register (bytes and all), compare,
+download, delete. Every front end (gRPC servicers, background tasks, later the console)
+calls these; each write loads what it needs, asks `domain` whether and how, and persists.
+Storage and the blob store decide nothing."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ from datetime import timedelta
 from typing import Any
 
 from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload
+from registry_server.domain import deployments as dd
 from registry_server.domain import models as dm
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
-from registry_server.read_cache import VersionCache
 from registry_server.errors import DataLoss, InvalidArgument, RegistryError, Unavailable
-from registry_server.storage.deployments import DeploymentRepository
-from registry_server.storage.repository import Repository, RequestIdTaken
+from registry_server.read_cache import VersionCache
+from registry_server.storage.deployments import DeploymentStore
+from registry_server.storage.models import ModelStore, RequestIdTaken
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +34,24 @@ class Download:
     chunks: AsyncIterator[bytes]
 
 
-class Registry:
-    def __init__(self, repo: Repository, blobs: BlobStore, cache: VersionCache | None = None):
-        self.repo = repo
+class Models:
+    def __init__(self, store: ModelStore, deployments: DeploymentStore, blobs: BlobStore, cache: VersionCache):
+        self.store = store
+        self.deployments = deployments
         self.blobs = blobs
-        self.deployments = DeploymentRepository(repo)
-        self.cache = cache or VersionCache()
-        repo.on_change = self.cache.invalidate_models
-        repo.on_committed = self.cache.committed_own
+        self.cache = cache
+
+    # ------------------------------------------------------------------ models
+
+    async def create_model(self, model: dm.Model, actor: str) -> dm.Model:
+        dm.validate_tags(model.tags, "model.tags")
+        return await self.store.create_model(model, actor)
+
+    async def get_model(self, name: str) -> dm.Model:
+        return await self.store.get_model(name)
+
+    async def list_models(self, after: str, limit: int, project: str = "") -> list[dm.Model]:
+        return await self.store.list_models(after, limit, project)
 
     # ------------------------------------------------------------------ registration
 
@@ -49,11 +62,11 @@ class Registry:
         Returns (version, deduplicated)."""
         dm.validate_new_version(nv)
         if nv.create_model:
-            model = await self.repo.ensure_model(nv.model, nv.model_type, actor)
+            model = await self.store.ensure_model(nv.model, nv.model_type, actor)
         else:
-            model = await self.repo.get_model(nv.model)
+            model = await self.store.get_model(nv.model)
         if nv.request_id:
-            existing = await self.repo.find_by_request_id(nv.model, nv.request_id)
+            existing = await self.store.find_by_request_id(nv.model, nv.request_id)
             if existing is not None:
                 return existing, True
 
@@ -81,11 +94,11 @@ class Registry:
                 raise Unavailable(f"the artifact store failed while storing the bytes ({e}); retry the upload") from e
 
         try:
-            version = await self.repo.register_version(nv, config, model_type, sha, size, actor, finalize)
+            version = await self.store.register_version(nv, config, model_type, sha, size, actor, finalize)
         except RequestIdTaken:
             # A concurrent call with the same request id won; return its version.
             await self._remove_if_unreferenced(sha)
-            existing = await self.repo.find_by_request_id(nv.model, nv.request_id)
+            existing = await self.store.find_by_request_id(nv.model, nv.request_id)
             assert existing is not None
             return existing, True
         except BaseException:
@@ -114,13 +127,19 @@ class Registry:
     # ------------------------------------------------------------------ deletion
 
     async def delete_model(self, name: str, actor: str) -> int:
-        count, orphans = await self.repo.delete_model(name, actor)
+        async with self.store.transaction() as conn:
+            dm.check_deletable_model(await self.store.lock_model(conn, name))
+            count, orphans = await self.store.delete_model(conn, name, actor)
         for sha in orphans:
             await self._remove_if_unreferenced(sha)
         return count
 
     async def delete_version(self, model: str, version: int, actor: str) -> bool:
-        orphans = await self.repo.delete_version(model, version, actor)
+        async with self.store.transaction() as conn:
+            await self.store.lock_model(conn, model)  # stage moves hold it: none can interleave
+            v = await self.store.lock_version(conn, model, version)
+            dd.check_deletable_version(await self.deployments.load(conn, model), version, v.stage)
+            orphans = await self.store.delete_version(conn, v, actor)
         removed = False
         for sha in orphans:
             removed |= await self._remove_if_unreferenced(sha)
@@ -130,7 +149,7 @@ class Registry:
         """Deletes a blob from the store if no version references it. Runs under the
         blob's advisory lock, which registration holds while it commits the same blob, so
         a blob that a concurrent registration is adopting is never removed."""
-        async with self.repo.blob_lock(sha) as referenced:
+        async with self.store.blob_lock(sha) as referenced:
             if referenced:
                 return False
             try:
@@ -207,14 +226,14 @@ class Registry:
         if cached is not None:
             return cached
         generation = self.cache.generation(ref.model)
-        version = await self.repo.get_version(ref.model, key)
+        version = await self.store.get_version(ref.model, key)
         self.cache.put(ref.model, key, version, generation)
         return version
 
     async def compare(self, model: str, numbers: list[int]) -> dm.Comparison:
-        m = await self.repo.get_model(model)
+        m = await self.store.get_model(model)
         if numbers:
-            found = {v.version: v for v in await self.repo.get_versions(model, numbers)}
+            found = {v.version: v for v in await self.store.get_versions(model, numbers)}
             missing = [n for n in numbers if n not in found]
             if missing:
                 raise InvalidArgument(
@@ -223,19 +242,24 @@ class Registry:
                 )
             versions = [found[n] for n in numbers]
         else:
-            versions = await self.repo.list_versions(model, None, 2**62, 1000)
+            versions = await self.store.list_versions(model, None, 2**62, 1000)
         production = None
         if m.production_version:
             production = next((v for v in versions if v.version == m.production_version), None)
             if production is None:
-                production = await self.repo.get_version(model, m.production_version)
+                production = await self.store.get_version(model, m.production_version)
         return dm.compare(versions, production)
+
+    async def list_versions(self, model: str, stage: Stage | None, before: int, limit: int) -> list[dm.ModelVersion]:
+        return await self.store.list_versions(model, stage, before, limit)
 
     async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> dm.Model:
         if "tags" in changes:
             dm.validate_tags(changes["tags"], "model.tags")
-        return await self.repo.update_model(name, changes, actor)
+        return await self.store.update_model(name, changes, actor)
 
-    async def promote(self, ref: VersionRef, stage: Stage, reason: str, actor: str):
-        target = ref.number if ref.number is not None else ref.alias
-        return await self.deployments.promote(ref.model, target, stage, reason, actor)
+    async def update_version(self, ref: VersionRef, changes: dict[str, Any], actor: str) -> dm.ModelVersion:
+        if "tags" in changes:
+            dm.validate_tags(changes["tags"], "model_version.tags")
+        version = await self.resolve(ref)
+        return await self.store.update_version(ref.model, version.version, changes, actor)

@@ -1,22 +1,24 @@
-"""The repository: every SQL statement the registry runs, behind a small async API.
+"""Models and versions in Postgres: every SQL statement about them, behind a small async API,
+and the public row mappers other storage modules use.
 
-Each write runs in one transaction and appends its events to the outbox in that same
-transaction (`_emit`). Locks are always taken in one order: blob advisory lock, then model
-row, then version rows, then the global event counter last, so writers never deadlock and
-the global counter is held only for the tail of a transaction.
+Each write runs in one outbox transaction and appends its events in that same transaction.
+Locks are always taken in one order: blob advisory lock, then model row, then version rows,
+then the global event counter last, so writers never deadlock and the global counter is held
+only for the tail of a transaction. This module decides nothing: the use cases ask the domain
+whether a write is allowed, then call it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from registry_server.domain.events import EventDraft
 from registry_server.domain.models import (
     ArtifactFormat,
     Lineage,
@@ -25,59 +27,12 @@ from registry_server.domain.models import (
     NewVersion,
 )
 from registry_server.domain.stages import Stage
-from registry_server.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    ModelNotFound,
-    VersionNotFound,
-)
-from registry_server.storage.events import NOTIFY_PAYLOAD_LIMIT
-
-EVENTS_CHANNEL = "modelreg_events"
-
-# Appends events under the sequence counter's row lock and NOTIFYs them, in one statement:
-# the payload is the events as JSON (what `events.parse_notify_payload` reads) or, when that
-# would not fit in a NOTIFY, just the last sequence.
-_EMIT_SQL = """
-WITH s AS (
-    UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last, clock_timestamp() AS at
-), ins AS (
-    INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at)
-    SELECT s.last - $1 + d.i, d.type, d.model, d.version, d.from_stage, d.to_stage, $9, d.reason, d.details::jsonb, s.at
-    FROM s, unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
-        WITH ORDINALITY AS d(type, model, version, from_stage, to_stage, reason, details, i)
-    RETURNING sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at
-), p AS (
-    SELECT json_agg(json_build_array(sequence, type, model, version, from_stage, to_stage, actor, reason, details,
-                                     created_at) ORDER BY sequence)::text AS body
-    FROM ins
-)
-SELECT s.last, pg_notify($10, CASE WHEN octet_length(p.body) < $11 THEN p.body ELSE s.last::text END)
-FROM s, p
-"""
-
-
-@dataclass(frozen=True)
-class EventDraft:
-    type: str
-    model: str
-    version: int = 0
-    from_stage: str = ""
-    to_stage: str = ""
-    reason: str = ""
-    details: dict[str, Any] | None = None
-
+from registry_server.errors import AlreadyExists, ModelNotFound, VersionNotFound
+from registry_server.storage.group_commit import GroupCommit
+from registry_server.storage.outbox import Outbox
 
 class RequestIdTaken(Exception):
     """A concurrent registration used the same request id first."""
-
-
-@dataclass
-class _Emitted:
-    """The models and event sequences one transaction() has emitted so far."""
-
-    models: set[str] = field(default_factory=set)
-    sequences: list[int] = field(default_factory=list)
 
 
 # Registrations committed together at most (see Repository.register_version).
@@ -93,7 +48,6 @@ class _Registration:
     size: int
     actor: str
     finalize: Callable[[], Awaitable[None]]
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def blob_lock_key(sha256: str) -> int:
@@ -101,7 +55,7 @@ def blob_lock_key(sha256: str) -> int:
     return int(sha256[:15], 16)
 
 
-def _model(row: asyncpg.Record) -> Model:
+def model_from_row(row: asyncpg.Record) -> Model:
     return Model(
         name=row["name"],
         description=row["description"],
@@ -117,7 +71,7 @@ def _model(row: asyncpg.Record) -> Model:
     )
 
 
-def _version(row: asyncpg.Record) -> ModelVersion:
+def version_from_row(row: asyncpg.Record) -> ModelVersion:
     return ModelVersion(
         model=row["model"],
         version=row["version"],
@@ -146,67 +100,14 @@ def _version(row: asyncpg.Record) -> ModelVersion:
     )
 
 
-class Repository:
-    def __init__(self, pool: asyncpg.Pool, on_change: Callable[[set[str]], None] | None = None):
-        self.pool = pool
-        # Called with the models a transaction emitted events for: once before commit and
-        # once after it ends (the read cache drops them; see read_cache.py).
-        self.on_change = on_change
-        # Called after a commit with the event sequences it made durable: this process has
-        # already dropped their models, so the echo from the event hub can be skipped.
-        self.on_committed: Callable[[list[int]], None] | None = None
-        # What each open transaction() has emitted, by connection.
-        self._open: dict[int, _Emitted] = {}
-        self._registrations: list[_Registration] = []
-        self._registering: asyncio.Task | None = None
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in a transaction; reports the models it changed when it ends."""
-        async with self.pool.acquire() as conn:
-            emitted = self._open[id(conn)] = _Emitted()
-            try:
-                async with conn.transaction():
-                    yield conn
-                if emitted.sequences and self.on_committed is not None:
-                    self.on_committed(emitted.sequences)
-            finally:
-                del self._open[id(conn)]
-                if emitted.models and self.on_change is not None:
-                    self.on_change(emitted.models)
-
-    # ---------------------------------------------------------------- events (outbox)
-
-    async def _emit(self, conn: asyncpg.Connection, actor: str, drafts: Sequence[EventDraft]) -> int:
-        """Appends events; returns the last sequence. MUST BE THE LAST STATEMENTS OF THE
-        TRANSACTION: the counter row lock is held until commit, which is what makes the
-        sequence commit-ordered."""
-        touched = {d.model for d in drafts}
-        emitted = self._open.get(id(conn))
-        if emitted is not None:
-            emitted.models.update(touched)
-        if self.on_change is not None:
-            self.on_change(touched)
-        # One round trip: the counter row lock is held from here to commit, so every
-        # statement after it is time that every other writer waits.
-        last = await conn.fetchval(
-            _EMIT_SQL,
-            len(drafts),
-            [d.type for d in drafts],
-            [d.model for d in drafts],
-            [d.version for d in drafts],
-            [d.from_stage for d in drafts],
-            [d.to_stage for d in drafts],
-            [d.reason for d in drafts],
-            [json.dumps(d.details or {}) for d in drafts],
-            actor,
-            EVENTS_CHANNEL,
-            NOTIFY_PAYLOAD_LIMIT,
+class ModelStore:
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+        self.pool = outbox.pool
+        self.transaction = outbox.transaction
+        self._registrations: GroupCommit[_Registration, ModelVersion] = GroupCommit(
+            self._register_batch, MAX_REGISTRATION_BATCH, name="modelreg-register"
         )
-        first = last - len(drafts) + 1
-        if emitted is not None:
-            emitted.sequences.extend(range(first, last + 1))
-        return last
 
     # ---------------------------------------------------------------- models
 
@@ -218,8 +119,8 @@ class Repository:
                     f"model 'models/{model.name}' already exists; pick another name or use "
                     f"'modelreg register {model.name} PATH' to add a version to it"
                 )
-            await self._emit(conn, actor, [EventDraft("MODEL_CREATED", model.name)])
-            return _model(row)
+            await self.outbox.emit(conn, actor, [EventDraft("MODEL_CREATED", model.name)])
+            return model_from_row(row)
 
     async def _insert_model(self, conn: asyncpg.Connection, model: Model, actor: str) -> asyncpg.Record | None:
         return await conn.fetchrow(
@@ -238,7 +139,7 @@ class Repository:
         row = await self.pool.fetchrow("SELECT * FROM models WHERE name = $1", name)
         if row is None:
             raise ModelNotFound(name)
-        return _model(row)
+        return model_from_row(row)
 
     async def list_models(self, after: str, limit: int, project: str = "") -> list[Model]:
         if project:
@@ -252,7 +153,7 @@ class Repository:
             rows = await self.pool.fetch(
                 "SELECT * FROM models WHERE name > $1 ORDER BY name LIMIT $2", after, limit
             )
-        return [_model(r) for r in rows]
+        return [model_from_row(r) for r in rows]
 
     async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> Model:
         allowed = {"description", "tags", "default_config", "model_type"}
@@ -266,39 +167,30 @@ class Repository:
             )
             if row is None:
                 raise ModelNotFound(name)
-            await self._emit(
+            await self.outbox.emit(
                 conn, actor, [EventDraft("MODEL_UPDATED", name, details={"fields": sorted(changes)})]
             )
-            return _model(row)
+            return model_from_row(row)
 
-    async def delete_model(self, name: str, actor: str) -> tuple[int, list[str]]:
-        """Deletes a model and its versions. Returns (versions deleted, blobs now unreferenced).
-        The caller deletes those blobs from the store while holding their locks
-        (see `blob_locks`)."""
-        async with self.transaction() as conn:
-            row = await conn.fetchrow(
-                "SELECT name, production_version FROM models WHERE name = $1 FOR UPDATE", name
-            )
-            if row is None:
-                raise ModelNotFound(name)
-            if row["production_version"]:
-                raise FailedPrecondition(
-                    f"model 'models/{name}' has version {row['production_version']} in production; "
-                    f"archive it first ('modelreg promote {name} {row['production_version']} archived') "
-                    "and then delete the model"
-                )
-            shas = [
-                r["sha256"]
-                for r in await conn.fetch(
-                    "DELETE FROM model_versions WHERE model = $1 RETURNING sha256", name
-                )
-            ]
-            await conn.execute("DELETE FROM models WHERE name = $1", name)
-            orphans = await self._drop_unreferenced_blobs(conn, set(shas))
-            await self._emit(
-                conn, actor, [EventDraft("MODEL_DELETED", name, details={"versions": len(shas)})]
-            )
-            return len(shas), orphans
+    async def lock_model(self, conn: asyncpg.Connection, name: str) -> Model:
+        """The model, its row locked to the end of `conn`'s transaction."""
+        row = await conn.fetchrow("SELECT * FROM models WHERE name = $1 FOR UPDATE", name)
+        if row is None:
+            raise ModelNotFound(name)
+        return model_from_row(row)
+
+    async def delete_model(self, conn: asyncpg.Connection, name: str, actor: str) -> tuple[int, list[str]]:
+        """Deletes a locked model and its versions. Returns (versions deleted, blobs now
+        unreferenced); the caller deletes those blobs from the store while holding their
+        locks (see `blob_lock`)."""
+        shas = [
+            r["sha256"]
+            for r in await conn.fetch("DELETE FROM model_versions WHERE model = $1 RETURNING sha256", name)
+        ]
+        await conn.execute("DELETE FROM models WHERE name = $1", name)
+        orphans = await self._drop_unreferenced_blobs(conn, set(shas))
+        await self.outbox.emit(conn, actor, [EventDraft("MODEL_DELETED", name, details={"versions": len(shas)})])
+        return len(shas), orphans
 
     async def _drop_unreferenced_blobs(self, conn: asyncpg.Connection, shas: set[str]) -> list[str]:
         if not shas:
@@ -317,20 +209,20 @@ class Repository:
         row = await self.pool.fetchrow(
             "SELECT * FROM model_versions WHERE model = $1 AND request_id = $2", model, request_id
         )
-        return _version(row) if row else None
+        return version_from_row(row) if row else None
 
     async def ensure_model(self, name: str, model_type: str, actor: str) -> Model:
         """Gets a model, creating it (with an event) when missing."""
         row = await self.pool.fetchrow("SELECT * FROM models WHERE name = $1", name)
         if row is not None:
-            return _model(row)
+            return model_from_row(row)
         async with self.transaction() as conn:
             row = await self._insert_model(conn, Model(name=name, model_type=model_type), actor)
             if row is None:  # created concurrently
                 row = await conn.fetchrow("SELECT * FROM models WHERE name = $1", name)
-                return _model(row)
-            await self._emit(conn, actor, [EventDraft("MODEL_CREATED", name)])
-            return _model(row)
+                return model_from_row(row)
+            await self.outbox.emit(conn, actor, [EventDraft("MODEL_CREATED", name)])
+            return model_from_row(row)
 
     async def register_version(
         self,
@@ -352,37 +244,7 @@ class Repository:
         failing does not fail the others). The model row and the event counter are locked
         until commit, so one commit per registration would serialize every registration
         of a model on a WAL flush; one per batch amortizes it."""
-        item = _Registration(nv, config, model_type, sha256, size, actor, finalize)
-        self._registrations.append(item)
-        if self._registering is None or self._registering.done():
-            self._registering = asyncio.create_task(self._register_pending(), name="modelreg-register")
-        return await item.done
-
-    async def _register_pending(self) -> None:
-        """Commits the waiting registrations, a batch at a time, until none wait."""
-        while self._registrations:
-            batch = [i for i in self._registrations[:MAX_REGISTRATION_BATCH] if not i.done.done()]
-            del self._registrations[:MAX_REGISTRATION_BATCH]
-            if not batch:
-                continue
-            try:
-                results = await self._register_batch(batch)
-            except asyncio.CancelledError:
-                for i in batch:
-                    i.done.cancel()
-                raise
-            except Exception as e:  # noqa: BLE001 - the transaction failed: every item did
-                for i in batch:
-                    if not i.done.done():
-                        i.done.set_exception(e)
-                continue
-            for i, r in zip(batch, results):
-                if i.done.done():
-                    continue
-                if isinstance(r, BaseException):
-                    i.done.set_exception(r)
-                else:
-                    i.done.set_result(r)
+        return await self._registrations.submit(_Registration(nv, config, model_type, sha256, size, actor, finalize))
 
     async def _register_batch(self, batch: list[_Registration]) -> list[ModelVersion | BaseException]:
         alone = len(batch) == 1
@@ -410,7 +272,7 @@ class Repository:
                         results.append(e)
             done = [(i, r) for i, r in zip(batch, results) if not isinstance(r, BaseException)]
             for actor in dict.fromkeys(i.actor for i, _ in done):
-                await self._emit(
+                await self.outbox.emit(
                     conn,
                     actor,
                     [
@@ -467,7 +329,7 @@ class Repository:
             raise RequestIdTaken() from e
         if row is None:
             raise ModelNotFound(nv.model)
-        return _version(row)
+        return version_from_row(row)
 
     @contextlib.asynccontextmanager
     async def blob_lock(self, sha256: str) -> AsyncIterator[bool]:
@@ -504,9 +366,9 @@ class Repository:
             await self.require_model(model)
             if isinstance(ref, str):
                 what = {"production": "in production", "staging": "in staging", "latest": "registered"}[ref]
-                raise _no_alias(model, ref, what)
+                raise no_alias(model, ref, what)
             raise VersionNotFound(model, ref)
-        return _version(row)
+        return version_from_row(row)
 
     async def list_versions(
         self, model: str, stage: Stage | None, before: int, limit: int
@@ -530,7 +392,7 @@ class Repository:
             )
         if not rows:
             await self.require_model(model)
-        return [_version(r) for r in rows]
+        return [version_from_row(r) for r in rows]
 
     async def get_versions(self, model: str, numbers: Sequence[int]) -> list[ModelVersion]:
         rows = await self.pool.fetch(
@@ -538,7 +400,7 @@ class Repository:
             model,
             list(numbers),
         )
-        return [_version(r) for r in rows]
+        return [version_from_row(r) for r in rows]
 
     async def update_version(
         self, model: str, version: int, changes: dict[str, Any], actor: str
@@ -555,36 +417,30 @@ class Repository:
             )
             if row is None:
                 await self._raise_missing(conn, model, version)
-            await self._emit(
+            await self.outbox.emit(
                 conn,
                 actor,
                 [EventDraft("VERSION_UPDATED", model, version, details={"fields": sorted(changes)})],
             )
-            return _version(row)
+            return version_from_row(row)
 
-    async def delete_version(self, model: str, version: int, actor: str) -> list[str]:
-        """Deletes a version; returns the blobs it left unreferenced."""
-        async with self.transaction() as conn:
-            row = await conn.fetchrow(
-                "SELECT stage, sha256 FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE",
-                model,
-                version,
-            )
-            if row is None:
-                await self._raise_missing(conn, model, version)
-            if row["stage"] == Stage.PRODUCTION.value:
-                raise FailedPrecondition(
-                    f"models/{model}/versions/{version} is in production; promote another version "
-                    f"or archive it ('modelreg promote {model} {version} archived') before deleting it"
-                )
-            await conn.execute(
-                "DELETE FROM model_versions WHERE model = $1 AND version = $2", model, version
-            )
-            orphans = await self._drop_unreferenced_blobs(conn, {row["sha256"]})
-            await self._emit(
-                conn, actor, [EventDraft("VERSION_DELETED", model, version, details={"sha256": row["sha256"]})]
-            )
-            return orphans
+    async def lock_version(self, conn: asyncpg.Connection, model: str, version: int) -> ModelVersion:
+        """The version, its row locked to the end of `conn`'s transaction."""
+        row = await conn.fetchrow(
+            "SELECT * FROM model_versions WHERE model = $1 AND version = $2 FOR UPDATE", model, version
+        )
+        if row is None:
+            await self._raise_missing(conn, model, version)
+        return version_from_row(row)
+
+    async def delete_version(self, conn: asyncpg.Connection, v: ModelVersion, actor: str) -> list[str]:
+        """Deletes a locked version; returns the blobs it left unreferenced."""
+        await conn.execute("DELETE FROM model_versions WHERE model = $1 AND version = $2", v.model, v.version)
+        orphans = await self._drop_unreferenced_blobs(conn, {v.sha256})
+        await self.outbox.emit(
+            conn, actor, [EventDraft("VERSION_DELETED", v.model, v.version, details={"sha256": v.sha256})]
+        )
+        return orphans
 
     async def require_model(self, model: str, conn: asyncpg.Connection | None = None) -> None:
         """Raises ModelNotFound unless the model exists (the error for an empty result)."""
@@ -596,7 +452,7 @@ class Repository:
         raise VersionNotFound(model, version)
 
 
-def _no_alias(model: str, alias: str, what: str) -> VersionNotFound:
+def no_alias(model: str, alias: str, what: str) -> VersionNotFound:
     err = VersionNotFound(model, alias)
     err.message = (
         f"model 'models/{model}' has no version {what}; "

@@ -1,0 +1,158 @@
+"""The one place domain errors become gRPC statuses: a server interceptor.
+
+Every RPC of every service passes through `ErrorInterceptor`. A RegistryError becomes its
+status code with its message (and a google.rpc.ErrorInfo when it has a reason); a lost
+database or store connection becomes UNAVAILABLE; anything else is a bug: INTERNAL,
+logged with its traceback. Servicers and use cases only raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from registry_server import errors as e
+
+log = logging.getLogger("modelreg.errors")
+
+ERROR_DOMAIN = "modelreg.dev"
+
+# Most specific first: the first class in an error's MRO that is listed gives its code.
+STATUS: dict[type[e.RegistryError], grpc.StatusCode] = {
+    e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    e.NotFound: grpc.StatusCode.NOT_FOUND,
+    e.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    e.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    e.Aborted: grpc.StatusCode.ABORTED,
+    e.DataLoss: grpc.StatusCode.DATA_LOSS,
+    e.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+# A lost or unreachable backend: the caller should retry (UNAVAILABLE), not report a bug.
+# OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
+BACKEND_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    OSError,
+    TimeoutError,
+)
+
+
+def status_code(err: e.RegistryError) -> grpc.StatusCode:
+    for cls in type(err).__mro__:
+        code = STATUS.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def to_status(code: grpc.StatusCode, message: str, reason: str = "", metadata: dict[str, str] | None = None):
+    details = []
+    if reason:
+        info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        details.append(packed)
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    return rpc_status.to_status(proto)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Ends the call with the status `exc` maps to. Always raises."""
+    if isinstance(exc, e.RegistryError):
+        code = status_code(exc)
+        if exc.reason:
+            await context.abort_with_status(to_status(code, exc.message, exc.reason, exc.metadata))
+        await context.abort(code, exc.message)
+    if isinstance(exc, BACKEND_DOWN):
+        log.warning("backend unavailable: %r", exc)
+        what = "database" if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) else "database or disk"
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"the registry's {what} is unavailable ({exc!r}); retry shortly"
+        )
+    log.exception("internal error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (a bug in modelreg): {exc!r}")
+
+
+_PASS = (asyncio.CancelledError, grpc.aio.AbortError)
+
+
+def _unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except _PASS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped, not swallowed
+            await abort(context, exc)
+
+    return call
+
+
+def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except _PASS:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
+
+    return call
+
+
+def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary), **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream), **kw)
+    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream), **kw)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps what a servicer raises to a status, for every method of every service. Our
+    servicers are async functions and async generators; the wrapped handler of each method
+    is built once."""
+
+    def __init__(self, services: tuple[str, ...]):
+        self.services = services  # full service names whose methods are wrapped
+        # method -> (the handler the chain returned, its wrapper)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        if handler is None or method.split("/")[1] not in self.services:
+            return handler
+        wrapped = _wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def actor_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's name from `x-modelreg-actor` metadata (until authentication exists)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-modelreg-actor" and value:
+            return str(value)[:256]
+    return "anonymous"

@@ -1,0 +1,127 @@
+"""Use cases of deployments and stages: promote, canary, rollback, the canary policy and
+its automatic verdicts, and the history of each.
+
+Every write is the same three steps, once each: load the model's deployment (and the
+version the request names) under the model's row lock, ask `domain.deployments` for a plan
+(or a typed refusal), persist the plan. PromoteModelVersion, the canary actions, rollback
+and the canary judge all come through here, so stages, the production pointer, the
+deployment, the history and the events never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from registry_server.domain import deployments as dd
+from registry_server.domain.models import ModelVersion, StageTransition
+from registry_server.domain.names import VersionRef
+from registry_server.domain.stages import Stage
+from registry_server.storage.agents import AgentStore
+from registry_server.storage.deployments import DeploymentStore, DeploymentTx, HistoryEntry
+from registry_server.storage.models import version_from_row
+
+log = logging.getLogger("modelreg.deployments")
+
+JUDGE_ACTOR = "modelreg-canary-judge"
+
+
+class Deployments:
+    def __init__(self, store: DeploymentStore, agents: AgentStore, stats_window: timedelta):
+        self.store = store
+        self.agents = agents
+        self.stats_window = stats_window
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, model: str) -> dd.Deployment:
+        return await self.store.get(model)
+
+    async def history(self, model: str, before_id: int, limit: int) -> list[tuple[int, HistoryEntry]]:
+        return await self.store.history(model, before_id, limit)
+
+    async def transitions(self, model: str, before_id: int, limit: int) -> list[tuple[int, StageTransition]]:
+        return await self.store.transitions(model, before_id, limit)
+
+    # ------------------------------------------------------------------ writes
+
+    async def promote(
+        self, ref: VersionRef, stage: Stage, reason: str, actor: str
+    ) -> tuple[ModelVersion, ModelVersion | None, int]:
+        """Moves a version to `stage`. Returns (version, archived previous production or
+        None, sequence)."""
+        async with self.store.locked(ref.model) as tx:
+            target = await tx.version(ref.number if ref.number is not None else (ref.alias or ""))
+            plan = dd.plan_stage_move(tx.deployment, target, stage, reason, actor)
+            seq, rows = await tx.persist(plan, actor)
+        archived = next((m.version for m in plan.moves if m.replaced_by), 0)
+        return version_from_row(rows[target.version]), (version_from_row(rows[archived]) if archived else None), seq
+
+    async def set_canary(self, model: str, version: int, weight: int, reason: str, actor: str,
+                         etag: str = "") -> tuple[dd.Deployment, int]:
+        async with self.store.locked(model) as tx:
+            dd.check_etag(tx.deployment, etag)
+            plan = dd.plan_set_canary(tx.deployment, await tx.version(version), weight, reason, actor)
+            return await self._apply(tx, plan, actor)
+
+    async def promote_canary(self, model: str, reason: str, actor: str, etag: str = "",
+                             action: dd.Action = dd.Action.PROMOTE_CANARY) -> tuple[dd.Deployment, int]:
+        async with self.store.locked(model) as tx:
+            dd.check_etag(tx.deployment, etag)
+            canary = dd.require_canary(tx.deployment, "promote")
+            plan = dd.plan_promote_canary(tx.deployment, await tx.version(canary.version), reason, actor, action)
+            return await self._apply(tx, plan, actor)
+
+    async def abort_canary(self, model: str, reason: str, actor: str, etag: str = "",
+                           action: dd.Action = dd.Action.ABORT_CANARY) -> tuple[dd.Deployment, int]:
+        async with self.store.locked(model) as tx:
+            dd.check_etag(tx.deployment, etag)
+            return await self._apply(tx, dd.plan_abort_canary(tx.deployment, reason, actor, action), actor)
+
+    async def rollback(self, model: str, to_version: int, reason: str, actor: str,
+                       etag: str = "") -> tuple[dd.Deployment, int]:
+        async with self.store.locked(model) as tx:
+            dd.check_etag(tx.deployment, etag)
+            target = await tx.version(to_version) if to_version else await tx.previous_production()
+            return await self._apply(tx, dd.plan_rollback(tx.deployment, target, reason, actor), actor)
+
+    async def set_policy(self, model: str, policy: dd.CanaryPolicy, actor: str) -> dd.Deployment:
+        policy.validate()
+        return await self.store.set_policy(model, policy, actor)
+
+    async def _apply(self, tx: DeploymentTx, plan: dd.Plan, actor: str) -> tuple[dd.Deployment, int]:
+        seq, _ = await tx.persist(plan, actor)
+        return plan.after, seq
+
+    # ------------------------------------------------------------------ the canary judge
+
+    async def judge_canaries(self) -> list[tuple[str, dd.Verdict, str]]:
+        """One pass of the canary judge: each running canary with a policy is judged on what
+        live agents report; a breach aborts it (AUTO_ABORT), a canary that met its policy is
+        promoted (AUTO_PROMOTE). Returns the verdicts applied."""
+        decisions = []
+        for d in await self.store.running_canaries():
+            assert d.canary is not None
+            stats = await self.agents.version_stats(d.model, [d.stable_version, d.canary.version], self.stats_window)
+            verdict, reason = dd.judge_canary(
+                d.policy, stats.get(d.stable_version, dd.VersionStats()), stats.get(d.canary.version, dd.VersionStats())
+            )
+            if verdict == dd.Verdict.WAIT:
+                continue
+            if await self._apply_verdict(d.model, d.canary.version, verdict, reason):
+                log.warning("canary v%d of models/%s: %s (%s)", d.canary.version, d.model, verdict.value, reason)
+                decisions.append((d.model, verdict, reason))
+        return decisions
+
+    async def _apply_verdict(self, model: str, canary: int, verdict: dd.Verdict, reason: str) -> bool:
+        async with self.store.locked(model) as tx:
+            if not dd.verdict_applies(tx.deployment, canary):
+                return False  # replaced or stopped since it was judged (another replica?)
+            if verdict == dd.Verdict.ABORT:
+                plan = dd.plan_abort_canary(tx.deployment, reason, JUDGE_ACTOR, dd.Action.AUTO_ABORT)
+            else:
+                plan = dd.plan_promote_canary(
+                    tx.deployment, await tx.version(canary), reason, JUDGE_ACTOR, dd.Action.AUTO_PROMOTE
+                )
+            await tx.persist(plan, JUDGE_ACTOR)
+        return True
