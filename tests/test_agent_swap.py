@@ -45,7 +45,7 @@ def test_promote_v2_under_load_swaps_with_zero_failed_requests(client, registry,
         return st if st.get("complete") and counted else None
 
     st = wait_until(complete, 30, what="rollout complete with the requests counted")
-    assert st["desiredVersion"] == "2"
+    assert st["deployment"]["stable"]["versionNumber"] == "2"
     assert st["agents"][0]["agent"] == "agents/a1"
     assert [v["version"] for v in st["agents"][0]["versions"]] == ["2"]
     table = cli("status", "scaler").stdout
