@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +22,9 @@ from modelreg.v1 import agent_service_pb2, agent_service_pb2_grpc
 from modelreg.v1 import deployment_service_pb2, deployment_service_pb2_grpc
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
-from registry_server.canary_judge import run_judge
+from registry_server.background import run_janitor, run_judge
 from registry_server.config import Settings
+from registry_server.errors import StartupError
 from registry_server.read_cache import VersionCache
 from registry_server.services.agents import AgentServicer
 from registry_server.services.deployments import DeploymentServicer
@@ -100,30 +101,15 @@ class RunningServer:
         await self.blobs.close()
 
 
-async def _janitor(blobs: BlobStore, settings: Settings) -> None:
-    while True:
-        try:
-            removed = await blobs.remove_stale_uploads(settings.upload_ttl)
-            if removed:
-                log.info("janitor removed %d stale uploads", removed)
-        except Exception:  # noqa: BLE001 - the janitor must survive a flaky store
-            log.exception("janitor sweep failed")
-        await asyncio.sleep(JANITOR_INTERVAL)
-
-
 async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
     """Starts a server and returns once it listens. The caller calls `stop()`.
-    `interceptors` run before the error mapping (outermost first)."""
+    `interceptors` run before the error mapping (outermost first). Raises StartupError
+    (ConfigError for a bad setting) when a dependency or the address fails."""
+    blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
     url = settings.database_url
     if not url:
         url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
-    conn = await db.connect(url)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
-    pool = await db.create_pool(url, max_size=settings.db_pool_size)
-    blobs = make_blobstore(settings)
+    pool = await db.open_database(url, settings.db_pool_size)
     await blobs.start()
 
     outbox = Outbox(pool)
@@ -158,9 +144,15 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(settings.address)
+    try:
+        port = server.add_insecure_port(settings.address)
+    except RuntimeError:  # grpc raises "Failed to bind" (older versions returned 0)
+        port = 0
     if port == 0:
-        raise SystemExit(f"cannot listen on {settings.address}: the address is in use or invalid")
+        raise StartupError(
+            f"cannot listen on {settings.address}: the address is in use or invalid; stop what listens "
+            "there or set MODELREG_ADDRESS (or --listen) to another host:port"
+        )
     await server.start()
     for name in ("",) + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -176,7 +168,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
     )
-    running.tasks.append(asyncio.create_task(_janitor(blobs, settings)))
+    running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running
 
@@ -227,3 +219,49 @@ async def serve_forever(settings: Settings) -> None:
     await stop.wait()
     print(f"shutting down (grace {settings.shutdown_grace:g}s)", file=sys.stderr, flush=True)
     await running.stop()
+
+
+def _one_line(message: str, secrets: list[str]) -> str:
+    """The message on one line, every secret replaced by ****. The messages are written
+    without secrets; this is the second guard. It skips secrets under 4 characters, which
+    would mask ordinary words."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            message = message.replace(secret, "****")
+    return " ".join(message.split())
+
+
+def _secrets(settings: Settings | None) -> list[str]:
+    """Everything that must never appear in an exit message: the S3 secret key and database
+    passwords, from the settings and from the environment (a ConfigError may come before the
+    settings exist)."""
+    from urllib.parse import urlparse
+
+    values = [os.environ.get("MODELREG_S3_SECRET_KEY", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")]
+    urls = [os.environ.get("MODELREG_DATABASE_URL", "")]
+    if settings is not None:
+        values.append(settings.s3_secret_key)
+        urls.append(settings.database_url or "")
+    for url in urls:
+        try:
+            values.append(urlparse(url).password or "")
+        except ValueError:
+            pass
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def run_server(build_settings: Callable[[], Settings]) -> int:
+    """The server process: builds the settings, serves until SIGTERM/SIGINT, returns the exit
+    status. THE ONLY PLACE A START-UP FAILURE BECOMES AN EXIT MESSAGE: a ConfigError prints one
+    line on stderr and returns 2, another StartupError one line and 1; neither shows a
+    traceback or a secret."""
+    settings: Settings | None = None
+    try:
+        settings = build_settings()
+        asyncio.run(serve_forever(settings))
+    except StartupError as e:
+        print(f"modelreg server: {_one_line(e.message, _secrets(settings))}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        pass
+    return 0

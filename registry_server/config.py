@@ -1,31 +1,83 @@
-"""Settings: one frozen dataclass built from the environment and flags, printed at start-up."""
+"""Settings: one frozen dataclass built from the environment and flags, printed at start-up.
+
+`Settings.from_env` raises `ConfigError` for a value it cannot use, naming the variable and
+what to set instead; it never echoes a secret (no secret is parsed here).
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from registry_server.errors import ConfigError
 from registry_server.storage.db import describe_url
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; set it to true or false")
 
 
-def _float(name: str, default: float) -> float:
+def _float(name: str, default: float, *, minimum: float = 0.0, above: bool = False) -> float:
+    """The number in `name`, `default` when unset or empty. It must be at least `minimum`
+    (greater than it when `above`)."""
     raw = os.environ.get(name)
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to a number like {default:g}") from None
+    if not math.isfinite(value) or value < minimum or (above and value == minimum):
+        bound = f"greater than {minimum:g}" if above else f"at least {minimum:g}"
+        raise ConfigError(f"{name}={raw!r} is out of range; set it to a number {bound}, like {default:g}")
+    return value
+
+
+def _int(name: str, default: int, *, minimum: int) -> int:
+    """The whole number in `name`, `default` when unset or empty; at least `minimum`."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to a number like {default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} is out of range; set it to at least {minimum}, like {default}")
+    return value
+
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:(?=\D)")  # unix:/path, ipv4:..., not host:port
+
+
+def _check_address(address: str) -> None:
+    """`host:port` with a port from 0 to 65535; gRPC's other forms (`unix:/path`) pass."""
+    if _SCHEME.match(address):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"MODELREG_ADDRESS={address!r} is not host:port; set it (or --listen) to an address like {DEFAULT_ADDRESS}"
+        )
 
 
 @dataclass(frozen=True)
@@ -63,7 +115,7 @@ class Settings:
     canary_stats_window: timedelta = timedelta(seconds=60)
 
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
+    def from_env(cls, **overrides: Any) -> Settings:
         env = os.environ
         s = cls(
             address=env.get("MODELREG_ADDRESS") or DEFAULT_ADDRESS,
@@ -73,19 +125,21 @@ class Settings:
             s3_endpoint=env.get("MODELREG_S3_ENDPOINT", ""),
             s3_access_key=env.get("MODELREG_S3_ACCESS_KEY", ""),
             s3_secret_key=env.get("MODELREG_S3_SECRET_KEY", ""),
-            s3_secure=_bool(env.get("MODELREG_S3_SECURE"), True),
+            s3_secure=_bool("MODELREG_S3_SECURE", True),
             s3_region=env.get("MODELREG_S3_REGION", ""),
-            db_pool_size=int(_float("MODELREG_DB_POOL_SIZE", 20)),
-            bookmark_interval=_float("MODELREG_BOOKMARK_INTERVAL", 10.0),
-            event_retention=timedelta(hours=_float("MODELREG_EVENT_RETENTION_HOURS", 24 * 7)),
-            upload_ttl=timedelta(hours=_float("MODELREG_UPLOAD_TTL_HOURS", 24)),
+            db_pool_size=_int("MODELREG_DB_POOL_SIZE", 20, minimum=1),
+            bookmark_interval=_float("MODELREG_BOOKMARK_INTERVAL", 10.0, above=True),
+            event_retention=timedelta(hours=_float("MODELREG_EVENT_RETENTION_HOURS", 24 * 7, above=True)),
+            upload_ttl=timedelta(hours=_float("MODELREG_UPLOAD_TTL_HOURS", 24, above=True)),
             shutdown_grace=_float("MODELREG_SHUTDOWN_GRACE", 5.0),
-            canary_judge_interval=_float("MODELREG_CANARY_JUDGE_INTERVAL", 2.0),
-            agent_stale_after=timedelta(seconds=_float("MODELREG_AGENT_STALE_SECONDS", 30)),
-            canary_stats_window=timedelta(seconds=_float("MODELREG_CANARY_STATS_WINDOW_SECONDS", 60)),
+            canary_judge_interval=_float("MODELREG_CANARY_JUDGE_INTERVAL", 2.0, above=True),
+            agent_stale_after=timedelta(seconds=_float("MODELREG_AGENT_STALE_SECONDS", 30, above=True)),
+            canary_stats_window=timedelta(seconds=_float("MODELREG_CANARY_STATS_WINDOW_SECONDS", 60, above=True)),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(s, **given) if given else s
+        s = replace(s, **given) if given else s
+        _check_address(s.address)
+        return s
 
     @property
     def artifacts_location(self) -> str:

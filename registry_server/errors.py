@@ -64,3 +64,29 @@ class DataLoss(RegistryError):
 
 class Unavailable(RegistryError):
     """A backend (database, artifact store) is unreachable; retry shortly."""
+
+
+# ---------------------------------------------------------------- start-up failures
+#
+# Not caller errors: they carry no gRPC status. They stop the server before it serves, and
+# ONLY the process start-up (`registry_server.app.run_server`) turns them into an exit
+# message: one line on stderr, exit status `exit_code`. Their messages say what to check and
+# never contain a secret (the S3 secret key, a database password).
+
+
+class StartupError(Exception):
+    """The server cannot start: the database or the artifact store is unreachable or refuses
+    it, or the listen address is taken. Exit status 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(StartupError, ValueError):
+    """A setting is invalid (an environment variable, a flag, the S3 settings); the message
+    names it and says what to set instead. Exit status 2, like a usage error."""
+
+    exit_code = 2

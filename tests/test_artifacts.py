@@ -577,9 +577,11 @@ def test_server_with_wrong_s3_credentials_exits_with_a_clear_message(seaweedfs, 
     env = seaweedfs.registry_env(s3_bucket)
     env["MODELREG_S3_SECRET_KEY"] = "not-the-secret"
     proc = _start_server(database_url, tmp_path, **env)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     assert "cannot start with the artifact store" in proc.stderr and "SignatureDoesNotMatch" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("modelreg server: cannot start with the artifact store")
     assert "Traceback" not in proc.stderr
+    assert "not-the-secret" not in proc.stderr and seaweedfs.secret_key not in proc.stderr
 
 
 def test_server_exits_with_a_clear_message_when_s3_is_unreachable(database_url, tmp_path):
@@ -594,8 +596,9 @@ def test_server_exits_with_a_clear_message_when_s3_is_unreachable(database_url, 
         MODELREG_S3_SECRET_KEY="s",
     )
     proc = subprocess.run([str(BIN / "modelreg"), "server"], env=env, capture_output=True, text=True, timeout=90)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     assert "artifact store" in proc.stderr and "unreachable" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("modelreg server: cannot start with the artifact store")
     assert "Traceback" not in proc.stderr
 
 

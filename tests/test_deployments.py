@@ -201,3 +201,19 @@ def test_judge_canary(policy, stable, canary, verdict, why):
     got, reason = judge_canary(policy, stable, canary)
     assert got == verdict, why
     assert bool(reason) == (verdict != Verdict.WAIT), why
+
+
+def test_the_running_canarys_version_cannot_be_deleted(client):
+    """Deleting the canary's version would leave the deployment pointing at nothing: refused,
+    and the deployment is unchanged; once the canary is aborted the version can go."""
+    client.register("cdel", b"stable")
+    client.register("cdel", b"canary")
+    client.promote("cdel", 1, "production")
+    client.set_canary("cdel", 2, 10)
+    with pytest.raises(errors.FailedPrecondition, match="is the running canary; abort it"):
+        client.delete_version("cdel", 2)
+    d = client.get_deployment("cdel")
+    assert (d.stable.version_number, d.canary.version_number, d.canary_weight) == (1, 2, 10)
+    client.abort_canary("cdel")
+    client.delete_version("cdel", 2)
+    assert [v.version for v in client.list_versions("cdel")] == [1]

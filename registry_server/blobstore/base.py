@@ -122,4 +122,3 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def remove_stale_uploads(self, older_than: timedelta) -> int:
         """The janitor: removes temporary uploads older than `older_than`. Returns how many."""
-

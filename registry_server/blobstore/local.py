@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer
 from registry_server.errors import FailedPrecondition
@@ -33,7 +34,7 @@ class _LocalUpload(BlobUpload):
     def __init__(self, store: LocalBlobStore, path: Path):
         self.store = store
         self.path = path
-        self._file = None
+        self._file: BinaryIO | None = None
         self._ended = False
         self._committed = False
         self._lock = threading.Lock()

@@ -160,6 +160,10 @@ class Models:
                 return False
             return True
 
+    async def remove_stale_uploads(self, ttl: timedelta) -> int:
+        """Removes uploads that never completed and are older than `ttl` (the janitor)."""
+        return await self.blobs.remove_stale_uploads(ttl)
+
     # ------------------------------------------------------------------ download
 
     async def open_download(self, ref: VersionRef, offset: int, chunk_size: int) -> Download:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def register(sub, common) -> None:
 
 
 def run(args) -> int:
-    from registry_server.app import serve_forever
+    from registry_server.app import run_server
     from registry_server.config import Settings
 
     from modelreg.process import keep_freed_memory
@@ -32,14 +31,11 @@ def run(args) -> int:
     # Artifact chunks of 1-4 MiB pass through every transfer: keep their pages for reuse.
     keep_freed_memory(mmap_threshold=8 << 20, trim_threshold=64 << 20)
     address = args.listen or args.address
-    settings = Settings.from_env(
-        address=address,
-        database_url=args.database_url,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        artifacts=args.artifacts,
+    return run_server(
+        lambda: Settings.from_env(
+            address=address,
+            database_url=args.database_url,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            artifacts=args.artifacts,
+        )
     )
-    try:
-        asyncio.run(serve_forever(settings))
-    except KeyboardInterrupt:
-        pass
-    return 0
