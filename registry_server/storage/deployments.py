@@ -20,7 +20,7 @@ from registry_server.domain import deployments as dd
 from registry_server.domain.models import StageTransition
 from registry_server.domain.stages import Stage
 from registry_server.errors import ModelNotFound, VersionNotFound
-from registry_server.storage.models import no_alias
+from registry_server.storage.models import no_alias, require_model
 from registry_server.storage.outbox import Outbox
 
 # A model's deployment with its stable (production) and canary artifacts, from `models m`.
@@ -263,7 +263,7 @@ class DeploymentStore:
             limit,
         )
         if not rows:
-            await _require_model(self.pool, model)
+            await require_model(self.pool, model)
         return [
             (
                 r["id"],
@@ -288,7 +288,7 @@ class DeploymentStore:
             limit,
         )
         if not rows:
-            await _require_model(self.pool, model)
+            await require_model(self.pool, model)
         return [
             (
                 r["id"],
@@ -339,8 +339,3 @@ class _Locked:
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._tx.__aexit__(*exc)
-
-
-async def _require_model(conn: asyncpg.Pool | asyncpg.Connection, model: str) -> None:
-    if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-        raise ModelNotFound(model)
