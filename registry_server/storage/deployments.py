@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -307,15 +308,17 @@ class DeploymentStore:
         ]
 
 
+@dataclass(frozen=True)
 class HistoryEntry:
     """One recorded deployment change."""
 
-    __slots__ = ("action", "actor", "reason", "before", "after", "sequence", "create_time")
-
-    def __init__(self, action: dd.Action, actor: str, reason: str, before: dd.Deployment, after: dd.Deployment,
-                 sequence: int, create_time: datetime):
-        self.action, self.actor, self.reason = action, actor, reason
-        self.before, self.after, self.sequence, self.create_time = before, after, sequence, create_time
+    action: dd.Action
+    actor: str
+    reason: str
+    before: dd.Deployment
+    after: dd.Deployment
+    sequence: int
+    create_time: datetime
 
 
 class _Locked:
