@@ -80,7 +80,6 @@ class AgentConfig:
     report_interval: float = 2.0
     retry_initial: float = 1.0
     retry_max: float = 30.0
-    poll_interval: float = 1.0
     # versions no longer desired kept loaded per model, so a rollback to one is a pointer flip
     keep_warm: int = field(default_factory=keep_warm_from_env)
 
@@ -164,7 +163,6 @@ class Agent:
             StateFile(c.cache_dir / "state.json"),
             self._declare,
             actor=f"agent:{self.agent_id}",
-            poll_interval=c.poll_interval,
         )
         self.source.restore()  # serve from the cache before the registry answers
         for mgr in self.models.values():

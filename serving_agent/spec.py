@@ -40,8 +40,9 @@ class VersionSpec:
 
 @dataclass(frozen=True)
 class Desired:
-    """What one model should serve. `canary` with `weight` percent of requests is issue 6's
-    canary rollout; until it lands the source always declares no canary."""
+    """What one model should serve: the deployment's stable version and its canary, which
+    takes `weight` percent of requests (weight is 0 without a canary). Desired() is a model
+    with nothing to serve (no production version, or deleted)."""
 
     stable: VersionSpec | None = None
     canary: VersionSpec | None = None

@@ -29,7 +29,8 @@ def test_canary_weight_and_sticky_routing_keys(client, registry, agents):
         for key, version in list(sticky.items())[:50]:
             assert c.predict("can", X, routing_key=key).model_version == version, "a routing key switched versions"
     st = wait_until(lambda: (s := client.rollout_status("can")).complete and s, 30, what="canary rollout observed")
-    assert (st.desired_version, st.desired_canary_version, st.canary_weight) == (1, 2, 30)
+    d = st.deployment
+    assert (d.stable.version_number, d.canary.version_number, d.canary_weight) == (1, 2, 30)
     share = Counter(sticky.values())
     assert set(share) == {"models/can/versions/1", "models/can/versions/2"}
     assert 20 <= share["models/can/versions/2"] <= 100, share  # 30% of 200 keys, hashed
@@ -37,7 +38,7 @@ def test_canary_weight_and_sticky_routing_keys(client, registry, agents):
     client.promote_canary("can")
     wait_until(lambda: serving_states(agent, "can") == {2: serving}, 60, what="canary promoted, v1 unloaded")
     st = wait_until(lambda: (s := client.rollout_status("can")).complete and s, 30, what="promotion observed")
-    assert (st.desired_version, st.desired_canary_version) == (2, 0)
+    assert st.deployment.stable.version_number == 2 and not st.deployment.HasField("canary")
     with agent.client() as c:
         assert c.predict("can", X, routing_key="user-1").model_version == "models/can/versions/2"
 

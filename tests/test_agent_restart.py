@@ -83,7 +83,7 @@ def test_registry_restart_agent_resumes_without_missing_a_promotion(spawn_regist
     assert _output(agent, "resume") == ("models/resume/versions/2", 2.0)
     with Client(address, actor="tester") as reg:
         st = wait_until(lambda: (s := reg.rollout_status("resume")).complete and s, 30, what="rollout complete")
-    assert st.desired_version == 2
+    assert st.deployment.stable.version_number == 2
 
 
 def test_a_cut_download_resumes_from_its_part_file(client, registry, agent_procs, tmp_path):

@@ -46,9 +46,11 @@ def test_rollout_status_of_unknown_model_is_not_found(client):
         client.rollout_status("nope")
 
 
-def test_silent_agents_turn_stale_and_leave_the_rollout(make_registry, monkeypatch):
-    monkeypatch.setenv("MODELREG_AGENT_STALE_SECONDS", "1")
-    registry = make_registry()
+def test_silent_agents_turn_stale_and_leave_the_rollout(make_registry):
+    from datetime import timedelta
+
+    # The staleness knob is a Setting (MODELREG_AGENT_STALE_SECONDS for `modelreg server`).
+    registry = make_registry(agent_stale_after=timedelta(seconds=1))
     from modelreg import Client
 
     with Client(registry.address, actor="t") as c:
@@ -215,7 +217,7 @@ def test_ops_read_rollout_status_and_agents_with_grpcurl(client, registry):
         return json.loads(proc.stdout)
 
     st = grpcurl("modelreg.v1.AgentService/GetRolloutStatus", '{"model": "models/ops"}')
-    assert st["desired_version"] == "1" and st["complete"] is True
+    assert st["deployment"]["stable"]["version_number"] == "1" and st["complete"] is True
     assert st["agents"][0]["agent"] == "agents/edge-1"
     listed = grpcurl("modelreg.v1.AgentService/ListAgents", '{"model": "models/ops"}')
     assert [a["agent_id"] for a in listed["agents"]] == ["edge-1"]

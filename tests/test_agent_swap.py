@@ -45,7 +45,7 @@ def test_promote_v2_under_load_swaps_with_zero_failed_requests(client, registry,
         return st if st.get("complete") and counted else None
 
     st = wait_until(complete, 30, what="rollout complete with the requests counted")
-    assert st["desiredVersion"] == "2"
+    assert st["deployment"]["stable"]["versionNumber"] == "2"
     assert st["agents"][0]["agent"] == "agents/a1"
     assert [v["version"] for v in st["agents"][0]["versions"]] == ["2"]
     table = cli("status", "scaler").stdout
@@ -73,7 +73,7 @@ def test_corrupt_onnx_promoted_keeps_v1_and_reports_failed(client, registry, age
         r = c.predict("clf", {"x": np.ones((2, 4), np.float32)})
     assert r.model_version == "models/clf/versions/1"
     st = client.rollout_status("clf")
-    assert st.desired_version == 2 and not st.complete
+    assert st.deployment.stable.version_number == 2 and not st.complete
     table = cli("status", "clf").stdout
     assert "v2:failed (load failed" in table
     assert "complete  no" in table

@@ -79,7 +79,7 @@ def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo
             assert len(d2.detections) <= 5
             assert (d2.image_width, d2.image_height) == (96, 80)
         st = wait_until(lambda: (s := client.rollout_status("detector")).complete and s, 30, what="rollout complete")
-        assert st.desired_version == 2
+        assert st.deployment.stable.version_number == 2
         wait_until(lambda: [v.version for v in client.rollout_status("detector").agents[0].versions] == [2], 30,
                    what="v1 unloaded")
     finally:

@@ -15,7 +15,10 @@ out and drops duplicates, so the caller sees each event once. When the server an
 RESYNC_REQUIRED (the cursor is older than the retained history) it watches again without a
 cursor and yields a fresh snapshot: re-read your state from it.
 
-`AsyncWatcher` is the same over grpc.aio, for `async for`.
+`AsyncWatcher` is the same over grpc.aio, for `async for`. Both report each reconnect to
+an optional `on_retry(error, delay)` callback and expose `connected` (a stream is open and
+has answered) and `last_error` (why the last stream ended), so a long-running client can
+log its connection's state changes without re-implementing the loop.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class _Cursor:
         self.show_snapshot = snapshot
         self.reconnects = 0
         self.resyncs = 0
+        self.connected = False
 
     def request(self) -> es.WatchEventsRequest:
         if self.last_sequence is None:
@@ -167,6 +171,11 @@ class _Progress:
     def resyncs(self) -> int:
         return self._cursor.resyncs
 
+    @property
+    def connected(self) -> bool:
+        """True while a stream is open and has delivered at least one message."""
+        return self._cursor.connected
+
 
 class Watcher(_Progress):
     """A resuming iterator over WatchEvents. Stop it with `close()` (from any thread) or by
@@ -226,7 +235,7 @@ class Watcher(_Progress):
                     call.cancel()
                 try:
                     for msg in call:
-                        cur.connected_once = True
+                        cur.connected_once = cur.connected = True
                         attempt = 0
                         if cur.accept(msg):
                             yield msg
@@ -237,6 +246,8 @@ class Watcher(_Progress):
                         return
                     self.last_error = err
                     retry_now = cur.failed(err)
+                finally:
+                    cur.connected = False
                 if self._closed.is_set():
                     return
                 cur.reconnects += 1
@@ -253,7 +264,10 @@ class Watcher(_Progress):
 
 class AsyncWatcher(_Progress):
     """The Watcher over grpc.aio: `async for item in AsyncWatcher("host:port", models=[...])`.
-    Stop it with `await close()` or by leaving the loop."""
+    Stop it with `await close()` or by leaving the loop. `on_retry(error, delay)` is called
+    before each reconnect, as for `Watcher` (error None: the server ended the stream without
+    one; delay 0: a resync, the next item is a fresh snapshot). A channel passed in stays
+    open after `close()`; one made from a target string is closed."""
 
     def __init__(
         self,
@@ -268,15 +282,17 @@ class AsyncWatcher(_Progress):
         metadata: Sequence[tuple[str, str]] = (),
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
+        on_retry: Callable[[grpc.RpcError | None, float], None] | None = None,
     ):
         self._own_channel = isinstance(target, str)
         self._channel = grpc.aio.insecure_channel(target) if isinstance(target, str) else target
         self._stub = es_grpc.EventServiceStub(self._channel)
+        self._on_retry = on_retry
         self._cursor = _Cursor(models, types, after_sequence, snapshot, snapshot_on_resume, bookmark_interval)
         self._metadata = tuple(metadata)
         self._backoff = (backoff_first, backoff_max)
         self._closed = asyncio.Event()
-        self._call = None
+        self._call: grpc.aio.UnaryStreamCall | None = None
         self.last_error: grpc.RpcError | None = None
 
     async def close(self) -> None:
@@ -301,11 +317,12 @@ class AsyncWatcher(_Progress):
                 self._call = call
                 try:
                     async for msg in call:
-                        cur.connected_once = True
+                        cur.connected_once = cur.connected = True
                         attempt = 0
                         if cur.accept(msg):
                             yield msg
-                    retry_now = False
+                    retry_now = False  # the server ended the stream cleanly: reconnect
+                    self.last_error = None
                 except grpc.RpcError as err:
                     if self._closed.is_set():
                         return
@@ -315,12 +332,17 @@ class AsyncWatcher(_Progress):
                     if self._closed.is_set():
                         return
                     raise
+                finally:
+                    cur.connected = False
                 if self._closed.is_set():
                     return
                 cur.reconnects += 1
+                delay = 0.0 if retry_now else backoff_delay(attempt, *self._backoff)
+                if self._on_retry is not None:
+                    self._on_retry(self.last_error, delay)
                 if not retry_now:
                     try:
-                        await asyncio.wait_for(self._closed.wait(), backoff_delay(attempt, *self._backoff))
+                        await asyncio.wait_for(self._closed.wait(), delay)
                     except TimeoutError:
                         pass
                     attempt += 1

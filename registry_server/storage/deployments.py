@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from registry_server.domain import deployments as dd
 from registry_server.domain.models import StageTransition
 from registry_server.domain.stages import Stage
 from registry_server.errors import ModelNotFound, VersionNotFound
-from registry_server.storage.models import no_alias
+from registry_server.storage.models import no_alias, require_model
 from registry_server.storage.outbox import Outbox
 
 # A model's deployment with its stable (production) and canary artifacts, from `models m`.
@@ -263,7 +264,7 @@ class DeploymentStore:
             limit,
         )
         if not rows:
-            await _require_model(self.pool, model)
+            await require_model(self.pool, model)
         return [
             (
                 r["id"],
@@ -288,7 +289,7 @@ class DeploymentStore:
             limit,
         )
         if not rows:
-            await _require_model(self.pool, model)
+            await require_model(self.pool, model)
         return [
             (
                 r["id"],
@@ -307,15 +308,17 @@ class DeploymentStore:
         ]
 
 
+@dataclass(frozen=True)
 class HistoryEntry:
     """One recorded deployment change."""
 
-    __slots__ = ("action", "actor", "reason", "before", "after", "sequence", "create_time")
-
-    def __init__(self, action: dd.Action, actor: str, reason: str, before: dd.Deployment, after: dd.Deployment,
-                 sequence: int, create_time: datetime):
-        self.action, self.actor, self.reason = action, actor, reason
-        self.before, self.after, self.sequence, self.create_time = before, after, sequence, create_time
+    action: dd.Action
+    actor: str
+    reason: str
+    before: dd.Deployment
+    after: dd.Deployment
+    sequence: int
+    create_time: datetime
 
 
 class _Locked:
@@ -339,8 +342,3 @@ class _Locked:
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._tx.__aexit__(*exc)
-
-
-async def _require_model(conn: asyncpg.Pool | asyncpg.Connection, model: str) -> None:
-    if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
-        raise ModelNotFound(model)

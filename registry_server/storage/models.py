@@ -443,13 +443,17 @@ class ModelStore:
         return orphans
 
     async def require_model(self, model: str, conn: asyncpg.Connection | None = None) -> None:
-        """Raises ModelNotFound unless the model exists (the error for an empty result)."""
-        if not await (conn or self.pool).fetchval("SELECT 1 FROM models WHERE name = $1", model):
-            raise ModelNotFound(model)
+        await require_model(conn or self.pool, model)
 
     async def _raise_missing(self, conn: asyncpg.Connection, model: str, version: int) -> None:
         await self.require_model(model, conn)
         raise VersionNotFound(model, version)
+
+
+async def require_model(conn: asyncpg.Pool | asyncpg.Connection, model: str) -> None:
+    """Raises ModelNotFound unless the model exists (the error for an empty result)."""
+    if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
+        raise ModelNotFound(model)
 
 
 def no_alias(model: str, alias: str, what: str) -> VersionNotFound:
