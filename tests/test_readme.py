@@ -131,7 +131,12 @@ class Session:
         self.logs = workdir.parent / "logs"
         self.logs.mkdir()
         path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != BIN.resolve()]
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+        # A fresh user: no venv active, no modelreg settings but the two addresses.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("VIRTUAL_ENV", "PYTHONHOME") and not k.startswith("MODELREG_")
+        }
         env.update(
             PATH=os.pathsep.join(path),
             MODELREG_ADDRESS=self.registry,
@@ -273,11 +278,16 @@ class Session:
         return "\n".join(parts)
 
     def close(self) -> None:
+        """Whatever still runs after a failure: Ctrl-C first (the registry then stops its
+        embedded Postgres), then SIGKILL."""
         for _, proc, _ in self.background:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
             _kill_group(proc)
-        if self.server is not None and self.server.poll() is None:
-            self.server.kill()
-            self.server.wait(5)
+        self.stop_server()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
