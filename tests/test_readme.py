@@ -31,6 +31,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -113,6 +112,12 @@ def test_every_walkthrough_block_is_marked():
 
 
 # ---------------------------------------------------------------- running the blocks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
