@@ -182,13 +182,20 @@ async def serving(settings: Settings) -> AsyncIterator[RunningServer]:
         await running.stop(grace=0.5)
 
 
-def _command(name: str) -> str:
-    """How to call a script of this venv: its bare name when the venv is on PATH, else a path
-    (`.venv/bin/modelreg`)."""
+def _command(name: str) -> str | None:
+    """How to call a script of this install from another terminal: its bare name when it is
+    on PATH there, else a path (`.venv/bin/modelreg`); None when it is not installed. A
+    venv's own bin on PATH counts only when the venv is activated: `make run` puts it on
+    PATH for this process alone."""
     ours = Path(sys.executable).parent / name
     on_path = shutil.which(name)
+    if not ours.exists():
+        return name if on_path else None
     if on_path and Path(on_path).resolve() == ours.resolve():
-        return name
+        venv_bin = Path(on_path).parent.resolve() == ours.parent.resolve() and sys.prefix != sys.base_prefix
+        activated = Path(os.environ.get("VIRTUAL_ENV") or "/nonexistent").resolve() == Path(sys.prefix).resolve()
+        if activated or not venv_bin:
+            return name
     rel = os.path.relpath(ours)
     return str(ours) if rel.startswith("..") else rel
 
@@ -202,9 +209,10 @@ def _banner(settings: Settings, running: RunningServer) -> str:
         "",
         f"listening on {running.address} (gRPC, reflection and grpc.health.v1 on)",
         "try:",
-        f"  MODELREG_ADDRESS={running.address} {cli} models list",
-        f"  {grpcurl} -plaintext {running.address} list",
+        f"  MODELREG_ADDRESS={running.address} {cli or 'modelreg'} models list",
     ]
+    if grpcurl:
+        lines.append(f"  {grpcurl} -plaintext {running.address} list")
     return "\n".join(lines)
 
 

@@ -17,13 +17,13 @@ from registry_server.config import Settings
 from registry_server.domain.deployments import Deployment
 from registry_server.domain.names import model_name, parse_model_name, version_name
 from registry_server.domain.stages import Stage
-from registry_server.errors import InvalidArgument, Unavailable
+from registry_server.errors import InvalidArgument
 from registry_server.events.hub import EventHub
-from registry_server.events.stream import Bookmark, EventStream, Snapshot
+from registry_server.events.stream import Bookmark, Snapshot
 from registry_server.services import convert as cv
-from registry_server.services.errors import BACKEND_DOWN
 from registry_server.storage import events as store
 from registry_server.storage.deployments import DeploymentStore
+from registry_server.usecases.events import Events
 
 log = logging.getLogger("modelreg.events")
 
@@ -31,10 +31,6 @@ DEFAULT_LIST_PAGE = 100
 MAX_LIST_PAGE = 1000
 MAX_WATCHED_MODELS = 1000
 MIN_BOOKMARK_INTERVAL = 1.0
-# A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
-DATABASE_DOWN = BACKEND_DOWN
-
-
 def type_names() -> dict[int, str]:
     """EventType value -> DB type string (EVENT_TYPE_STAGE_CHANGED -> STAGE_CHANGED)."""
     return {
@@ -107,10 +103,8 @@ RESPONSE_CACHE = 4096
 
 
 class EventServicer(es_grpc.EventServiceServicer):
-    def __init__(self, hub: EventHub, pool: asyncpg.Pool, deployments: DeploymentStore, settings: Settings):
-        self.hub = hub
-        self.pool = pool
-        self.deployments = deployments
+    def __init__(self, events: Events, settings: Settings):
+        self.events = events
         self.settings = settings
         # An event fans out to every watcher: build its response once, not once per stream.
         self._responses: collections.OrderedDict[int, es.WatchEventsResponse] = collections.OrderedDict()
@@ -136,33 +130,13 @@ class EventServicer(es_grpc.EventServiceServicer):
                 f"0 means the server default ({self.settings.bookmark_interval:g}s)"
             )
         interval = max(MIN_BOOKMARK_INTERVAL, float(request.bookmark_interval_seconds or self.settings.bookmark_interval))
-        stream = EventStream(
-            self.hub,
-            self.pool,
-            self.deployments,
-            models=models,
-            types=types,
-            after=after,
-            snapshot=not request.skip_snapshot,
-            bookmark_interval=interval,
-        )
-        try:
-            async for item in stream:
-                if isinstance(item, Snapshot):
-                    yield es.WatchEventsResponse(snapshot=snapshot_to_proto(item))
-                elif isinstance(item, Bookmark):
-                    yield es.WatchEventsResponse(bookmark=es.Bookmark(sequence=item.sequence))
-                else:
-                    yield self._event_response(item)
-        except DATABASE_DOWN as exc:
-            resume = (
-                f"resume with after_sequence={stream.cursor}" if stream.cursor is not None else "watch again"
-            )
-            raise Unavailable(
-                f"the registry's database is unavailable ({exc!r}); retry shortly and {resume}",
-                reason="DATABASE_UNAVAILABLE",
-                metadata={"resume_after_sequence": str(stream.cursor)} if stream.cursor is not None else {},
-            ) from exc
+        async for item in self.events.watch(models, types, after, not request.skip_snapshot, interval):
+            if isinstance(item, Snapshot):
+                yield es.WatchEventsResponse(snapshot=snapshot_to_proto(item))
+            elif isinstance(item, Bookmark):
+                yield es.WatchEventsResponse(bookmark=es.Bookmark(sequence=item.sequence))
+            else:
+                yield self._event_response(item)
 
     async def ListEvents(self, request: es.ListEventsRequest, context) -> es.ListEventsResponse:
         models = parse_models(request.models)
@@ -173,10 +147,7 @@ class EventServicer(es_grpc.EventServiceServicer):
             raise InvalidArgument(f"page_size must not be negative; 0 means the default ({DEFAULT_LIST_PAGE})")
         size = min(request.page_size or DEFAULT_LIST_PAGE, MAX_LIST_PAGE)
         after = cv.decode_int_token("events", request.page_token, request.after_sequence)
-        try:
-            rows = await store.fetch_after(self.pool, after, size + 1, models=models, types=types)
-        except DATABASE_DOWN as exc:
-            raise Unavailable(f"the registry's database is unavailable ({exc!r}); retry shortly") from exc
+        rows = await self.events.list(after, size + 1, models, types)
         token = cv.encode_token("events", rows[size - 1].sequence) if len(rows) > size else ""
         return es.ListEventsResponse(events=[event_to_proto(r) for r in rows[:size]], next_page_token=token)
 
@@ -197,7 +168,7 @@ async def attach_event_service(
     if on_events is not None:
         hub.listeners.append(on_events)
     await hub.start()
-    es_grpc.add_EventServiceServicer_to_server(EventServicer(hub, pool, deployments, settings), server)
+    es_grpc.add_EventServiceServicer_to_server(EventServicer(Events(hub, pool, deployments), settings), server)
 
     async def close() -> None:
         await hub.close_streams(settings.shutdown_grace)

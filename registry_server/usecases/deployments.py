@@ -11,7 +11,8 @@ deployment, the history and the events never disagree.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 from registry_server.domain import deployments as dd
 from registry_server.domain.models import ModelVersion, StageTransition
@@ -91,7 +92,10 @@ class Deployments:
 
     async def _apply(self, tx: DeploymentTx, plan: dd.Plan, actor: str) -> tuple[dd.Deployment, int]:
         seq, _ = await tx.persist(plan, actor)
-        return plan.after, seq
+        after = plan.after
+        if plan.changed:  # the row's updated_at is the commit's now(); within a millisecond of this
+            after = replace(after, update_time=datetime.now(timezone.utc))
+        return after, seq
 
     # ------------------------------------------------------------------ the canary judge
 
