@@ -17,12 +17,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelreg.v1 import event_service_pb2, registry_service_pb2, registry_service_pb2_grpc
-from modelreg.v1 import agent_service_pb2, agent_service_pb2_grpc
-from modelreg.v1 import deployment_service_pb2, deployment_service_pb2_grpc
+from modelreg.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    deployment_service_pb2,
+    deployment_service_pb2_grpc,
+    event_service_pb2,
+    registry_service_pb2,
+    registry_service_pb2_grpc,
+)
+from registry_server.background import run_janitor, run_judge
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
-from registry_server.background import run_janitor, run_judge
 from registry_server.config import Settings
 from registry_server.errors import StartupError
 from registry_server.read_cache import VersionCache
@@ -128,7 +134,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(models, deployments), server)
     deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(deployments), server)

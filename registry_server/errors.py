@@ -37,8 +37,7 @@ class ModelNotFound(NotFound):
 class VersionNotFound(NotFound):
     def __init__(self, model: str, version: int | str):
         super().__init__(
-            f"version 'models/{model}/versions/{version}' does not exist; "
-            f"list versions with 'modelreg list {model}'"
+            f"version 'models/{model}/versions/{version}' does not exist; list versions with 'modelreg list {model}'"
         )
 
 

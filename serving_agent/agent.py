@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -124,7 +124,7 @@ class Agent:
         self.config = config
         self.agent_id = config.resolved_agent_id()
         self.metrics = Metrics()
-        self.start_time = datetime.now(timezone.utc)
+        self.start_time = datetime.now(UTC)
         self.models: dict[str, ModelManager] = {}
         self._tasks: list[asyncio.Task] = []
         self._changed = asyncio.Event()
@@ -233,8 +233,14 @@ class Agent:
             return Prediction(mv.spec.name, outputs)
 
     async def detect(
-        self, model: str, image: bytes | np.ndarray, *, confidence: float = 0.25, iou: float = 0.7,
-        max_detections: int = 300, routing_key: str = "",
+        self,
+        model: str,
+        image: bytes | np.ndarray,
+        *,
+        confidence: float = 0.25,
+        iou: float = 0.7,
+        max_detections: int = 300,
+        routing_key: str = "",
     ) -> Detection:
         mgr = self._manager(model)
         with mgr.lease(routing_key) as mv:
@@ -259,8 +265,9 @@ class Agent:
         except Exception as e:
             mv.errors += 1
             code = getattr(getattr(e, "code", None), "name", "INTERNAL")
-            self.metrics.inc("modelreg_agent_request_errors_total", model=mgr.model, version=version,
-                             method=method, code=code)
+            self.metrics.inc(
+                "modelreg_agent_request_errors_total", model=mgr.model, version=version, method=method, code=code
+            )
             raise
         finally:
             elapsed = time.perf_counter() - started

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
 from modelreg.client import file_sha256
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
-
 from serving_agent.cache import BlobCache
 from serving_agent.errors import FetchError, IntegrityError
 from serving_agent.spec import VersionSpec
@@ -147,8 +147,12 @@ class Fetcher:
                 if e.code() == grpc.StatusCode.DATA_LOSS:
                     part.unlink(missing_ok=True)
                     raise IntegrityError(f"the registry reported DATA_LOSS for {spec.name}: {e.details()}") from None
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                if e.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.INTERNAL,
+                    grpc.StatusCode.UNKNOWN,
+                ):
                     raise FetchError(f"downloading {spec.name} failed: {e.code().name}: {e.details()}") from None
                 await asyncio.sleep(0.2 * (attempt + 1))  # resume from the .part offset
         assert last is not None

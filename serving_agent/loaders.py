@@ -258,6 +258,4 @@ def make_loader(path: Path, spec: VersionSpec, options: RuntimeOptions) -> Loade
         return YoloLoader(path, spec, options, _imgsz(spec.config.get("imgsz")))
     if spec.format == "onnx":
         return OnnxLoader(path, spec, options)
-    raise ValueError(
-        f"{spec.name} has format {spec.format!r}; the agent serves onnx and ultralytics_pt artifacts only"
-    )
+    raise ValueError(f"{spec.name} has format {spec.format!r}; the agent serves onnx and ultralytics_pt artifacts only")

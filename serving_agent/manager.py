@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from serving_agent import policy
 from serving_agent.errors import AgentError, NoVersionLoaded
@@ -63,7 +63,7 @@ class ManagedVersion:
     requests: int = 0
     errors: int = 0
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
-    state_time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    state_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def version(self) -> int:
@@ -164,8 +164,9 @@ class ModelManager:
     def snapshot(self) -> list[policy.VersionSnapshot]:
         now = time.monotonic()
         return [
-            policy.VersionSnapshot(mv.version, mv.state, mv.desired, retry_due=now >= mv.retry_at,
-                                   last_desired=mv.last_desired)
+            policy.VersionSnapshot(
+                mv.version, mv.state, mv.desired, retry_due=now >= mv.retry_at, last_desired=mv.last_desired
+            )
             for mv in self.versions.values()
         ]
 
@@ -174,8 +175,11 @@ class ModelManager:
             action = policy.next_action(self.snapshot(), self.hooks.keep_warm)
             if action is None:
                 self.wake.clear()
-                waits = [mv.retry_at - time.monotonic() for mv in self.versions.values()
-                         if mv.state is State.FAILED and mv.desired]
+                waits = [
+                    mv.retry_at - time.monotonic()
+                    for mv in self.versions.values()
+                    if mv.state is State.FAILED and mv.desired
+                ]
                 timeout = max(0.05, min(waits)) if waits else None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
@@ -194,7 +198,7 @@ class ModelManager:
     def _set_state(self, mv: ManagedVersion, state: State, error: str = "") -> None:
         mv.state = state
         mv.error = error
-        mv.state_time = datetime.now(timezone.utc)
+        mv.state_time = datetime.now(UTC)
         self.hooks.state(self.model, mv)
         self.hooks.changed()
 
@@ -230,10 +234,12 @@ class ModelManager:
         self._set_state(mv, State.READY)  # the swap: routing sees it from here on
         self.hooks.metrics.inc("modelreg_agent_swaps_total", model=self.model)
         self.hooks.metrics.inc("modelreg_agent_loads_total", model=self.model)
-        self.hooks.metrics.set("modelreg_agent_load_duration_seconds", mv.load_seconds,
-                               model=self.model, version=str(mv.version))
-        self.hooks.metrics.set("modelreg_agent_download_duration_seconds", mv.download_seconds,
-                               model=self.model, version=str(mv.version))
+        self.hooks.metrics.set(
+            "modelreg_agent_load_duration_seconds", mv.load_seconds, model=self.model, version=str(mv.version)
+        )
+        self.hooks.metrics.set(
+            "modelreg_agent_download_duration_seconds", mv.download_seconds, model=self.model, version=str(mv.version)
+        )
         log.info("%s serving (download %.2fs, load+warm-up %.2fs)", mv.spec.name, mv.download_seconds, mv.load_seconds)
 
     async def _unload(self, mv: ManagedVersion) -> None:
@@ -254,8 +260,15 @@ class ModelManager:
 class ManagerHooks:
     """What a ModelManager needs from the agent around it."""
 
-    def __init__(self, fetcher: Fetcher, options: RuntimeOptions, metrics: Metrics, backoff: Backoff,
-                 on_change: Callable[[], None], keep_warm: int = 0):
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        options: RuntimeOptions,
+        metrics: Metrics,
+        backoff: Backoff,
+        on_change: Callable[[], None],
+        keep_warm: int = 0,
+    ):
         self.fetcher = fetcher
         self.keep_warm = keep_warm
         self.options = options
@@ -268,8 +281,13 @@ class ManagerHooks:
 
     def state(self, model: str, mv: ManagedVersion) -> None:
         for s in State:
-            self.metrics.set("modelreg_agent_version_state", 1.0 if s is mv.state else 0.0,
-                             model=model, version=str(mv.version), state=s.value)
+            self.metrics.set(
+                "modelreg_agent_version_state",
+                1.0 if s is mv.state else 0.0,
+                model=model,
+                version=str(mv.version),
+                state=s.value,
+            )
 
     def forgot(self, model: str, mv: ManagedVersion) -> None:
         self.metrics.remove("modelreg_agent_version_state", model=model, version=str(mv.version))

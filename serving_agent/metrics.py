@@ -43,8 +43,10 @@ HELP = {
 def _labels(names: tuple[str, ...], values: tuple) -> str:
     if not names:
         return ""
-    inner = ",".join(f'{n}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                     for n, v in zip(names, values, strict=True))
+    inner = ",".join(
+        f'{n}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for n, v in zip(names, values, strict=True)
+    )
     return "{" + inner + "}"
 
 
@@ -126,10 +128,11 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_
                 body, status, ctype = b"not found: try /metrics\n", "404 Not Found", "text/plain"
             writer.write(
                 f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + body
+                "Connection: close\r\n\r\n".encode()
+                + body
             )
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

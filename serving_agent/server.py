@@ -74,8 +74,12 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         if request.max_detections < 0:
             raise BadInput("max_detections must not be negative; 0 means 300")
         result = await self.agent.detect(
-            request.model, request.image, confidence=conf, iou=iou,
-            max_detections=request.max_detections or 300, routing_key=request.routing_key,
+            request.model,
+            request.image,
+            confidence=conf,
+            iou=iou,
+            max_detections=request.max_detections or 300,
+            routing_key=request.routing_key,
         )
         d = result.detections
         return inf.DetectResponse(
@@ -83,8 +87,15 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
             image_width=d.width,
             image_height=d.height,
             detections=[
-                inf.Detection(class_id=b.class_id, class_name=b.class_name, confidence=b.confidence,
-                              x1=b.xyxy[0], y1=b.xyxy[1], x2=b.xyxy[2], y2=b.xyxy[3])
+                inf.Detection(
+                    class_id=b.class_id,
+                    class_name=b.class_name,
+                    confidence=b.confidence,
+                    x1=b.xyxy[0],
+                    y1=b.xyxy[1],
+                    x2=b.xyxy[2],
+                    y2=b.xyxy[3],
+                )
                 for b in d.boxes
             ],
         )
@@ -100,14 +111,18 @@ def listen_address(listen: str, uds: str) -> str:
     return f"unix:{uds}" if uds else listen
 
 
-async def serve(config: AgentConfig, listen: str, metrics_port: int | None, metrics_host: str = "127.0.0.1",
-                ready_line: bool = True) -> None:
+async def serve(
+    config: AgentConfig, listen: str, metrics_port: int | None, metrics_host: str = "127.0.0.1", ready_line: bool = True
+) -> None:
     """Runs an agent with its inference server until SIGTERM/SIGINT."""
     keep_freed_memory(**AGENT_MALLOC)
     agent = Agent(config)
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
-                 ("grpc.so_reuseport", 0)]
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ]
     )
     inf_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(agent), server)
     health_servicer = health.aio.HealthServicer()

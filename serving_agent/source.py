@@ -195,8 +195,10 @@ class RegistrySource:
     def _on_retry(self, error: grpc.RpcError | None, delay: float) -> None:
         """One log line per change of the connection's state, not one per attempt."""
         if error is not None and errors.error_reason(error) == RESYNC_REQUIRED:
-            log.warning("watch cursor %s is too old (RESYNC_REQUIRED); re-reading the state from a fresh snapshot",
-                        self.sequence)
+            log.warning(
+                "watch cursor %s is too old (RESYNC_REQUIRED); re-reading the state from a fresh snapshot",
+                self.sequence,
+            )
             self._lost = RESYNC_REQUIRED
             return
         if error is None:

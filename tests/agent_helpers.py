@@ -49,8 +49,16 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: st
 class AgentProcess:
     """A real `modelreg agent` process."""
 
-    def __init__(self, registry: str, models: list[str], cache_dir: Path, log_path: Path, port: int,
-                 extra: list[str] | None = None, env: dict | None = None):
+    def __init__(
+        self,
+        registry: str,
+        models: list[str],
+        cache_dir: Path,
+        log_path: Path,
+        port: int,
+        extra: list[str] | None = None,
+        env: dict | None = None,
+    ):
         self.registry = registry
         self.models = models
         self.cache_dir = cache_dir
@@ -65,9 +73,24 @@ class AgentProcess:
         env = dict(os.environ)
         env.update(YOLO_OFFLINE="1", MODELREG_ACTOR="agent", PYTHONUNBUFFERED="1")
         env.update(self.env)
-        args = [str(BIN / "modelreg"), "agent", "--registry", self.registry, "--listen", self.address,
-                "--cache-dir", str(self.cache_dir), "--report-interval", "0.5", "--retry-initial", "0.5",
-                "--retry-max", "2", "--intra-op-threads", "1"]
+        args = [
+            str(BIN / "modelreg"),
+            "agent",
+            "--registry",
+            self.registry,
+            "--listen",
+            self.address,
+            "--cache-dir",
+            str(self.cache_dir),
+            "--report-interval",
+            "0.5",
+            "--retry-initial",
+            "0.5",
+            "--retry-max",
+            "2",
+            "--intra-op-threads",
+            "1",
+        ]
         for m in self.models:
             args += ["--model", m]
         args += self.extra
@@ -83,8 +106,9 @@ class AgentProcess:
     def wait_serving(self, timeout: float = 90.0) -> None:
         c = self.client()
         try:
-            wait_until(lambda: self._alive() and c.is_serving(), timeout, what=f"agent {self.address} SERVING:\n"
-                       + self.log())
+            wait_until(
+                lambda: self._alive() and c.is_serving(), timeout, what=f"agent {self.address} SERVING:\n" + self.log()
+            )
         finally:
             c.close()
 
@@ -165,10 +189,23 @@ def agents(tmp_path):
 
     started: list[AgentProcess] = []
 
-    def start(registry: str, models: list[str], name: str = "a1", extra=None, cache_dir: Path | None = None,
-              env: dict | None = None):
-        a = AgentProcess(registry, models, cache_dir or tmp_path / f"cache-{name}", tmp_path / f"agent-{name}.log",
-                         free_port(), extra=["--agent-id", name, *(extra or [])], env=env).start()
+    def start(
+        registry: str,
+        models: list[str],
+        name: str = "a1",
+        extra=None,
+        cache_dir: Path | None = None,
+        env: dict | None = None,
+    ):
+        a = AgentProcess(
+            registry,
+            models,
+            cache_dir or tmp_path / f"cache-{name}",
+            tmp_path / f"agent-{name}.log",
+            free_port(),
+            extra=["--agent-id", name, *(extra or [])],
+            env=env,
+        ).start()
         started.append(a)
         return a
 

@@ -256,7 +256,9 @@ def spawn_registry(database_url: str, tmp_path: Path):
             p.kill()
 
 
-def run_cli(*args: str, address: str, check: bool = True, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, address: str, check: bool = True, env: dict | None = None, cwd=None
+) -> subprocess.CompletedProcess:
     """Runs the real `modelreg` console script."""
     full_env = dict(os.environ)
     full_env["MODELREG_ADDRESS"] = address

@@ -206,7 +206,10 @@ class PrivatePostgres:
     def start(self) -> None:
         subprocess.run(
             [sys.executable, "-c", self.START, str(self.pgdata)],
-            check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            check=True,
+            timeout=120,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def close(self) -> None:

@@ -7,8 +7,8 @@ import json
 from collections import Counter
 
 import numpy as np
-
 from agent_helpers import onnx_scale_model, serving_states, wait_until
+
 from modelreg.v1 import agent_service_pb2 as ag
 
 X = {"x": np.ones((1, 4), np.float32)}
@@ -49,8 +49,9 @@ def test_health_serving_only_once_every_model_has_a_version(client, registry, ag
     client.create_model("second")
     agent = agents(registry.address, ["first", "second"])
     with agent.client() as c:
-        wait_until(lambda: c.predict("first", X).model_version == "models/first/versions/1", 60,
-                   what="first model serving")
+        wait_until(
+            lambda: c.predict("first", X).model_version == "models/first/versions/1", 60, what="first model serving"
+        )
         assert not c.is_serving(), "SERVING although models/second has no version"
         w = client.register("second", onnx_scale_model(2.0), filename="s.onnx")
         client.promote("second", w.version, "production")

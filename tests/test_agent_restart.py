@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from agent_helpers import AgentProcess, onnx_scale_model, wait_until
 from conftest import free_port
+
 from modelreg import Client
 
 
@@ -37,15 +37,17 @@ def test_agent_restarted_while_registry_down_serves_from_cache(spawn_registry, a
         v1 = reg.register("offline", onnx_scale_model(7.0), filename="o.onnx")
         reg.promote("offline", v1.version, "production")
     cache = tmp_path / "cache"
-    first = AgentProcess(address, ["offline"], cache, tmp_path / "agent-1.log", free_port(),
-                         extra=["--agent-id", "node-a"]).start()
+    first = AgentProcess(
+        address, ["offline"], cache, tmp_path / "agent-1.log", free_port(), extra=["--agent-id", "node-a"]
+    ).start()
     agent_procs.append(first)
     first.wait_serving()
     first.stop()
     _stop(proc)  # the registry is gone
 
-    second = AgentProcess(address, ["offline"], cache, tmp_path / "agent-2.log", free_port(),
-                          extra=["--agent-id", "node-a"]).start()
+    second = AgentProcess(
+        address, ["offline"], cache, tmp_path / "agent-2.log", free_port(), extra=["--agent-id", "node-a"]
+    ).start()
     agent_procs.append(second)
     second.wait_serving()
     assert _output(second, "offline") == ("models/offline/versions/1", 7.0)
@@ -62,8 +64,9 @@ def test_registry_restart_agent_resumes_without_missing_a_promotion(spawn_regist
     with Client(address, actor="tester") as reg:
         v1 = reg.register("resume", onnx_scale_model(1.0), filename="r.onnx")
         reg.promote("resume", v1.version, "production")
-    agent = AgentProcess(address, ["resume"], tmp_path / "cache", tmp_path / "agent.log", free_port(),
-                         extra=["--agent-id", "node-b"]).start()
+    agent = AgentProcess(
+        address, ["resume"], tmp_path / "cache", tmp_path / "agent.log", free_port(), extra=["--agent-id", "node-b"]
+    ).start()
     agent_procs.append(agent)
     agent.wait_serving()
     _stop(proc)
@@ -78,8 +81,11 @@ def test_registry_restart_agent_resumes_without_missing_a_promotion(spawn_regist
     assert _output(agent, "resume") == ("models/resume/versions/1", 1.0), "the agent stops serving while away"
 
     spawn_registry(port)
-    wait_until(lambda: _output(agent, "resume")[0] == "models/resume/versions/2", 60,
-               what="the agent picking up v2 after the registry came back")
+    wait_until(
+        lambda: _output(agent, "resume")[0] == "models/resume/versions/2",
+        60,
+        what="the agent picking up v2 after the registry came back",
+    )
     assert _output(agent, "resume") == ("models/resume/versions/2", 2.0)
     with Client(address, actor="tester") as reg:
         st = wait_until(lambda: (s := reg.rollout_status("resume")).complete and s, 30, what="rollout complete")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-
 from agent_helpers import onnx_scale_model, serving_states, wait_until
 from conftest import ThreadedRegistry
+
 from modelreg import Client
 from modelreg.v1 import agent_service_pb2 as ag
 
@@ -77,8 +77,14 @@ class RecordedRegistry(ThreadedRegistry):
 def recorded(database_url, tmp_path):
     from registry_server.config import Settings
 
-    settings = Settings(address="127.0.0.1:0", database_url=database_url, data_dir=tmp_path / "data",
-                        artifacts=str(tmp_path / "artifacts"), bookmark_interval=1.0, shutdown_grace=0.5)
+    settings = Settings(
+        address="127.0.0.1:0",
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        artifacts=str(tmp_path / "artifacts"),
+        bookmark_interval=1.0,
+        shutdown_grace=0.5,
+    )
     reg = RecordedRegistry(settings, CallRecorder())
     yield reg
     reg.stop()
@@ -121,8 +127,14 @@ def test_during_a_promotion_agents_call_only_the_stream_reports_and_the_download
         client.promote("rpc", v2.version, "production")
         for a in fleet:
             wait_until(lambda a=a: serves(a, 2), 60, what=f"{a.address} serving v2")
-        wait_until(lambda: all(by_agent(recorded.recorder.calls(since=started))[n] & {
-            "/modelreg.v1.AgentService/ReportAgentStatus"} for n in AGENTS), 30, what="a report from each agent")
+        wait_until(
+            lambda: all(
+                by_agent(recorded.recorder.calls(since=started))[n] & {"/modelreg.v1.AgentService/ReportAgentStatus"}
+                for n in AGENTS
+            ),
+            30,
+            what="a report from each agent",
+        )
         window = recorded.recorder.calls(since=started, until=time.monotonic())
 
     methods = assert_only_allowed(window, "the promotion")
@@ -145,8 +157,11 @@ def test_during_a_canary_agents_call_only_the_stream_reports_and_the_download(re
         started = time.monotonic()
         client.set_canary("rpc", v2.version, 50)
         for a in fleet:
-            wait_until(lambda a=a: serving_states(a, "rpc") == {1: SERVING, 2: SERVING}, 60,
-                       what=f"{a.address} serving stable v1 and canary v2")
+            wait_until(
+                lambda a=a: serving_states(a, "rpc") == {1: SERVING, 2: SERVING},
+                60,
+                what=f"{a.address} serving stable v1 and canary v2",
+            )
         canary = recorded.recorder.calls(since=started, until=time.monotonic())
 
         started = time.monotonic()

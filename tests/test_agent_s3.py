@@ -8,9 +8,9 @@ import io
 
 import numpy as np
 import pytest
-
 from agent_helpers import AgentProcess, onnx_scale_model, wait_until
 from conftest import free_port
+
 from modelreg import Client
 from modelreg.v1 import agent_service_pb2 as ag
 
@@ -21,21 +21,31 @@ def s3_registry(make_registry, seaweedfs, s3_bucket):  # noqa: F811
 
 
 def test_agent_downloads_through_presigned_url_and_refuses_an_altered_object(
-    s3_registry, seaweedfs, s3_bucket, tmp_path  # noqa: F811
+    s3_registry,
+    seaweedfs,
+    s3_bucket,
+    tmp_path,  # noqa: F811
 ):
     with Client(s3_registry.address, actor="tester") as c:
         v1 = c.register("s3m", onnx_scale_model(1.0), filename="s.onnx")
         c.promote("s3m", v1.version, "production")
-        agent = AgentProcess(s3_registry.address, ["s3m"], tmp_path / "cache", tmp_path / "agent.log", free_port(),
-                             extra=["--agent-id", "s3-agent"]).start()
+        agent = AgentProcess(
+            s3_registry.address,
+            ["s3m"],
+            tmp_path / "cache",
+            tmp_path / "agent.log",
+            free_port(),
+            extra=["--agent-id", "s3-agent"],
+        ).start()
         try:
             agent.wait_serving()
             assert "versions/1: downloading from the store through a presigned URL" in agent.log()
 
             v2 = c.register("s3m", onnx_scale_model(2.0), filename="s.onnx")
             evil = onnx_scale_model(666.0)
-            seaweedfs.client().put_object(s3_bucket, f"artifacts/sha256/{v2.artifact.sha256}", io.BytesIO(evil),
-                                          len(evil))
+            seaweedfs.client().put_object(
+                s3_bucket, f"artifacts/sha256/{v2.artifact.sha256}", io.BytesIO(evil), len(evil)
+            )
             c.promote("s3m", v2.version, "production")
 
             def refused():

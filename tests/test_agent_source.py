@@ -31,16 +31,23 @@ SHA = {n: f"{n:x}" * 64 for n in range(1, 10)}
 
 
 def ref(model: str, n: int, fmt: int = res.ARTIFACT_FORMAT_ONNX, **config) -> res.ArtifactRef:
-    r = res.ArtifactRef(version=f"models/{model}/versions/{n}", version_number=n, sha256=SHA[n][:64],
-                        size_bytes=100 * n, format=fmt, filename=f"{model}_v{n}.onnx")
+    r = res.ArtifactRef(
+        version=f"models/{model}/versions/{n}",
+        version_number=n,
+        sha256=SHA[n][:64],
+        size_bytes=100 * n,
+        format=fmt,
+        filename=f"{model}_v{n}.onnx",
+    )
     if config:
         r.config.CopyFrom(struct_pb2.Struct())
         r.config.update(config)
     return r
 
 
-def deployment(model: str, stable: int | None, canary: int | None = None, weight: int = 0,
-               revision: int = 1) -> res.Deployment:
+def deployment(
+    model: str, stable: int | None, canary: int | None = None, weight: int = 0, revision: int = 1
+) -> res.Deployment:
     d = res.Deployment(name=f"models/{model}/deployment", canary_weight=weight, revision=revision)
     if stable:
         d.stable.CopyFrom(ref(model, stable))
@@ -59,8 +66,9 @@ def snapshot(sequence: int, *deployments: res.Deployment) -> ev.WatchEventsRespo
 
 def changed(sequence: int, d: res.Deployment) -> ev.WatchEventsResponse:
     model = d.name.removesuffix("/deployment")
-    return ev.WatchEventsResponse(event=ev.Event(sequence=sequence, type=ev.EVENT_TYPE_DEPLOYMENT_CHANGED,
-                                                 model=model, deployment=d))
+    return ev.WatchEventsResponse(
+        event=ev.Event(sequence=sequence, type=ev.EVENT_TYPE_DEPLOYMENT_CHANGED, model=model, deployment=d)
+    )
 
 
 class Fail:
@@ -139,8 +147,9 @@ def saved(path: Path) -> dict:
 def test_an_artifact_ref_becomes_the_version_spec_the_fetcher_and_loaders_use():
     r = ref("det", 7, res.ARTIFACT_FORMAT_ULTRALYTICS_PT, imgsz=640)
     s = spec_from_ref("det", r)
-    assert s == VersionSpec(model="det", version=7, sha256=SHA[7], format="ultralytics_pt", size_bytes=700,
-                            filename="det_v7.onnx")
+    assert s == VersionSpec(
+        model="det", version=7, sha256=SHA[7], format="ultralytics_pt", size_bytes=700, filename="det_v7.onnx"
+    )
     assert s.config == {"imgsz": 640} and s.name == "models/det/versions/7"
     r.version_number = 0  # the name alone is enough
     assert spec_from_ref("det", r).version == 7
@@ -152,21 +161,33 @@ def test_an_artifact_ref_becomes_the_version_spec_the_fetcher_and_loaders_use():
 
 async def test_source_declares_from_snapshot_and_deployment_events_alone(scripted, tmp_path):
     state_path = tmp_path / "state.json"
-    state_path.write_text(json.dumps({"sequence": 5, "models": {
-        "fraud": Desired(spec("fraud", 2)).to_dict(), "gone": Desired(spec("gone", 1)).to_dict()}}))
-    events, channel = await scripted([[
-        # "gone" was deleted while the agent was away: the snapshot has no entry for it.
-        snapshot(9, deployment("fraud", 3, 4, 30)),
-        changed(7, deployment("fraud", 2)),  # replayed after the cursor, older than the snapshot
-        changed(10, deployment("fraud", 4, revision=3)),  # the canary promoted
-        changed(11, deployment("other", 1)),  # a model this agent does not follow
-        ev.WatchEventsResponse(event=ev.Event(sequence=12, type=ev.EVENT_TYPE_DEPLOYMENT_CHANGED,
-                                              model="models/fraud")),  # carries nothing: ignored
-        ev.WatchEventsResponse(bookmark=ev.Bookmark(sequence=13)),
-    ]])
+    state_path.write_text(
+        json.dumps(
+            {
+                "sequence": 5,
+                "models": {"fraud": Desired(spec("fraud", 2)).to_dict(), "gone": Desired(spec("gone", 1)).to_dict()},
+            }
+        )
+    )
+    events, channel = await scripted(
+        [
+            [
+                # "gone" was deleted while the agent was away: the snapshot has no entry for it.
+                snapshot(9, deployment("fraud", 3, 4, 30)),
+                changed(7, deployment("fraud", 2)),  # replayed after the cursor, older than the snapshot
+                changed(10, deployment("fraud", 4, revision=3)),  # the canary promoted
+                changed(11, deployment("other", 1)),  # a model this agent does not follow
+                ev.WatchEventsResponse(
+                    event=ev.Event(sequence=12, type=ev.EVENT_TYPE_DEPLOYMENT_CHANGED, model="models/fraud")
+                ),  # carries nothing: ignored
+                ev.WatchEventsResponse(bookmark=ev.Bookmark(sequence=13)),
+            ]
+        ]
+    )
     declared: list[tuple[str, Desired]] = []
-    source = RegistrySource(channel, ["fraud", "gone"], StateFile(state_path),
-                            lambda m, d: declared.append((m, d)), actor="agent:a1")
+    source = RegistrySource(
+        channel, ["fraud", "gone"], StateFile(state_path), lambda m, d: declared.append((m, d)), actor="agent:a1"
+    )
     source.restore()  # serves from state.json before the registry answers
     assert declared == [("fraud", Desired(spec("fraud", 2))), ("gone", Desired(spec("gone", 1)))]
 
@@ -192,10 +213,14 @@ async def test_source_declares_from_snapshot_and_deployment_events_alone(scripte
 
 
 async def test_model_deleted_event_unloads_it(scripted, tmp_path):
-    _, channel = await scripted([[
-        snapshot(3, deployment("m", 1)),
-        ev.WatchEventsResponse(event=ev.Event(sequence=4, type=ev.EVENT_TYPE_MODEL_DELETED, model="models/m")),
-    ]])
+    _, channel = await scripted(
+        [
+            [
+                snapshot(3, deployment("m", 1)),
+                ev.WatchEventsResponse(event=ev.Event(sequence=4, type=ev.EVENT_TYPE_MODEL_DELETED, model="models/m")),
+            ]
+        ]
+    )
     declared: list[tuple[str, Desired]] = []
     source = RegistrySource(channel, ["m"], StateFile(tmp_path / "state.json"), lambda m, d: declared.append((m, d)))
     await run_source(source, lambda: len(declared) == 2, "the deletion declared")
@@ -206,18 +231,27 @@ async def test_resync_and_a_lost_stream_end_in_a_fresh_snapshot_logged_once_each
     caplog.set_level(logging.INFO, logger="modelreg.agent.source")
     state_path = tmp_path / "state.json"
     state_path.write_text(json.dumps({"sequence": 999, "models": {}}))
-    events, channel = await scripted([
-        [Fail(grpc.StatusCode.FAILED_PRECONDITION, "after_sequence=999 is ahead", "RESYNC_REQUIRED")],
-        [snapshot(3, deployment("m", 1)), Fail(grpc.StatusCode.UNAVAILABLE, "going away")],
-        [Fail(grpc.StatusCode.UNAVAILABLE, "going away")],
-        [Fail(grpc.StatusCode.UNAVAILABLE, "going away")],
-        [snapshot(6, deployment("m", 2))],
-    ])
+    events, channel = await scripted(
+        [
+            [Fail(grpc.StatusCode.FAILED_PRECONDITION, "after_sequence=999 is ahead", "RESYNC_REQUIRED")],
+            [snapshot(3, deployment("m", 1)), Fail(grpc.StatusCode.UNAVAILABLE, "going away")],
+            [Fail(grpc.StatusCode.UNAVAILABLE, "going away")],
+            [Fail(grpc.StatusCode.UNAVAILABLE, "going away")],
+            [snapshot(6, deployment("m", 2))],
+        ]
+    )
     declared: list[tuple[str, Desired]] = []
-    source = RegistrySource(channel, ["m"], StateFile(state_path), lambda m, d: declared.append((m, d)),
-                            backoff_first=0.01, backoff_max=0.02)
-    await run_source(source, lambda: saved(state_path).get("sequence") == 6 and source.connected,
-                     "the second snapshot persisted")
+    source = RegistrySource(
+        channel,
+        ["m"],
+        StateFile(state_path),
+        lambda m, d: declared.append((m, d)),
+        backoff_first=0.01,
+        backoff_max=0.02,
+    )
+    await run_source(
+        source, lambda: saved(state_path).get("sequence") == 6 and source.connected, "the second snapshot persisted"
+    )
 
     assert declared == [("m", Desired(spec("m", 1))), ("m", Desired(spec("m", 2)))]
     assert saved(state_path)["models"]["m"]["stable"]["version"] == 2
@@ -228,6 +262,8 @@ async def test_resync_and_a_lost_stream_end_in_a_fresh_snapshot_logged_once_each
     assert len([x for x in lines if "RESYNC_REQUIRED" in x]) == 1
     assert len([x for x in lines if "registry unreachable (UNAVAILABLE: going away)" in x]) == 1, lines
     assert [x for x in lines if x.startswith("watching the registry")] == [
-        "watching the registry at sequence 3", "watching the registry at sequence 6"]
+        "watching the registry at sequence 3",
+        "watching the registry at sequence 6",
+    ]
     assert not any(r.exc_info for r in caplog.records), "state changes are log lines, not tracebacks"
     assert source.watcher.resyncs == 1 and source.watcher.reconnects == 4

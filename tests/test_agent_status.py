@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from agent_helpers import AgentProcess, onnx_scale_model, wait_until
+
 from modelreg import errors
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
@@ -25,8 +25,12 @@ GRPCURL = Path(sys.executable).parent / "grpcurl"
 def report(address: str, agent_id: str, model: str = "models/m", versions=()) -> ag.ReportAgentStatusResponse:
     with grpc.insecure_channel(address) as ch:
         stub = ag_grpc.AgentServiceStub(ch)
-        agent = ag.Agent(agent_id=agent_id, node="node-1", healthy=True,
-                         models=[ag.AgentModelStatus(model=model, versions=list(versions))])
+        agent = ag.Agent(
+            agent_id=agent_id,
+            node="node-1",
+            healthy=True,
+            models=[ag.AgentModelStatus(model=model, versions=list(versions))],
+        )
         return stub.ReportAgentStatus(ag.ReportAgentStatusRequest(agent=agent), timeout=10)
 
 
@@ -72,8 +76,9 @@ def test_agent_on_unix_socket_with_grpcurl_and_agents_list(client, registry, tmp
     v1 = client.register("uds", onnx_scale_model(3.0), filename="u.onnx")
     client.promote("uds", v1.version, "production")
     sock = tmp_path / "run" / "agent.sock"
-    agent = AgentProcess(registry.address, ["uds"], tmp_path / "cache", tmp_path / "agent.log", 0,
-                         extra=["--agent-id", "uds-agent"])
+    agent = AgentProcess(
+        registry.address, ["uds"], tmp_path / "cache", tmp_path / "agent.log", 0, extra=["--agent-id", "uds-agent"]
+    )
     agent.address = f"unix:{sock}"
     agent.extra += ["--uds", str(sock)]
     # --listen and --uds are exclusive: run without --listen
@@ -86,24 +91,61 @@ def test_agent_on_unix_socket_with_grpcurl_and_agents_list(client, registry, tmp
         assert r.model_version == "models/uds/versions/1"
         assert float(r.outputs["y"][0, 0]) == 3.0
 
-        body = {"model": "models/uds", "inputs": [{"name": "x", "dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4],
-                "data": base64.b64encode(np.ones((1, 4), "<f4").tobytes()).decode()}]}
+        body = {
+            "model": "models/uds",
+            "inputs": [
+                {
+                    "name": "x",
+                    "dtype": "DATA_TYPE_FLOAT32",
+                    "shape": [1, 4],
+                    "data": base64.b64encode(np.ones((1, 4), "<f4").tobytes()).decode(),
+                }
+            ],
+        }
         proc = subprocess.run(
-            [str(GRPCURL), "-plaintext", "-unix", "-d", json.dumps(body), str(sock),
-             "modelreg.v1.InferenceService/Predict"], capture_output=True, text=True, timeout=30)
+            [
+                str(GRPCURL),
+                "-plaintext",
+                "-unix",
+                "-d",
+                json.dumps(body),
+                str(sock),
+                "modelreg.v1.InferenceService/Predict",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 0, proc.stderr
         resp = json.loads(proc.stdout)
         assert resp["model_version"] == "models/uds/versions/1"  # grpcurl prints the proto field names
         assert np.frombuffer(base64.b64decode(resp["outputs"][0]["data"]), "<f4").tolist() == [3.0] * 4
 
         proc = subprocess.run(
-            [str(GRPCURL), "-plaintext", "-unix", "-d", '{"model": "models/unknown"}', str(sock),
-             "modelreg.v1.InferenceService/Predict"], capture_output=True, text=True, timeout=30)
+            [
+                str(GRPCURL),
+                "-plaintext",
+                "-unix",
+                "-d",
+                '{"model": "models/unknown"}',
+                str(sock),
+                "modelreg.v1.InferenceService/Predict",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode != 0 and "NotFound" in proc.stderr
 
         listed = wait_until(
-            lambda: (a := json.loads(cli("agents", "list", "-o", "json").stdout)["agents"])
-            and a[0]["models"][0].get("versions") and a, 30, what="agent listed")
+            lambda: (
+                (a := json.loads(cli("agents", "list", "-o", "json").stdout)["agents"])
+                and a[0]["models"][0].get("versions")
+                and a
+            ),
+            30,
+            what="agent listed",
+        )
         assert listed[0]["agentId"] == "uds-agent"
         assert listed[0]["address"] == f"unix:{sock}"
         assert listed[0]["healthy"] is True
@@ -120,13 +162,25 @@ def _start_without_listen(agent: AgentProcess):
 
     def start():
         env = dict(os.environ, YOLO_OFFLINE="1", PYTHONUNBUFFERED="1")
-        args = [str(BIN / "modelreg"), "agent", "--registry", agent.registry, "--cache-dir", str(agent.cache_dir),
-                "--report-interval", "0.5"]
+        args = [
+            str(BIN / "modelreg"),
+            "agent",
+            "--registry",
+            agent.registry,
+            "--cache-dir",
+            str(agent.cache_dir),
+            "--report-interval",
+            "0.5",
+        ]
         for m in agent.models:
             args += ["--model", m]
         args += agent.extra
-        agent.proc = subprocess.Popen(args, env=env, stdout=open(agent.log_path, "ab"),  # noqa: SIM115
-                                      stderr=subprocess.STDOUT)
+        agent.proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=open(agent.log_path, "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
         return agent
 
     return start
@@ -137,8 +191,9 @@ async def test_agent_core_in_process_as_a_library(client, registry, tmp_path):
 
     v1 = client.register("lib", onnx_scale_model(4.0), filename="l.onnx")
     client.promote("lib", v1.version, "production")
-    agent = Agent(AgentConfig(registry=registry.address, models=("lib",), cache_dir=tmp_path / "cache",
-                              agent_id="in-process"))
+    agent = Agent(
+        AgentConfig(registry=registry.address, models=("lib",), cache_dir=tmp_path / "cache", agent_id="in-process")
+    )
     await agent.start()
     try:
         await agent.wait_ready(60)
@@ -211,8 +266,12 @@ def test_ops_read_rollout_status_and_agents_with_grpcurl(client, registry):
     report(registry.address, "edge-1", model="models/ops", versions=[serving])
 
     def grpcurl(method: str, body: str) -> dict:
-        proc = subprocess.run([str(GRPCURL), "-plaintext", "-d", body, registry.address, method],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [str(GRPCURL), "-plaintext", "-d", body, registry.address, method],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
@@ -232,13 +291,18 @@ def test_agent_cli_rejects_a_bad_model_id_with_usage_error():
 
 
 def test_tensors_round_trip_through_the_wire_format_for_any_layout_and_byte_order():
-    from modelreg.v1 import inference_service_pb2 as inf
     from modelreg.tensors import add_tensor, tensor_to_array
+    from modelreg.v1 import inference_service_pb2 as inf
 
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    cases = {"c": a, "transposed": a.transpose(2, 0, 1), "big_endian": a.astype(">f4"),
-             "int64": np.arange(6, dtype=np.int64).reshape(3, 2), "bool": np.array([True, False]),
-             "scalar": np.array(7.5, np.float64)}
+    cases = {
+        "c": a,
+        "transposed": a.transpose(2, 0, 1),
+        "big_endian": a.astype(">f4"),
+        "int64": np.arange(6, dtype=np.int64).reshape(3, 2),
+        "bool": np.array([True, False]),
+        "scalar": np.array(7.5, np.float64),
+    }
     msg = inf.PredictRequest()
     for name, arr in cases.items():
         add_tensor(msg.inputs, name, arr)

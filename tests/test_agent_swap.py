@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from agent_helpers import Hammer, onnx_scale_model, serving_states, wait_until
 from conftest import free_port
+
 from modelreg import errors
 from modelreg.v1 import agent_service_pb2 as ag
 
@@ -25,8 +25,11 @@ def test_promote_v2_under_load_swaps_with_zero_failed_requests(client, registry,
         wait_until(lambda: len(hammer.versions) >= 20, 30, what="requests on v1")
         v2 = client.register("scaler", onnx_scale_model(2.0), filename="scaler.onnx")
         client.promote("scaler", v2.version, "production", reason="better")
-        wait_until(lambda: serving_states(agent, "scaler") == {2: ag.SERVED_VERSION_STATE_SERVING}, 60,
-                   what="v1 unloaded, only v2 serving")
+        wait_until(
+            lambda: serving_states(agent, "scaler") == {2: ag.SERVED_VERSION_STATE_SERVING},
+            60,
+            what="v1 unloaded, only v2 serving",
+        )
         n = len(hammer.versions)
         wait_until(lambda: len(hammer.versions) >= n + 20, 30, what="requests on v2")
 
@@ -143,7 +146,10 @@ def test_inference_errors_are_canonical_statuses(client, registry, agents):
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'modelreg_agent_requests_total{model="errs",version="1",method="predict"} 3.0' in text
-    assert 'modelreg_agent_request_errors_total{model="errs",version="1",method="predict",code="INVALID_ARGUMENT"} 2.0' in text
+    assert (
+        'modelreg_agent_request_errors_total{model="errs",version="1",method="predict",code="INVALID_ARGUMENT"} 2.0'
+        in text
+    )
     assert 'modelreg_agent_request_duration_seconds_count{model="errs",version="1"} 3' in text
     assert 'modelreg_agent_swaps_total{model="errs"} 1.0' in text
     assert "modelreg_agent_ready 1.0" in text

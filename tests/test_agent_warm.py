@@ -8,9 +8,9 @@ import os
 import subprocess
 
 import pytest
-
 from agent_helpers import Hammer, agent_metrics, onnx_scale_model, serving_states, wait_until
 from conftest import BIN, free_port
+
 from modelreg.v1 import agent_service_pb2 as ag
 
 SERVING = ag.SERVED_VERSION_STATE_SERVING
@@ -53,8 +53,11 @@ def test_rollback_is_served_from_warm_standby_without_a_new_load(client, registr
     v3 = client.register("warm", onnx_scale_model(3.0), filename="w.onnx")
     client.promote("warm", v3.version, "production")
     wait_until(lambda: serving_states(agent, "warm") == {3: SERVING}, 60, what="only v3 serving")
-    wait_until(lambda: 'modelreg_agent_version_state{model="warm",version="2",state="ready"}' not in agent_metrics(port),
-               30, what="v2 unloaded")
+    wait_until(
+        lambda: 'modelreg_agent_version_state{model="warm",version="2",state="ready"}' not in agent_metrics(port),
+        30,
+        what="v2 unloaded",
+    )
     m = agent_metrics(port)
     assert m['modelreg_agent_loads_total{model="warm"}'] == 3
     assert m['modelreg_agent_standby_versions{model="warm"}'] == 1
@@ -65,14 +68,21 @@ def test_keep_warm_zero_unloads_and_a_rollback_loads_again(client, registry, age
     v1 = client.register("cold", onnx_scale_model(1.0), filename="c.onnx")
     client.promote("cold", v1.version, "production")
     port = free_port()
-    agent = agents(registry.address, ["cold"], extra=["--metrics-port", str(port), "--keep-warm", "0"],
-                   env={"MODELREG_AGENT_KEEP_WARM": "3"})  # the flag wins over the environment
+    agent = agents(
+        registry.address,
+        ["cold"],
+        extra=["--metrics-port", str(port), "--keep-warm", "0"],
+        env={"MODELREG_AGENT_KEEP_WARM": "3"},
+    )  # the flag wins over the environment
     agent.wait_serving()
     assert "keep warm" in agent.log() and "off" in agent.log()
     v2 = client.register("cold", onnx_scale_model(2.0), filename="c.onnx")
     client.promote("cold", v2.version, "production")
-    wait_until(lambda: 'modelreg_agent_version_state{model="cold",version="1",state="ready"}' not in agent_metrics(port),
-               60, what="v1 unloaded")
+    wait_until(
+        lambda: 'modelreg_agent_version_state{model="cold",version="1",state="ready"}' not in agent_metrics(port),
+        60,
+        what="v1 unloaded",
+    )
     assert agent_metrics(port)['modelreg_agent_standby_versions{model="cold"}'] == 0
     client.promote("cold", v1.version, "production", reason="rollback")
     wait_until(lambda: serving_states(agent, "cold") == {1: SERVING}, 60, what="v1 serving again")
@@ -87,7 +97,12 @@ def test_keep_warm_zero_unloads_and_a_rollback_loads_again(client, registry, age
     ],
 )
 def test_a_bad_keep_warm_is_a_usage_error(args, env, message):
-    out = subprocess.run([str(BIN / "modelreg"), "agent", "--model", "m", *args], capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=60)
+    out = subprocess.run(
+        [str(BIN / "modelreg"), "agent", "--model", "m", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
     assert out.returncode == 2
     assert message in out.stderr

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from agent_helpers import AgentProcess, wait_until
 from conftest import free_port
+
 from modelreg import errors
 
 pytest.importorskip("ultralytics")
@@ -51,8 +51,15 @@ def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo
     v1 = client.register("detector", pt, model_type="yolov8n", config={"imgsz": IMGSZ})
     assert v1.format == 2  # ultralytics_pt, inferred from .pt
     client.promote("detector", v1.version, "production")
-    agent = AgentProcess(registry.address, ["detector"], tmp_path / "cache", tmp_path / "agent.log", free_port(),
-                         extra=["--agent-id", "yolo"], env={"YOLO_CONFIG_DIR": str(tmp_path / "cfg")}).start()
+    agent = AgentProcess(
+        registry.address,
+        ["detector"],
+        tmp_path / "cache",
+        tmp_path / "agent.log",
+        free_port(),
+        extra=["--agent-id", "yolo"],
+        env={"YOLO_CONFIG_DIR": str(tmp_path / "cfg")},
+    ).start()
     try:
         agent.wait_serving(180)
         with agent.client() as c:
@@ -72,15 +79,21 @@ def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo
             v2 = client.register("detector", onnx_file, model_type="yolov8n")
             assert v2.format == 1  # onnx
             client.promote("detector", v2.version, "production")
-            wait_until(lambda: c.detect("detector", png()).model_version == "models/detector/versions/2", 120,
-                       what="the exported ONNX detector serving")
+            wait_until(
+                lambda: c.detect("detector", png()).model_version == "models/detector/versions/2",
+                120,
+                what="the exported ONNX detector serving",
+            )
             d2 = c.detect("detector", png(), confidence=0.0001, max_detections=5)
             assert d2.model_version == "models/detector/versions/2"
             assert len(d2.detections) <= 5
             assert (d2.image_width, d2.image_height) == (96, 80)
         st = wait_until(lambda: (s := client.rollout_status("detector")).complete and s, 30, what="rollout complete")
         assert st.deployment.stable.version_number == 2
-        wait_until(lambda: [v.version for v in client.rollout_status("detector").agents[0].versions] == [2], 30,
-                   what="v1 unloaded")
+        wait_until(
+            lambda: [v.version for v in client.rollout_status("detector").agents[0].versions] == [2],
+            30,
+            what="v1 unloaded",
+        )
     finally:
         agent.stop()

@@ -505,7 +505,9 @@ async def test_s3_store_copies_in_parts_and_reads_ranged_windows(seaweedfs, s3_b
         await store.close()
 
 
-def test_s3_outage_during_upload_is_unavailable_and_a_retry_makes_one_version(own_seaweedfs, s3_bucket, make_registry, tmp_path):
+def test_s3_outage_during_upload_is_unavailable_and_a_retry_makes_one_version(
+    own_seaweedfs, s3_bucket, make_registry, tmp_path
+):
     s3 = own_seaweedfs
     store = S3Store(s3, s3_bucket)
     reg = make_registry(**store.overrides)

@@ -13,7 +13,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MEASURED = {"read_throughput", "read_latency", "history", "promotion", "registration", "events", "transfer", "s3_transfer", "agent", "swaps", "router"}
+MEASURED = {
+    "read_throughput",
+    "read_latency",
+    "history",
+    "promotion",
+    "registration",
+    "events",
+    "transfer",
+    "s3_transfer",
+    "agent",
+    "swaps",
+    "router",
+}
 
 
 @pytest.mark.timeout(240)
@@ -21,7 +33,10 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path):
     out = tmp_path / "latest.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--no-peer", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=230,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=230,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = next(line for line in proc.stdout.splitlines() if line.startswith("goal"))

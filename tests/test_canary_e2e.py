@@ -10,8 +10,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from agent_helpers import AgentProcess, Hammer, onnx_scale_model, serving_states, wait_until
+
 from modelreg import Client
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import deployment_service_pb2 as ds

@@ -76,17 +76,41 @@ def test_cli_quickstart_flow_with_json_output(cli, tmp_path):
     weights = tmp_path / "best.onnx"
     weights.write_bytes(os.urandom(200_000))
     created = json.loads(
-        cli("models", "create", "detector", "--model-type", "yolov8n", "--default-config", '{"imgsz": 640}', "-o", "json").stdout
+        cli(
+            "models",
+            "create",
+            "detector",
+            "--model-type",
+            "yolov8n",
+            "--default-config",
+            '{"imgsz": 640}',
+            "-o",
+            "json",
+        ).stdout
     )
     assert created["name"] == "models/detector"
 
     reg = json.loads(
         cli(
-            "register", "detector", str(weights),
-            "--metrics", '{"map50": 0.61, "recall": 0.5}',
-            "--config", '{"epochs": 30}',
-            "--dataset-id", "coco-mini", "--dataset-hash", "h1", "--run-id", "r1",
-            "--tag", "owner=ana", "--request-id", "train-1", "-o", "json",
+            "register",
+            "detector",
+            str(weights),
+            "--metrics",
+            '{"map50": 0.61, "recall": 0.5}',
+            "--config",
+            '{"epochs": 30}',
+            "--dataset-id",
+            "coco-mini",
+            "--dataset-hash",
+            "h1",
+            "--run-id",
+            "r1",
+            "--tag",
+            "owner=ana",
+            "--request-id",
+            "train-1",
+            "-o",
+            "json",
         ).stdout
     )
     v = reg["modelVersion"]

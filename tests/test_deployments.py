@@ -11,7 +11,7 @@ import pytest
 from modelreg import errors
 from modelreg.v1 import deployment_service_pb2 as ds
 from modelreg.v1 import resources_pb2 as res
-from registry_server.domain.deployments import CanaryPolicy, VersionStats, Verdict, judge_canary
+from registry_server.domain.deployments import CanaryPolicy, Verdict, VersionStats, judge_canary
 
 
 def three_versions(client, model: str = "svc") -> None:
@@ -179,22 +179,62 @@ POLICY = CanaryPolicy(max_error_rate=0.05, max_latency_ratio=2.0, min_requests=1
 @pytest.mark.parametrize(
     "policy, stable, canary, verdict, why",
     [
-        (POLICY, VersionStats(5000, 5, 10), VersionStats(99, 99, 50), Verdict.WAIT,
-         "too few canary requests to judge, however bad they look"),
-        (POLICY, VersionStats(5000, 5, 10), VersionStats(200, 11, 10), Verdict.ABORT,
-         "5.5 % errors breaches a 5 % limit"),
-        (POLICY, VersionStats(5000, 5, 10), VersionStats(200, 10, 10), Verdict.WAIT,
-         "exactly at the limit is within it"),
-        (POLICY, VersionStats(5000, 5, 10), VersionStats(200, 0, 20.5), Verdict.ABORT,
-         "p95 above twice stable's breaches the latency ratio"),
-        (POLICY, VersionStats(0, 0, 0), VersionStats(200, 0, 500), Verdict.WAIT,
-         "no stable latency to compare against: latency is not judged"),
-        (POLICY, VersionStats(5000, 5, 10), VersionStats(1000, 3, 12), Verdict.PROMOTE,
-         "enough good requests: promote"),
-        (CanaryPolicy(max_error_rate=0.05), VersionStats(5000, 5, 10), VersionStats(10**6, 0, 1), Verdict.WAIT,
-         "without auto_promote_after a healthy canary waits for a human"),
-        (CanaryPolicy(), VersionStats(5000, 5, 10), VersionStats(1000, 1000, 99), Verdict.WAIT,
-         "an empty policy never judges"),
+        (
+            POLICY,
+            VersionStats(5000, 5, 10),
+            VersionStats(99, 99, 50),
+            Verdict.WAIT,
+            "too few canary requests to judge, however bad they look",
+        ),
+        (
+            POLICY,
+            VersionStats(5000, 5, 10),
+            VersionStats(200, 11, 10),
+            Verdict.ABORT,
+            "5.5 % errors breaches a 5 % limit",
+        ),
+        (
+            POLICY,
+            VersionStats(5000, 5, 10),
+            VersionStats(200, 10, 10),
+            Verdict.WAIT,
+            "exactly at the limit is within it",
+        ),
+        (
+            POLICY,
+            VersionStats(5000, 5, 10),
+            VersionStats(200, 0, 20.5),
+            Verdict.ABORT,
+            "p95 above twice stable's breaches the latency ratio",
+        ),
+        (
+            POLICY,
+            VersionStats(0, 0, 0),
+            VersionStats(200, 0, 500),
+            Verdict.WAIT,
+            "no stable latency to compare against: latency is not judged",
+        ),
+        (
+            POLICY,
+            VersionStats(5000, 5, 10),
+            VersionStats(1000, 3, 12),
+            Verdict.PROMOTE,
+            "enough good requests: promote",
+        ),
+        (
+            CanaryPolicy(max_error_rate=0.05),
+            VersionStats(5000, 5, 10),
+            VersionStats(10**6, 0, 1),
+            Verdict.WAIT,
+            "without auto_promote_after a healthy canary waits for a human",
+        ),
+        (
+            CanaryPolicy(),
+            VersionStats(5000, 5, 10),
+            VersionStats(1000, 1000, 99),
+            Verdict.WAIT,
+            "an empty policy never judges",
+        ),
     ],
 )
 def test_judge_canary(policy, stable, canary, verdict, why):

@@ -34,23 +34,60 @@ def dep(stable: int = 0, canary: int = 0, weight: int = 0, revision: int = 5) ->
 # ---------------------------------------------------------------- stage moves
 
 STAGE_MOVES = [
-    ("the first production version: nothing to archive", dep(), at(1), Stage.PRODUCTION,
-     [(1, "none", "production")], (1, 0, 0, 6)),
-    ("a new production version archives the previous one first", dep(1), at(2, Stage.STAGING), Stage.PRODUCTION,
-     [(1, "production", "archived"), (2, "staging", "production")], (2, 0, 0, 6)),
-    ("staging a version changes nothing agents serve", dep(1), at(2), Stage.STAGING,
-     [(2, "none", "staging")], (1, 0, 0, 5)),
-    ("archiving production leaves no stable version, and so no canary", dep(1, 2, 10), at(1, Stage.PRODUCTION),
-     Stage.ARCHIVED, [(1, "production", "archived")], (0, 0, 0, 6)),
-    ("promoting the canary directly clears the canary", dep(1, 2, 10), at(2), Stage.PRODUCTION,
-     [(1, "production", "archived"), (2, "none", "production")], (2, 0, 0, 6)),
-    ("another version into production keeps a canary that differs", dep(1, 3, 10), at(2), Stage.PRODUCTION,
-     [(1, "production", "archived"), (2, "none", "production")], (2, 3, 10, 6)),
+    (
+        "the first production version: nothing to archive",
+        dep(),
+        at(1),
+        Stage.PRODUCTION,
+        [(1, "none", "production")],
+        (1, 0, 0, 6),
+    ),
+    (
+        "a new production version archives the previous one first",
+        dep(1),
+        at(2, Stage.STAGING),
+        Stage.PRODUCTION,
+        [(1, "production", "archived"), (2, "staging", "production")],
+        (2, 0, 0, 6),
+    ),
+    (
+        "staging a version changes nothing agents serve",
+        dep(1),
+        at(2),
+        Stage.STAGING,
+        [(2, "none", "staging")],
+        (1, 0, 0, 5),
+    ),
+    (
+        "archiving production leaves no stable version, and so no canary",
+        dep(1, 2, 10),
+        at(1, Stage.PRODUCTION),
+        Stage.ARCHIVED,
+        [(1, "production", "archived")],
+        (0, 0, 0, 6),
+    ),
+    (
+        "promoting the canary directly clears the canary",
+        dep(1, 2, 10),
+        at(2),
+        Stage.PRODUCTION,
+        [(1, "production", "archived"), (2, "none", "production")],
+        (2, 0, 0, 6),
+    ),
+    (
+        "another version into production keeps a canary that differs",
+        dep(1, 3, 10),
+        at(2),
+        Stage.PRODUCTION,
+        [(1, "production", "archived"), (2, "none", "production")],
+        (2, 3, 10, 6),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("rationale", "before", "target", "stage", "moves", "after"), STAGE_MOVES,
-                         ids=[c[0] for c in STAGE_MOVES])
+@pytest.mark.parametrize(
+    ("rationale", "before", "target", "stage", "moves", "after"), STAGE_MOVES, ids=[c[0] for c in STAGE_MOVES]
+)
 def test_stage_move_plans(rationale, before, target, stage, moves, after):
     plan = plan_stage_move(before, target, stage, "why", "ops")
     assert [(m.version, m.from_stage.value, m.to_stage.value) for m in plan.moves] == moves, rationale
@@ -67,16 +104,20 @@ def test_a_deployment_event_carries_the_whole_new_deployment():
     assert Deployment.from_dict("m", event.details["deployment"]).desired() == (ref(2), None, 0)
 
 
-@pytest.mark.parametrize(("rationale", "before", "target", "stage"), [
-    ("a version never goes back to none", dep(), at(1, Stage.STAGING), Stage.NONE),
-    ("moving to the stage it is in is refused, so a retry is visible", dep(), at(1, Stage.STAGING), Stage.STAGING),
-])
+@pytest.mark.parametrize(
+    ("rationale", "before", "target", "stage"),
+    [
+        ("a version never goes back to none", dep(), at(1, Stage.STAGING), Stage.NONE),
+        ("moving to the stage it is in is refused, so a retry is visible", dep(), at(1, Stage.STAGING), Stage.STAGING),
+    ],
+)
 def test_illegal_stage_moves_are_refused(rationale, before, target, stage):
     with pytest.raises(StageConflict):
         plan_stage_move(before, target, stage, "", "ops")
 
 
 # ---------------------------------------------------------------- canary and rollback
+
 
 def test_a_canary_needs_a_stable_version_to_compare_against():
     with pytest.raises(FailedPrecondition, match="no production version to canary against"):
@@ -94,12 +135,25 @@ def test_promoting_the_canary_archives_stable_and_clears_the_canary():
     assert plan.after.desired() == (ref(2), None, 0)
 
 
-@pytest.mark.parametrize(("rationale", "before", "target", "moves", "stable"), [
-    ("rolling back to an archived version puts it back in production", dep(2), at(1, Stage.ARCHIVED),
-     [(2, Stage.ARCHIVED), (1, Stage.PRODUCTION)], 1),
-    ("rolling back to the stable version while a canary runs only clears the canary", dep(2, 3, 10),
-     at(2, Stage.PRODUCTION), [], 2),
-])
+@pytest.mark.parametrize(
+    ("rationale", "before", "target", "moves", "stable"),
+    [
+        (
+            "rolling back to an archived version puts it back in production",
+            dep(2),
+            at(1, Stage.ARCHIVED),
+            [(2, Stage.ARCHIVED), (1, Stage.PRODUCTION)],
+            1,
+        ),
+        (
+            "rolling back to the stable version while a canary runs only clears the canary",
+            dep(2, 3, 10),
+            at(2, Stage.PRODUCTION),
+            [],
+            2,
+        ),
+    ],
+)
 def test_rollback_plans(rationale, before, target, moves, stable):
     plan = plan_rollback(before, target, "", "ops")
     assert [(m.version, m.to_stage) for m in plan.moves] == moves, rationale
@@ -137,7 +191,6 @@ CONVERGENCE = [
 ]
 
 
-@pytest.mark.parametrize(("rationale", "versions", "desired", "expected"), CONVERGENCE,
-                         ids=[c[0] for c in CONVERGENCE])
+@pytest.mark.parametrize(("rationale", "versions", "desired", "expected"), CONVERGENCE, ids=[c[0] for c in CONVERGENCE])
 def test_rollout_convergence(rationale, versions, desired, expected):
     assert converged(versions, desired) is expected, rationale

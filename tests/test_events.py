@@ -12,21 +12,21 @@ import signal
 import subprocess
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from conftest import BIN, run_cli
 from events_helpers import Collector, CuttingProxy, PrivatePostgres, raw_watch, take
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from modelreg import Client, errors
 from modelreg.v1 import event_service_pb2 as es
 from modelreg.v1 import event_service_pb2_grpc as es_grpc
 from modelreg.v1 import resources_pb2 as res
 from modelreg.watch import AsyncWatcher, list_events
-from registry_server.storage import db
 from registry_server.domain.events import EventDraft
+from registry_server.storage import db
 from registry_server.storage.outbox import Outbox
 
 
@@ -71,9 +71,15 @@ def test_snapshot_has_production_version_and_sha256_then_live_events(client, reg
         assert [m.event.type for m in got] == [es.EVENT_TYPE_STAGE_CHANGED] * 2
         archived, promoted = got[0].event, got[1].event
         assert (archived.model_version, archived.from_stage, archived.to_stage) == (
-            v1.name, res.STAGE_PRODUCTION, res.STAGE_ARCHIVED)
+            v1.name,
+            res.STAGE_PRODUCTION,
+            res.STAGE_ARCHIVED,
+        )
         assert (promoted.model_version, promoted.from_stage, promoted.to_stage) == (
-            v2.name, res.STAGE_NONE, res.STAGE_PRODUCTION)
+            v2.name,
+            res.STAGE_NONE,
+            res.STAGE_PRODUCTION,
+        )
         assert promoted.model == "models/det"
         assert promoted.actor == "tester"
         assert promoted.reason == "better"
@@ -94,8 +100,7 @@ def test_snapshot_carries_the_canary_and_its_weight(client, registry):
     try:
         state = next(call).snapshot.deployments[0]
         assert (state.stable.version_number, state.stable.sha256) == (v1.version, v1.artifact.sha256)
-        assert (state.canary.version, state.canary.sha256, state.canary_weight) == (
-            v2.name, v2.artifact.sha256, 25)
+        assert (state.canary.version, state.canary.sha256, state.canary_weight) == (v2.name, v2.artifact.sha256, 25)
     finally:
         call.cancel()
         ch.close()
@@ -125,7 +130,9 @@ def test_type_filter_and_replay_from_zero(client, registry):
     try:
         got = [m.event for m in take(call, 2)]
         assert [(e.from_stage, e.to_stage) for e in got] == [
-            (res.STAGE_NONE, res.STAGE_STAGING), (res.STAGE_STAGING, res.STAGE_PRODUCTION)]
+            (res.STAGE_NONE, res.STAGE_STAGING),
+            (res.STAGE_STAGING, res.STAGE_PRODUCTION),
+        ]
     finally:
         call.cancel()
         ch.close()
@@ -319,8 +326,9 @@ def test_changes_made_while_no_one_watches_arrive_on_resume(make_registry):
         c.promote("quiet", v.version, "production")
         c.update_model("quiet", description="changed while nobody listened")
         c.create_model("noise")
-        col = Collector(c.watch(["quiet"], types=["stage_changed", "model_updated"], after_sequence=cursor,
-                                snapshot=False))
+        col = Collector(
+            c.watch(["quiet"], types=["stage_changed", "model_updated"], after_sequence=cursor, snapshot=False)
+        )
         col.wait_for(lambda x: len(x.of("event")) == 2)
         col.close()
         got = col.of("event")
@@ -346,6 +354,7 @@ def test_random_cuts_during_1000_stage_changes_lose_nothing(client, registry):
         for c in clients
     ]
     try:
+
         def churn(model: str) -> None:
             for i in range(250):
                 client.promote(model, versions[model], "staging" if i % 2 == 0 else "archived")
@@ -466,13 +475,16 @@ def test_events_carried_by_notify_and_too_big_for_it_both_arrive_as_stored(clien
 
 
 def test_notify_payloads_are_parsed_and_a_bare_sequence_means_read_the_table():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from registry_server.storage.events import EventRow
     from registry_server.storage.outbox import parse_notify_payload
 
-    payload = '[[41,"STAGE_CHANGED","m",2,"staging","production","ci","why",{"k":[1,"two"]},"2026-11-29T07:00:00.123456+00:00"]]'
-    at = datetime(2026, 11, 29, 7, 0, 0, 123456, tzinfo=timezone.utc)
+    payload = (
+        '[[41,"STAGE_CHANGED","m",2,"staging","production","ci","why",{"k":[1,"two"]},'
+        '"2026-11-29T07:00:00.123456+00:00"]]'
+    )
+    at = datetime(2026, 11, 29, 7, 0, 0, 123456, tzinfo=UTC)
     assert parse_notify_payload(payload) == [
         EventRow(41, "STAGE_CHANGED", "m", 2, "staging", "production", "ci", "why", {"k": [1, "two"]}, at)
     ]
@@ -508,6 +520,7 @@ def test_an_event_committed_without_notify_still_arrives(client, registry):
 def test_postgres_restart_under_open_streams_loses_nothing(make_registry):
     pg = PrivatePostgres()
     try:
+
         async def create_db():
             conn = await db.connect(pg.url())
             try:
@@ -519,8 +532,9 @@ def test_postgres_restart_under_open_streams_loses_nothing(make_registry):
         reg = make_registry(database_url=pg.url("restart"))
         c = Client(reg.address, actor="t")
         v = c.register("pgr", b"w")
-        cols = [Collector(c.watch(after_sequence=0, snapshot=False, backoff_first=0.1, backoff_max=1.0))
-                for _ in range(3)]
+        cols = [
+            Collector(c.watch(after_sequence=0, snapshot=False, backoff_first=0.1, backoff_max=1.0)) for _ in range(3)
+        ]
         for i in range(5):
             c.promote("pgr", v.version, "staging" if i % 2 == 0 else "archived")
         for col in cols:
@@ -687,7 +701,10 @@ def test_cli_watch_prints_one_json_object_per_line(client, registry):
     env = dict(os.environ, MODELREG_ADDRESS=registry.address)
     proc = subprocess.Popen(
         [str(BIN / "modelreg"), "watch", "cw", "--type", "stage_changed", "-o", "json", "--count", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         snap = json.loads(proc.stdout.readline())
@@ -703,7 +720,9 @@ def test_cli_watch_prints_one_json_object_per_line(client, registry):
     lines = [json.loads(line) for line in out.splitlines()]
     events = [x["event"] for x in lines if "event" in x]
     assert [(e["fromStage"], e["toStage"]) for e in events] == [
-        ("STAGE_NONE", "STAGE_STAGING"), ("STAGE_STAGING", "STAGE_PRODUCTION")]
+        ("STAGE_NONE", "STAGE_STAGING"),
+        ("STAGE_STAGING", "STAGE_PRODUCTION"),
+    ]
     assert events[0]["type"] == "EVENT_TYPE_STAGE_CHANGED"
     assert all("bookmark" in x for x in lines if "event" not in x)
 
@@ -718,7 +737,10 @@ def test_cli_watch_table_and_events_list(client, registry, cli):
     assert "STAGE_CHANGED" in out and "models/ct v1 none -> production" in out and "ship it" in out
     listed = json.loads(cli("events", "ct", "-o", "json").stdout)
     assert [e["type"] for e in listed["events"]][:3] == [
-        "EVENT_TYPE_MODEL_CREATED", "EVENT_TYPE_VERSION_READY", "EVENT_TYPE_STAGE_CHANGED"]
+        "EVENT_TYPE_MODEL_CREATED",
+        "EVENT_TYPE_VERSION_READY",
+        "EVENT_TYPE_STAGE_CHANGED",
+    ]
     assert [e["sequence"] for e in listed["events"]] == [str(i) for i in range(1, latest + 1)]
     bad = cli("watch", "--type", "exploded", check=False)
     assert bad.returncode == 2 and "unknown event type" in bad.stderr
@@ -728,8 +750,9 @@ def test_cli_watch_says_it_is_reconnecting_when_the_registry_is_down():
     from conftest import free_port
 
     env = dict(os.environ, MODELREG_ADDRESS=f"127.0.0.1:{free_port()}")
-    proc = subprocess.Popen([str(BIN / "modelreg"), "watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [str(BIN / "modelreg"), "watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         line = proc.stderr.readline()
     finally:
@@ -742,14 +765,26 @@ def test_grpcurl_receives_a_snapshot(client, registry):
     v = client.register("gc", b"w")
     client.promote("gc", v.version, "production")
     proc = subprocess.run(
-        [str(BIN / "grpcurl"), "-plaintext", "-max-time", "3", "-d", '{"models": ["models/gc"]}',
-         registry.address, "modelreg.v1.EventService/WatchEvents"],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-max-time",
+            "3",
+            "-d",
+            '{"models": ["models/gc"]}',
+            registry.address,
+            "modelreg.v1.EventService/WatchEvents",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     first = json.loads(proc.stdout.split("\n}\n")[0] + "\n}")
     deployment = first["snapshot"]["deployments"][0]
     assert deployment["name"] == "models/gc/deployment"
     assert {k: deployment["stable"][k] for k in ("version", "version_number", "sha256")} == {
-        "version": v.name, "version_number": str(v.version), "sha256": v.artifact.sha256,
+        "version": v.name,
+        "version_number": str(v.version),
+        "sha256": v.artifact.sha256,
     }
     assert "bookmark" in proc.stdout  # the test server's bookmark interval is 1 s

@@ -300,6 +300,7 @@ async def test_concurrent_promotions_leave_exactly_one_production(registry):
     async with grpc.aio.insecure_channel(registry.address) as channel:
         stub = rs_grpc.RegistryServiceStub(channel)
         for i in range(10):
+
             async def reqs(i=i):
                 yield rs.RegisterModelVersionRequest(
                     header=rs.RegisterModelVersionHeader(parent="models/cp", create_model=True)
@@ -346,9 +347,7 @@ def test_history_records_actor_reason_and_moves(registry):
     alice.register("hist", b"b")
     alice.promote("hist", 1, "production", reason="initial launch")
     bob.promote("hist", 2, "production", reason="v2 beats v1 on map50")
-    moves = [
-        (t.model_version, t.from_stage, t.to_stage, t.actor, t.reason) for t in bob.history("hist")
-    ]
+    moves = [(t.model_version, t.from_stage, t.to_stage, t.actor, t.reason) for t in bob.history("hist")]
     assert moves == [
         ("models/hist/versions/2", res.STAGE_NONE, res.STAGE_PRODUCTION, "bob", "v2 beats v1 on map50"),
         ("models/hist/versions/1", res.STAGE_PRODUCTION, res.STAGE_ARCHIVED, "bob", "v2 beats v1 on map50"),
@@ -412,9 +411,7 @@ def test_download_resumes_from_an_offset(client, tmp_path):
     data = os.urandom(3 * 1024 * 1024)
     client.register("off", data)
     offset = 1_500_001
-    chunks = list(
-        client.stub.DownloadArtifact(rs.DownloadArtifactRequest(name="models/off/versions/1", offset=offset))
-    )
+    chunks = list(client.stub.DownloadArtifact(rs.DownloadArtifactRequest(name="models/off/versions/1", offset=offset)))
     assert chunks[0].header.offset == offset
     assert b"".join(c.chunk for c in chunks[1:]) == data[offset:]
     # The SDK resumes a cut download from its .part file.
@@ -424,7 +421,9 @@ def test_download_resumes_from_an_offset(client, tmp_path):
     path = client.download("off", 1, dest=dest)
     assert path.read_bytes() == data
     with pytest.raises(grpc.RpcError) as e:
-        list(client.stub.DownloadArtifact(rs.DownloadArtifactRequest(name="models/off/versions/1", offset=len(data) + 1)))
+        list(
+            client.stub.DownloadArtifact(rs.DownloadArtifactRequest(name="models/off/versions/1", offset=len(data) + 1))
+        )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -42,8 +42,17 @@ def test_training_run_registers_best_weights_with_curves(client, tmp_path):
     model = YOLO("yolov8n.yaml")
     cb = track(model, "yolo-run", client=client, promote_to="staging", tags={"team": "vision"})
     model.train(
-        data=str(data), epochs=2, imgsz=64, batch=4, workers=0, plots=False, device="cpu",
-        project=str(tmp_path / "runs"), name="exp", verbose=False, amp=False,
+        data=str(data),
+        epochs=2,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        plots=False,
+        device="cpu",
+        project=str(tmp_path / "runs"),
+        name="exp",
+        verbose=False,
+        amp=False,
     )
     v = cb.version
     assert v is not None

@@ -45,8 +45,9 @@ class ArtifactRef:
         return cls(v.model, v.version, v.sha256, v.size_bytes, v.format, v.download_filename, v.config)
 
     @classmethod
-    def from_row(cls, model: str, version: int, sha256: str, size: int, fmt: str, model_type: str,
-                 config: dict[str, Any] | None) -> ArtifactRef:
+    def from_row(
+        cls, model: str, version: int, sha256: str, size: int, fmt: str, model_type: str, config: dict[str, Any] | None
+    ) -> ArtifactRef:
         f = ArtifactFormat(fmt)
         return cls(model, version, sha256, size, f, download_filename(model, version, model_type, f), config or {})
 
@@ -180,11 +181,13 @@ class Deployment:
         else:
             stable = (
                 ArtifactRef(model, int(d["stable_version"]), d.get("stable_sha256", ""))
-                if d.get("stable_version") else None
+                if d.get("stable_version")
+                else None
             )
             canary = (
                 ArtifactRef(model, int(d["canary_version"]), d.get("canary_sha256", ""))
-                if d.get("canary_version") else None
+                if d.get("canary_version")
+                else None
             )
         return cls(
             model=model,
@@ -197,7 +200,7 @@ class Deployment:
         )
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     PROMOTE = "promote"  # a PromoteModelVersion changed the production version
     SET_CANARY = "set_canary"
     PROMOTE_CANARY = "promote_canary"
@@ -249,7 +252,9 @@ class Plan:
                 details["replaced_by"] = m.replaced_by
                 reason = reason or f"replaced by version {m.replaced_by}"
             out.append(
-                EventDraft("STAGE_CHANGED", self.model, m.version, m.from_stage.value, m.to_stage.value, reason, details)
+                EventDraft(
+                    "STAGE_CHANGED", self.model, m.version, m.from_stage.value, m.to_stage.value, reason, details
+                )
             )
         if self.changed:
             out.append(
@@ -337,8 +342,9 @@ def require_canary(d: Deployment, what: str) -> ArtifactRef:
     return d.canary
 
 
-def plan_promote_canary(before: Deployment, canary: VersionInfo, reason: str, actor: str,
-                        action: Action = Action.PROMOTE_CANARY) -> Plan:
+def plan_promote_canary(
+    before: Deployment, canary: VersionInfo, reason: str, actor: str, action: Action = Action.PROMOTE_CANARY
+) -> Plan:
     """The canary becomes stable; `canary` is the canary version as loaded (its stage)."""
     require_canary(before, "promote")
     moves = _to_production(before, canary)
@@ -403,7 +409,7 @@ class VersionStats:
         return self.errors / self.requests if self.requests else 0.0
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     WAIT = "wait"
     ABORT = "abort"
     PROMOTE = "promote"

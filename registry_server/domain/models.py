@@ -17,7 +17,7 @@ MAX_REQUEST_ID = 128
 MAX_TAGS = 64
 
 
-class ArtifactFormat(str, enum.Enum):
+class ArtifactFormat(enum.StrEnum):
     ONNX = "onnx"
     ULTRALYTICS_PT = "ultralytics_pt"
     BUNDLE = "bundle"
@@ -175,9 +175,7 @@ def compare(versions: list[ModelVersion], production: ModelVersion | None) -> Co
         if production is None:
             deltas[v.version] = {}
             continue
-        deltas[v.version] = {
-            k: v.metrics[k] - production.metrics[k] for k in v.metrics if k in production.metrics
-        }
+        deltas[v.version] = {k: v.metrics[k] - production.metrics[k] for k in v.metrics if k in production.metrics}
     return Comparison(versions, keys, production, deltas)
 
 

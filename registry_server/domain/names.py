@@ -9,8 +9,7 @@ from registry_server.errors import InvalidArgument
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 MODEL_ID_RULE = (
-    "1 to 63 characters of lowercase letters, digits, '-', '_' and '.', "
-    "starting and ending with a letter or digit"
+    "1 to 63 characters of lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
 )
 # Version aliases that resolve at read time.
 VERSION_ALIASES = ("production", "staging", "latest")
@@ -53,17 +52,13 @@ def parse_version_ref(value: str) -> int | str:
         return v
     if v.isdigit() and int(v) >= 1:
         return int(v)
-    raise InvalidArgument(
-        f"invalid version {value!r}: use a positive number or one of {', '.join(VERSION_ALIASES)}"
-    )
+    raise InvalidArgument(f"invalid version {value!r}: use a positive number or one of {', '.join(VERSION_ALIASES)}")
 
 
 def parse_version_name(name: str, field: str = "name") -> VersionRef:
     """`models/{model}/versions/{n|production|staging|latest}` -> VersionRef."""
     if not name:
-        raise InvalidArgument(
-            f"'{field}' is required: give a version name like 'models/fraud-detector/versions/3'"
-        )
+        raise InvalidArgument(f"'{field}' is required: give a version name like 'models/fraud-detector/versions/3'")
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "models" or parts[2] != "versions":
         raise InvalidArgument(

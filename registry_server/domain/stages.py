@@ -11,10 +11,11 @@ Rules (pure, no I/O):
 from __future__ import annotations
 
 import enum
+
 from registry_server.errors import InvalidArgument, StageConflict
 
 
-class Stage(str, enum.Enum):
+class Stage(enum.StrEnum):
     NONE = "none"
     STAGING = "staging"
     PRODUCTION = "production"
@@ -24,24 +25,20 @@ class Stage(str, enum.Enum):
 def parse_stage(value: str) -> Stage:
     v = (value or "").strip().lower()
     if v.startswith("stage_"):
-        v = v[len("stage_"):]
+        v = v[len("stage_") :]
     try:
         return Stage(v)
     except ValueError:
-        raise InvalidArgument(
-            f"unknown stage {value!r}: use one of none, staging, production, archived"
-        ) from None
+        raise InvalidArgument(f"unknown stage {value!r}: use one of none, staging, production, archived") from None
 
 
 def check_stage_move(model: str, version: int, current: Stage, target: Stage) -> None:
     """Refuses an illegal move (StageConflict); any other move is legal."""
     if target == Stage.NONE:
         raise StageConflict(
-            f"models/{model}/versions/{version} cannot move back to stage 'none'; "
-            "move it to 'archived' to retire it"
+            f"models/{model}/versions/{version} cannot move back to stage 'none'; move it to 'archived' to retire it"
         )
     if target == current:
         raise StageConflict(
-            f"models/{model}/versions/{version} is already in stage '{current.value}'; "
-            "choose another stage"
+            f"models/{model}/versions/{version} is already in stage '{current.value}'; choose another stage"
         )

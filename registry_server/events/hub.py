@@ -268,7 +268,7 @@ class EventHub:
                 conn = await asyncpg.connect(
                     **kwargs, server_settings={"application_name": LISTENER_APPLICATION_NAME}, timeout=10
                 )
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
                 await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
                 self._listener = conn

@@ -4,7 +4,7 @@ Proto in, use case, proto out."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
@@ -77,7 +77,7 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
             node=a.node[:256],
             address=a.address[:512],
             healthy=a.healthy,
-            started_at=a.start_time.ToDatetime(tzinfo=timezone.utc) if a.HasField("start_time") else None,
+            started_at=a.start_time.ToDatetime(tzinfo=UTC) if a.HasField("start_time") else None,
         )
         for i, m in enumerate(a.models):
             model = parse_model_name(m.model, f"agent.models[{i}].model")
@@ -103,7 +103,7 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
                         request_count=v.request_count,
                         error_count=v.error_count,
                         p95_latency_ms=v.p95_latency_ms,
-                        state_time=v.state_time.ToDatetime(tzinfo=timezone.utc) if v.HasField("state_time") else None,
+                        state_time=v.state_time.ToDatetime(tzinfo=UTC) if v.HasField("state_time") else None,
                     )
                 )
         await self.agents.report(record)
@@ -114,7 +114,7 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
         after = cv.decode_token("agents", request.page_token) or ""
         model = parse_model_name(request.model, "model") if request.model else ""
         agents, last = await self.agents.list(after, size, model, request.include_stale)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return ag.ListAgentsResponse(
             agents=[self._agent_to_proto(a, now) for a in agents],
             next_page_token=cv.encode_token("agents", last) if last else "",

@@ -68,9 +68,7 @@ def _ints(value: Any) -> Any:
 
 def stage_from_proto(value: int, field: str = "stage") -> Stage:
     if value not in STAGE_FROM_PROTO:
-        raise InvalidArgument(
-            f"'{field}' must be one of STAGE_NONE, STAGE_STAGING, STAGE_PRODUCTION, STAGE_ARCHIVED"
-        )
+        raise InvalidArgument(f"'{field}' must be one of STAGE_NONE, STAGE_STAGING, STAGE_PRODUCTION, STAGE_ARCHIVED")
     return STAGE_FROM_PROTO[value]
 
 
@@ -160,7 +158,9 @@ def comparison_to_proto(c: dm.Comparison) -> rs.CompareModelVersionsResponse:
 
 def new_version_from_header(h: rs.RegisterModelVersionHeader, model: str) -> dm.NewVersion:
     if h.format not in FORMAT_FROM_PROTO and h.format != res.ARTIFACT_FORMAT_UNSPECIFIED:
-        raise InvalidArgument(f"unknown header.format {h.format}; use ARTIFACT_FORMAT_ONNX, _ULTRALYTICS_PT, _BUNDLE or _OTHER")
+        raise InvalidArgument(
+            f"unknown header.format {h.format}; use ARTIFACT_FORMAT_ONNX, _ULTRALYTICS_PT, _BUNDLE or _OTHER"
+        )
     fmt = FORMAT_FROM_PROTO.get(h.format) or dm.infer_format(h.filename)
     return dm.NewVersion(
         model=model,

@@ -31,6 +31,8 @@ DEFAULT_LIST_PAGE = 100
 MAX_LIST_PAGE = 1000
 MAX_WATCHED_MODELS = 1000
 MIN_BOOKMARK_INTERVAL = 1.0
+
+
 def type_names() -> dict[int, str]:
     """EventType value -> DB type string (EVENT_TYPE_STAGE_CHANGED -> STAGE_CHANGED)."""
     return {
@@ -129,7 +131,9 @@ class EventServicer(es_grpc.EventServiceServicer):
                 f"bookmark_interval_seconds must be positive, not {request.bookmark_interval_seconds}; "
                 f"0 means the server default ({self.settings.bookmark_interval:g}s)"
             )
-        interval = max(MIN_BOOKMARK_INTERVAL, float(request.bookmark_interval_seconds or self.settings.bookmark_interval))
+        interval = max(
+            MIN_BOOKMARK_INTERVAL, float(request.bookmark_interval_seconds or self.settings.bookmark_interval)
+        )
         async for item in self.events.watch(models, types, after, not request.skip_snapshot, interval):
             if isinstance(item, Snapshot):
                 yield es.WatchEventsResponse(snapshot=snapshot_to_proto(item))

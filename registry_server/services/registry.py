@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
@@ -154,7 +154,9 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
 
     # ------------------------------------------------------------------ stages
 
-    async def PromoteModelVersion(self, request: rs.PromoteModelVersionRequest, context) -> rs.PromoteModelVersionResponse:
+    async def PromoteModelVersion(
+        self, request: rs.PromoteModelVersionRequest, context
+    ) -> rs.PromoteModelVersionResponse:
         ref = parse_version_name(request.name)
         if request.stage == res.STAGE_UNSPECIFIED:
             raise InvalidArgument("'stage' is required: STAGE_STAGING, STAGE_PRODUCTION or STAGE_ARCHIVED")
@@ -217,7 +219,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         version, url = await self.models.presign(ref, timedelta(seconds=seconds))
         return rs.GetArtifactUrlResponse(
             url=url,
-            expire_time=cv.ts(datetime.now(timezone.utc) + timedelta(seconds=seconds)),
+            expire_time=cv.ts(datetime.now(UTC) + timedelta(seconds=seconds)),
             sha256=version.sha256,
             size_bytes=version.size_bytes,
             model_version=f"models/{version.model}/versions/{version.version}",
@@ -231,4 +233,3 @@ def _is_set(m: res.Model, field: str) -> bool:
     if field == "default_config":
         return m.HasField("default_config")
     return bool(getattr(m, field))
-

@@ -37,8 +37,19 @@ class AgentStore:
             )
             rows = [
                 (
-                    agent.agent_id, model, v.version, v.sha256, v.state, v.error, v.desired, v.attempts,
-                    v.download_seconds, v.load_seconds, v.request_count, v.error_count, v.p95_latency_ms,
+                    agent.agent_id,
+                    model,
+                    v.version,
+                    v.sha256,
+                    v.state,
+                    v.error,
+                    v.desired,
+                    v.attempts,
+                    v.download_seconds,
+                    v.load_seconds,
+                    v.request_count,
+                    v.error_count,
+                    v.p95_latency_ms,
                     v.state_time,
                 )
                 for model, versions in agent.models.items()

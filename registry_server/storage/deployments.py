@@ -65,7 +65,12 @@ def _ref(r: asyncpg.Record, p: str) -> dd.ArtifactRef | None:
     if r[f"{p}_version"] is None:
         return None
     return dd.ArtifactRef.from_row(
-        r["name"], r[f"{p}_version"], r[f"{p}_sha256"], r[f"{p}_size"], r[f"{p}_format"], r[f"{p}_type"],
+        r["name"],
+        r[f"{p}_version"],
+        r[f"{p}_sha256"],
+        r[f"{p}_size"],
+        r[f"{p}_format"],
+        r[f"{p}_type"],
         r[f"{p}_config"],
     )
 
@@ -120,9 +125,7 @@ class DeploymentTx:
             if row is None:
                 raise no_alias(model, "staging", "in staging")
         else:
-            row = await self.conn.fetchrow(
-                "SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref
-            )
+            row = await self.conn.fetchrow("SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref)
             if row is None:
                 raise VersionNotFound(model, ref)
         return _info(row)

@@ -31,6 +31,7 @@ from registry_server.errors import AlreadyExists, ModelNotFound, VersionNotFound
 from registry_server.storage.group_commit import GroupCommit
 from registry_server.storage.outbox import Outbox
 
+
 class RequestIdTaken(Exception):
     """A concurrent registration used the same request id first."""
 
@@ -150,9 +151,7 @@ class ModelStore:
                 limit,
             )
         else:
-            rows = await self.pool.fetch(
-                "SELECT * FROM models WHERE name > $1 ORDER BY name LIMIT $2", after, limit
-            )
+            rows = await self.pool.fetch("SELECT * FROM models WHERE name > $1 ORDER BY name LIMIT $2", after, limit)
         return [model_from_row(r) for r in rows]
 
     async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> Model:
@@ -184,8 +183,7 @@ class ModelStore:
         unreferenced); the caller deletes those blobs from the store while holding their
         locks (see `blob_lock`)."""
         shas = [
-            r["sha256"]
-            for r in await conn.fetch("DELETE FROM model_versions WHERE model = $1 RETURNING sha256", name)
+            r["sha256"] for r in await conn.fetch("DELETE FROM model_versions WHERE model = $1 RETURNING sha256", name)
         ]
         await conn.execute("DELETE FROM models WHERE name = $1", name)
         orphans = await self._drop_unreferenced_blobs(conn, set(shas))
@@ -261,7 +259,7 @@ class ModelStore:
                 # The bytes of every registration go under their final keys at once (each
                 # store commit waits on a disk flush or an S3 round trip), then the rows.
                 finalized = await asyncio.gather(*(i.finalize() for i in batch), return_exceptions=True)
-                for item, failed in zip(batch, finalized):
+                for item, failed in zip(batch, finalized, strict=True):
                     if failed is not None:
                         results.append(failed)
                         continue
@@ -270,7 +268,7 @@ class ModelStore:
                             results.append(await self._insert_version(conn, item))
                     except Exception as e:  # noqa: BLE001 - this registration failed, not the batch
                         results.append(e)
-            done = [(i, r) for i, r in zip(batch, results) if not isinstance(r, BaseException)]
+            done = [(i, r) for i, r in zip(batch, results, strict=True) if not isinstance(r, BaseException)]
             for actor in dict.fromkeys(i.actor for i, _ in done):
                 await self.outbox.emit(
                     conn,
@@ -343,9 +341,7 @@ class ModelStore:
 
     async def get_version(self, model: str, ref: int | str) -> ModelVersion:
         if isinstance(ref, int):
-            row = await self.pool.fetchrow(
-                "SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref
-            )
+            row = await self.pool.fetchrow("SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref)
         elif ref == "production":
             row = await self.pool.fetchrow(
                 "SELECT v.* FROM models m JOIN model_versions v"
@@ -354,8 +350,7 @@ class ModelStore:
             )
         elif ref == "staging":
             row = await self.pool.fetchrow(
-                "SELECT * FROM model_versions WHERE model = $1 AND stage = 'staging'"
-                " ORDER BY version DESC LIMIT 1",
+                "SELECT * FROM model_versions WHERE model = $1 AND stage = 'staging' ORDER BY version DESC LIMIT 1",
                 model,
             )
         else:  # latest
@@ -370,13 +365,10 @@ class ModelStore:
             raise VersionNotFound(model, ref)
         return version_from_row(row)
 
-    async def list_versions(
-        self, model: str, stage: Stage | None, before: int, limit: int
-    ) -> list[ModelVersion]:
+    async def list_versions(self, model: str, stage: Stage | None, before: int, limit: int) -> list[ModelVersion]:
         if stage is None:
             rows = await self.pool.fetch(
-                "SELECT * FROM model_versions WHERE model = $1 AND version < $2"
-                " ORDER BY version DESC LIMIT $3",
+                "SELECT * FROM model_versions WHERE model = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
                 model,
                 before,
                 limit,
@@ -402,9 +394,7 @@ class ModelStore:
         )
         return [version_from_row(r) for r in rows]
 
-    async def update_version(
-        self, model: str, version: int, changes: dict[str, Any], actor: str
-    ) -> ModelVersion:
+    async def update_version(self, model: str, version: int, changes: dict[str, Any], actor: str) -> ModelVersion:
         assert set(changes) <= {"description", "tags"}, changes
         async with self.transaction() as conn:
             sets = ", ".join(f"{k} = ${i + 3}" for i, k in enumerate(changes))
@@ -458,9 +448,6 @@ async def require_model(conn: asyncpg.Pool | asyncpg.Connection, model: str) -> 
 
 def no_alias(model: str, alias: str, what: str) -> VersionNotFound:
     err = VersionNotFound(model, alias)
-    err.message = (
-        f"model 'models/{model}' has no version {what}; "
-        f"list versions with 'modelreg list {model}'"
-    )
+    err.message = f"model 'models/{model}' has no version {what}; list versions with 'modelreg list {model}'"
     err.args = (err.message,)
     return err

@@ -4,7 +4,7 @@ model (its desired deployment against what every live agent serves)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from registry_server.domain import agents as da
 from registry_server.domain.deployments import Deployment
@@ -56,7 +56,7 @@ class Agents:
         """Up to `limit` agents after id `after` (live ones unless `include_stale`), and the
         id to continue after ('' at the end). Stale agents are filtered after the query, so
         pages are read until one is full."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         out: list[da.AgentRecord] = []
         while len(out) <= limit:
             batch = await self.store.list_agents(after, limit + 1, model)
@@ -70,7 +70,7 @@ class Agents:
 
     async def rollout(self, model: str) -> Rollout:
         rollout = Rollout(await self.deployments.get(model))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         after = ""
         while True:
             batch = await self.store.list_agents(after, ROLLOUT_PAGE, model)

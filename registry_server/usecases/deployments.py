@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from registry_server.domain import deployments as dd
 from registry_server.domain.models import ModelVersion, StageTransition
@@ -58,29 +58,33 @@ class Deployments:
         archived = next((m.version for m in plan.moves if m.replaced_by), 0)
         return version_from_row(rows[target.version]), (version_from_row(rows[archived]) if archived else None), seq
 
-    async def set_canary(self, model: str, version: int, weight: int, reason: str, actor: str,
-                         etag: str = "") -> tuple[dd.Deployment, int]:
+    async def set_canary(
+        self, model: str, version: int, weight: int, reason: str, actor: str, etag: str = ""
+    ) -> tuple[dd.Deployment, int]:
         async with self.store.locked(model) as tx:
             dd.check_etag(tx.deployment, etag)
             plan = dd.plan_set_canary(tx.deployment, await tx.version(version), weight, reason, actor)
             return await self._apply(tx, plan, actor)
 
-    async def promote_canary(self, model: str, reason: str, actor: str, etag: str = "",
-                             action: dd.Action = dd.Action.PROMOTE_CANARY) -> tuple[dd.Deployment, int]:
+    async def promote_canary(
+        self, model: str, reason: str, actor: str, etag: str = "", action: dd.Action = dd.Action.PROMOTE_CANARY
+    ) -> tuple[dd.Deployment, int]:
         async with self.store.locked(model) as tx:
             dd.check_etag(tx.deployment, etag)
             canary = dd.require_canary(tx.deployment, "promote")
             plan = dd.plan_promote_canary(tx.deployment, await tx.version(canary.version), reason, actor, action)
             return await self._apply(tx, plan, actor)
 
-    async def abort_canary(self, model: str, reason: str, actor: str, etag: str = "",
-                           action: dd.Action = dd.Action.ABORT_CANARY) -> tuple[dd.Deployment, int]:
+    async def abort_canary(
+        self, model: str, reason: str, actor: str, etag: str = "", action: dd.Action = dd.Action.ABORT_CANARY
+    ) -> tuple[dd.Deployment, int]:
         async with self.store.locked(model) as tx:
             dd.check_etag(tx.deployment, etag)
             return await self._apply(tx, dd.plan_abort_canary(tx.deployment, reason, actor, action), actor)
 
-    async def rollback(self, model: str, to_version: int, reason: str, actor: str,
-                       etag: str = "") -> tuple[dd.Deployment, int]:
+    async def rollback(
+        self, model: str, to_version: int, reason: str, actor: str, etag: str = ""
+    ) -> tuple[dd.Deployment, int]:
         async with self.store.locked(model) as tx:
             dd.check_etag(tx.deployment, etag)
             target = await tx.version(to_version) if to_version else await tx.previous_production()
@@ -94,7 +98,7 @@ class Deployments:
         seq, _ = await tx.persist(plan, actor)
         after = plan.after
         if plan.changed:  # the row's updated_at is the commit's now(); within a millisecond of this
-            after = replace(after, update_time=datetime.now(timezone.utc))
+            after = replace(after, update_time=datetime.now(UTC))
         return after, seq
 
     # ------------------------------------------------------------------ the canary judge

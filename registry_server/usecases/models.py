@@ -110,9 +110,7 @@ class Models:
     @staticmethod
     def _check_upload(nv: dm.NewVersion, upload: HashingUpload) -> None:
         if upload.size == 0:
-            raise InvalidArgument(
-                "the artifact is empty: send the file's bytes in `chunk` messages after the header"
-            )
+            raise InvalidArgument("the artifact is empty: send the file's bytes in `chunk` messages after the header")
         if nv.declared_size and nv.declared_size != upload.size:
             raise InvalidArgument(
                 f"size mismatch: the header declared {nv.declared_size} bytes but {upload.size} arrived; "
@@ -202,7 +200,7 @@ class Models:
             async for chunk in chunks:
                 end = position + len(chunk)
                 if end > offset:
-                    yield chunk[max(0, offset - position):] if position < offset else chunk
+                    yield chunk[max(0, offset - position) :] if position < offset else chunk
                 position = end
         except FileNotFoundError:
             raise DataLoss(

@@ -22,7 +22,7 @@ def register(sub, common) -> None:
             "Follow the registry's event stream: first the watched models' state (snapshot), then "
             "every change as it commits. Reconnects with backoff and resumes without losing or "
             "repeating events. With -o json prints one JSON object per line "
-            "({\"snapshot\": ...}, {\"event\": ...} or {\"bookmark\": ...})."
+            '({"snapshot": ...}, {"event": ...} or {"bookmark": ...}).'
         ),
     )
     p.add_argument("models", nargs="*", metavar="NAME", help="models to watch (default: every model)")
@@ -111,6 +111,7 @@ def watch(args) -> int:
     if args.snapshot_only and args.no_snapshot:
         raise UsageError("--snapshot-only and --no-snapshot contradict each other; pick one")
     client = Client(args.address, timeout=None)
+
     def on_retry(err, delay: float) -> None:
         why = f"{err.code().name}: {err.details()}" if err is not None else "the server ended the stream"
         if delay:
