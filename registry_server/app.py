@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -78,9 +79,9 @@ class RunningServer:
     settings: Settings
     server: grpc.aio.Server
     port: int
-    pool: object
+    pool: asyncpg.Pool
     blobs: BlobStore
-    health: object
+    health: health.aio.HealthServicer
     database_url: str
     models: Models | None = None
     deployments: Deployments | None = None

@@ -244,6 +244,7 @@ class Agent:
     ) -> Detection:
         mgr = self._manager(model)
         with mgr.lease(routing_key) as mv:
+            assert mv.loader is not None  # only a loaded version is leased
             if mv.loader.kind != "detector":
                 raise WrongModelKind(
                     f"{mv.spec.name} is a tensor model; call Predict with named tensors instead of Detect"

@@ -102,7 +102,7 @@ class OnnxLoader(Loader):
 
     def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions):
         super().__init__(path, spec, options)
-        self.session = None
+        self.session: Any = None  # an onnxruntime.InferenceSession once loaded
         self.delegate: YoloLoader | None = None
 
     def load(self) -> None:
@@ -124,7 +124,7 @@ class OnnxLoader(Loader):
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def sample_inputs(self) -> dict[str, np.ndarray]:
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for name, meta in self.input_meta.items():
             dtype = ORT_TYPES.get(meta.type)
             if dtype is None:
@@ -184,7 +184,7 @@ class YoloLoader(Loader):
 
     def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions, imgsz: int | None = None):
         super().__init__(path, spec, options)
-        self.model = None
+        self.model: Any = None  # an ultralytics.YOLO once loaded
         self.imgsz = imgsz
         self.lock = threading.Lock()  # an ultralytics predictor is not thread-safe
 
@@ -218,7 +218,8 @@ class YoloLoader(Loader):
             )[0]
 
     def warmup(self) -> None:
-        self._predict(np.zeros((self.imgsz, self.imgsz, 3), dtype=np.uint8), 0.25, 0.7, 10)
+        size = self.imgsz or DEFAULT_IMGSZ
+        self._predict(np.zeros((size, size, 3), dtype=np.uint8), 0.25, 0.7, 10)
 
     def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
         r = self._predict(image, conf, iou, max_det)
@@ -230,7 +231,8 @@ class YoloLoader(Loader):
             cf = r.boxes.conf.cpu().numpy()
             for i in np.argsort(-cf):
                 c = int(cls[i])
-                out.boxes.append(Box(c, str(names.get(c, c)), float(cf[i]), tuple(float(x) for x in xyxy[i])))
+                x1, y1, x2, y2 = (float(x) for x in xyxy[i])
+                out.boxes.append(Box(c, str(names.get(c, c)), float(cf[i]), (x1, y1, x2, y2)))
         return out
 
     def unload(self) -> None:

@@ -380,7 +380,7 @@ class Client(DeploymentMixin):
         self,
         models: list[str] | tuple[str, ...] = (),
         *,
-        types: list[str | int] | tuple[str | int, ...] = (),
+        types: Sequence[str | int] = (),
         after_sequence: int | None = None,
         **kw: Any,
     ):

@@ -47,16 +47,16 @@ FATAL = (
 )
 
 EVENT_TYPES = {
-    v.name.removeprefix("EVENT_TYPE_").lower(): v.number
+    v.name.removeprefix("EVENT_TYPE_").lower(): es.EventType.ValueType(v.number)
     for v in es.EventType.DESCRIPTOR.values
     if v.number != es.EVENT_TYPE_UNSPECIFIED
 }
 
 
-def event_type_enum(value: str | int) -> int:
+def event_type_enum(value: str | int) -> es.EventType.ValueType:
     """'stage_changed', 'STAGE_CHANGED', 'stage-changed' or 'EVENT_TYPE_STAGE_CHANGED' -> enum."""
     if isinstance(value, int):
-        return value
+        return es.EventType.ValueType(value)
     key = value.strip().lower().replace("-", "_").removeprefix("event_type_")
     if key not in EVENT_TYPES:
         raise errors.InvalidArgument(
@@ -67,7 +67,9 @@ def event_type_enum(value: str | int) -> int:
 
 
 def event_type_name(value: int) -> str:
-    return es.EventType.Name(value).removeprefix("EVENT_TYPE_") if value in es.EventType.values() else str(value)
+    if value not in es.EventType.values():
+        return str(value)
+    return es.EventType.Name(es.EventType.ValueType(value)).removeprefix("EVENT_TYPE_")
 
 
 def _model_name(model: str) -> str:
@@ -373,7 +375,7 @@ def list_events(
             page_token=token,
         )
         try:
-            resp = stub.ListEvents(req, metadata=metadata, timeout=timeout)
+            resp = stub.ListEvents(req, metadata=tuple(metadata), timeout=timeout)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e) from None
         yield from resp.events

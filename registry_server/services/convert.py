@@ -22,7 +22,7 @@ STAGE_TO_PROTO = {
     Stage.PRODUCTION: res.STAGE_PRODUCTION,
     Stage.ARCHIVED: res.STAGE_ARCHIVED,
 }
-STAGE_FROM_PROTO = {v: k for k, v in STAGE_TO_PROTO.items()}
+STAGE_FROM_PROTO: dict[int, Stage] = {v: k for k, v in STAGE_TO_PROTO.items()}
 
 FORMAT_TO_PROTO = {
     dm.ArtifactFormat.ONNX: res.ARTIFACT_FORMAT_ONNX,

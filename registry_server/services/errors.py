@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import asyncpg
 import grpc
@@ -50,7 +50,7 @@ BACKEND_DOWN = (
 
 def status_code(err: e.RegistryError) -> grpc.StatusCode:
     for cls in type(err).__mro__:
-        code = STATUS.get(cls)  # type: ignore[call-overload]
+        code = STATUS.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.UNKNOWN
@@ -112,15 +112,23 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
     return call
 
 
-def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
+
+
+def _wrap(handler: Handler) -> Handler:
+    """The same method with `abort` around it. (grpc's stubs type behaviours as sync
+    functions; ours are coroutines and async generators, hence the casts.)"""
+    kw: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), **kw)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary), **kw)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream), **kw)
-    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream), **kw)
+        return grpc.unary_stream_rpc_method_handler(_streaming(cast(Any, handler.unary_stream)), **kw)
+    return grpc.stream_stream_rpc_method_handler(_streaming(cast(Any, handler.stream_stream)), **kw)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -131,13 +139,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, services: tuple[str, ...]):
         self.services = services  # full service names whose methods are wrapped
         # method -> (the handler the chain returned, its wrapper)
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         method = details.method
         known = self._wrapped.get(method)

@@ -43,10 +43,10 @@ def type_names() -> dict[int, str]:
 
 
 TYPE_TO_DB = type_names()
-TYPE_FROM_DB = {name: number for number, name in TYPE_TO_DB.items()}
+TYPE_FROM_DB = {name: es.EventType.ValueType(number) for number, name in TYPE_TO_DB.items()}
 
 
-def _stage(value: str) -> int:
+def _stage(value: str) -> res.Stage.ValueType:
     return cv.STAGE_TO_PROTO[Stage(value)] if value else res.STAGE_UNSPECIFIED
 
 

@@ -151,9 +151,9 @@ class DeploymentTx:
         # At most one production version per model is a unique index, checked row by row:
         # the version a promotion replaces leaves production in a statement of its own first.
         first_moves = [m for m in plan.moves if m.from_stage == Stage.PRODUCTION]
-        rest = [m for m in plan.moves if m.from_stage != Stage.PRODUCTION]
+        rest: Sequence[dd.StageMove] = [m for m in plan.moves if m.from_stage != Stage.PRODUCTION]
         if first_moves and rest:
-            archived = await conn.fetch(
+            archived: list[asyncpg.Record] = await conn.fetch(
                 "UPDATE model_versions SET stage = $3, updated_at = now() WHERE model = $1 AND version = $2"
                 " RETURNING *",
                 model,
@@ -161,7 +161,7 @@ class DeploymentTx:
                 first_moves[0].to_stage.value,
             )
         else:
-            archived, rest = [], plan.moves
+            archived, rest = [], list(plan.moves)
         rows = archived + await conn.fetch(
             _PERSIST,
             model,

@@ -107,7 +107,7 @@ class Deployments:
         """One pass of the canary judge: each running canary with a policy is judged on what
         live agents report; a breach aborts it (AUTO_ABORT), a canary that met its policy is
         promoted (AUTO_PROMOTE). Returns the verdicts applied."""
-        decisions = []
+        decisions: list[tuple[str, dd.Verdict, str]] = []
         for d in await self.store.running_canaries():
             assert d.canary is not None
             stats = await self.agents.version_stats(d.model, [d.stable_version, d.canary.version], self.stats_window)

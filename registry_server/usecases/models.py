@@ -223,7 +223,7 @@ class Models:
 
     async def resolve(self, ref: VersionRef) -> dm.ModelVersion:
         """A version by number or alias, from the hot cache when it holds it."""
-        key = ref.number if ref.number is not None else ref.alias
+        key: int | str = ref.number if ref.number is not None else (ref.alias or "latest")
         cached = self.cache.get(ref.model, key)
         if cached is not None:
             return cached
