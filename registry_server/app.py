@@ -27,6 +27,7 @@ from modelreg.v1 import (
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
+from modelreg_runtime import logs, tracing
 from registry_server.background import run_janitor, run_judge
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
@@ -110,7 +111,8 @@ class RunningServer:
 
 async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
     """Starts a server and returns once it listens. The caller calls `stop()`.
-    `interceptors` run before the error mapping (outermost first). Raises StartupError
+    `interceptors` run before the error mapping (outermost first), then the tracing span
+    of each RPC when tracing is on (modelreg_runtime.tracing). Raises StartupError
     (ConfigError for a bad setting) when a dependency or the address fails."""
     blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
     url = settings.database_url
@@ -130,7 +132,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agents = Agents(agent_store, deployment_store, settings.agent_stale_after)
 
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorInterceptor(SERVICE_NAMES)],
+        interceptors=[*interceptors, *tracing.server_interceptors(), ErrorInterceptor(SERVICE_NAMES)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -273,6 +275,7 @@ def run_server(build_settings: Callable[[], Settings]) -> int:
     settings: Settings | None = None
     try:
         settings = build_settings()
+        logs.redact(_secrets(settings))
         asyncio.run(serve_forever(settings))
     except StartupError as e:
         print(f"modelreg server: {_one_line(e.message, _secrets(settings))}", file=sys.stderr, flush=True)

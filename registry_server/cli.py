@@ -9,12 +9,11 @@ server extra is installed.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from modelreg.cli import common_parser, execute
+from modelreg.cli import UsageError, common_parser, execute
 from modelreg_runtime.extras import MissingExtra, require
 
 COMMAND = "server"
@@ -29,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--artifacts", help="artifact store: a directory or s3://bucket/prefix (default: $MODELREG_ARTIFACTS)"
     )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default=None, help="log lines (default: $MODELREG_LOG_FORMAT or text)"
+    )
     p.set_defaults(func=run, command=COMMAND)
 
 
@@ -44,11 +46,16 @@ def run(args: argparse.Namespace) -> int:
     except MissingExtra as e:
         print(e, file=sys.stderr)
         return 2
+    from modelreg_runtime import logs, tracing
     from modelreg_runtime.process import keep_freed_memory
     from registry_server.app import run_server
     from registry_server.config import Settings
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    tracing.setup(tracing.REGISTRY)  # only when OTEL_* asks for it
     # Artifact chunks of 1-4 MiB pass through every transfer: keep their pages for reuse.
     keep_freed_memory(mmap_threshold=8 << 20, trim_threshold=64 << 20)
     address = args.listen or args.address

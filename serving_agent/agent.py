@@ -27,6 +27,7 @@ import numpy as np
 
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
+from modelreg_runtime import tracing
 from serving_agent.cache import BlobCache, StateFile
 from serving_agent.errors import BadInput, ModelNotFollowed, WrongModelKind
 from serving_agent.fetch import Fetcher
@@ -228,7 +229,9 @@ class Agent:
         self, model: str, inputs: dict[str, np.ndarray], output_names: list[str] | None = None, routing_key: str = ""
     ) -> Prediction:
         mgr = self._manager(model)
-        with mgr.lease(routing_key) as mv:
+        with tracing.span("modelreg.predict") as span, mgr.lease(routing_key) as mv:
+            if span is not None:
+                span.set_attributes(served(mgr, mv))
             outputs = await self._timed(mgr, mv, "predict", mv_call(mv, "predict", inputs, output_names))
             return Prediction(mv.spec.name, outputs)
 
@@ -243,7 +246,9 @@ class Agent:
         routing_key: str = "",
     ) -> Detection:
         mgr = self._manager(model)
-        with mgr.lease(routing_key) as mv:
+        with tracing.span("modelreg.detect") as span, mgr.lease(routing_key) as mv:
+            if span is not None:
+                span.set_attributes(served(mgr, mv))
             assert mv.loader is not None  # only a loaded version is leased
             if mv.loader.kind != "detector":
                 raise WrongModelKind(
@@ -262,7 +267,8 @@ class Agent:
         started = time.perf_counter()
         version = str(mv.version)
         try:
-            result = await asyncio.to_thread(fn)
+            with tracing.span("modelreg.inference"):
+                result = await asyncio.to_thread(fn)
         except Exception as e:
             mv.errors += 1
             code = getattr(getattr(e, "code", None), "name", "INTERNAL")
@@ -334,6 +340,18 @@ class Agent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.config.report_interval)
             await asyncio.sleep(0.05)  # coalesce bursts of changes
+
+
+def served(mgr: ModelManager, mv) -> dict[str, str | int]:
+    """The span attributes of a request: the model, the version that serves it and the route
+    (stable or canary)."""
+    canary = mgr.desired.canary
+    return {
+        "modelreg.model": mgr.model,
+        "modelreg.version": mv.version,
+        "modelreg.version_name": mv.spec.name,
+        "modelreg.route": "canary" if canary is not None and canary.version == mv.version else "stable",
+    }
 
 
 def mv_call(mv, method: str, *args):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sys
@@ -89,6 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--retry-max", type=float, default=30.0, help="longest retry delay in seconds (default: 30)")
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default=None, help="log lines (default: $MODELREG_LOG_FORMAT or text)"
+    )
     p.set_defaults(func=run_agent, command=COMMAND)
 
 
@@ -109,10 +111,15 @@ def run_agent(args: argparse.Namespace) -> int:
     except MissingExtra as e:
         print(e, file=sys.stderr)
         return 2
+    from modelreg_runtime import logs, tracing
     from serving_agent.agent import AgentConfig, keep_warm_from_env
     from serving_agent.server import listen_address, serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    tracing.setup(tracing.AGENT)  # only when OTEL_* asks for it
     if args.intra_op_threads < 0:
         raise UsageError("--intra-op-threads must not be negative; 0 means onnxruntime's default")
     if args.report_interval <= 0:

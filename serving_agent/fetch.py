@@ -21,6 +21,7 @@ import grpc
 from modelreg.client import file_sha256
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
+from modelreg_runtime import tracing
 from serving_agent.cache import BlobCache
 from serving_agent.errors import FetchError, IntegrityError
 from serving_agent.spec import VersionSpec
@@ -50,7 +51,8 @@ class Fetcher:
         note = ""
         cached = self.cache.get(spec.sha256)
         if cached is not None:
-            digest = await asyncio.to_thread(file_sha256, cached)
+            with tracing.span("modelreg.verify", {"modelreg.cached": True}):
+                digest = await asyncio.to_thread(file_sha256, cached)
             if digest == spec.sha256:
                 return Fetched(cached, 0.0, True)
             self.cache.remove(spec.sha256)
@@ -61,7 +63,8 @@ class Fetcher:
             log.warning("%s: %s", spec.name, note)
         started = time.monotonic()
         try:
-            path = await self._download(spec)
+            with tracing.span("modelreg.download", {"modelreg.bytes": spec.size_bytes}):
+                path = await self._download(spec)
         except (FetchError, IntegrityError) as e:
             if note:
                 raise type(e)(f"{note}; downloading it again failed: {e.message}") from None
@@ -77,7 +80,8 @@ class Fetcher:
         else:
             log.info("%s: downloading through the registry stream", spec.name)
             await self._download_stream(spec, part)
-            digest = await asyncio.to_thread(file_sha256, part)
+            with tracing.span("modelreg.verify"):
+                digest = await asyncio.to_thread(file_sha256, part)
         if digest != spec.sha256:
             part.unlink(missing_ok=True)
             raise IntegrityError(
@@ -89,7 +93,9 @@ class Fetcher:
     async def _presigned_url(self, spec: VersionSpec) -> str:
         try:
             resp = await self.stub.GetArtifactUrl(
-                rs.GetArtifactUrlRequest(name=spec.name, expires_in_seconds=900), metadata=self.metadata, timeout=10
+                rs.GetArtifactUrlRequest(name=spec.name, expires_in_seconds=900),
+                metadata=tracing.inject(self.metadata),
+                timeout=10,
             )
             return resp.url
         except grpc.aio.AioRpcError as e:
@@ -135,7 +141,7 @@ class Fetcher:
                 log.info("%s: resuming the download at byte %d of %d", spec.name, offset, spec.size_bytes)
             try:
                 call = self.stub.DownloadArtifact(
-                    rs.DownloadArtifactRequest(name=spec.name, offset=offset), metadata=self.metadata
+                    rs.DownloadArtifactRequest(name=spec.name, offset=offset), metadata=tracing.inject(self.metadata)
                 )
                 with open(part, "ab" if offset else "wb") as f:
                     async for msg in call:

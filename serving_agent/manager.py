@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from modelreg_runtime import tracing
 from serving_agent import policy
 from serving_agent.errors import AgentError, NoVersionLoaded
 from serving_agent.fetch import Fetcher
@@ -203,6 +204,11 @@ class ModelManager:
         self.hooks.changed()
 
     async def _load(self, mv: ManagedVersion) -> None:
+        """One swap, traced as `modelreg.swap` (download, verify, load, warm-up) when on."""
+        with tracing.span("modelreg.swap", {"modelreg.model": self.model, "modelreg.version": mv.version}) as span:
+            await self._swap(mv, span)
+
+    async def _swap(self, mv: ManagedVersion, span) -> None:
         self._set_state(mv, State.LOADING)
         stage = "download"
         loader = None
@@ -212,9 +218,11 @@ class ModelManager:
             stage = "load"
             started = time.monotonic()
             loader = make_loader(fetched.path, mv.spec, self.hooks.options)
-            await asyncio.to_thread(loader.load)
+            with tracing.span("modelreg.load"):
+                await asyncio.to_thread(loader.load)
             stage = "warm-up"
-            await asyncio.to_thread(loader.warmup)
+            with tracing.span("modelreg.warmup"):
+                await asyncio.to_thread(loader.warmup)
             mv.load_seconds = time.monotonic() - started
         except Exception as e:  # noqa: BLE001 - any failure: never served, reported, retried
             if loader is not None:
@@ -227,6 +235,7 @@ class ModelManager:
             reason = f"{stage} failed: {message}"
             log.warning("%s: %s (attempt %d, retry in %.1fs)", mv.spec.name, reason, mv.attempts, delay)
             self.hooks.metrics.inc("modelreg_agent_load_failures_total", model=self.model, stage=stage)
+            tracing.fail(span, reason)
             self._set_state(mv, State.FAILED, reason[:2000])
             return
         mv.loader = loader

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from modelreg.tensors import TensorError, add_tensor, tensor_to_array
 from modelreg.v1 import inference_service_pb2 as inf
 from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
+from modelreg_runtime import tracing
 from modelreg_runtime.process import keep_freed_memory
 from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
 from serving_agent.errors import AgentError, BadInput
@@ -118,11 +119,12 @@ async def serve(
     keep_freed_memory(**AGENT_MALLOC)
     agent = Agent(config)
     server = grpc.aio.server(
+        interceptors=tracing.server_interceptors(),  # none unless tracing is on
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     inf_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(agent), server)
     health_servicer = health.aio.HealthServicer()

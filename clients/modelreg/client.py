@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from modelreg import errors
+from modelreg import errors, tracing
 from modelreg.deployments import DeploymentMixin
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
@@ -115,12 +115,16 @@ class Client(DeploymentMixin):
         self.address = address or os.environ.get("MODELREG_ADDRESS") or DEFAULT_ADDRESS
         self.actor = actor or default_actor()
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-            ],
+        # With opentelemetry installed, calls carry the app's trace context (modelreg.tracing).
+        self._channel = tracing.traced(
+            channel
+            or grpc.insecure_channel(
+                self.address,
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE),
+                    ("grpc.max_send_message_length", MAX_MESSAGE),
+                ],
+            )
         )
         self.stub = rs_grpc.RegistryServiceStub(self._channel)
         self.agents = ag_grpc.AgentServiceStub(self._channel)

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelreg import errors
+from modelreg import errors, tracing
 from modelreg.tensors import add_tensor, tensor_to_array
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import inference_service_pb2 as inf
@@ -57,9 +57,15 @@ class InferenceClient:
     def __init__(self, address: str = "127.0.0.1:50052", *, timeout: float | None = 30.0):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)],
+        # With opentelemetry installed, calls carry the app's trace context (modelreg.tracing).
+        self.channel = tracing.traced(
+            grpc.insecure_channel(
+                address,
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE),
+                    ("grpc.max_send_message_length", MAX_MESSAGE),
+                ],
+            )
         )
         self.stub = inf_grpc.InferenceServiceStub(self.channel)
         # Any: typeshed's HealthStub declares no methods (types-grpcio-health-checking).

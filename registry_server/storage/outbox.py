@@ -21,10 +21,12 @@ from datetime import datetime
 
 import asyncpg
 
+from modelreg_runtime import tracing
 from registry_server.domain.events import EventDraft
 from registry_server.storage.events import EventRow
 
 EVENTS_CHANNEL = "modelreg_events"
+_DB = {"db.system": "postgresql"}
 # Postgres refuses NOTIFY payloads of 8000 bytes or more; larger batches NOTIFY just the
 # last sequence.
 NOTIFY_PAYLOAD_LIMIT = 7900
@@ -87,18 +89,20 @@ class Outbox:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in a transaction; reports the models it changed when it ends."""
-        async with self.pool.acquire() as conn:
-            emitted = self._open[id(conn)] = _Emitted()
-            try:
-                async with conn.transaction():
-                    yield conn
-                if emitted.sequences and self.on_committed is not None:
-                    self.on_committed(emitted.sequences)
-            finally:
-                del self._open[id(conn)]
-                if emitted.models and self.on_change is not None:
-                    self.on_change(emitted.models)
+        """A pooled connection in a transaction; reports the models it changed when it ends.
+        Traced as a `postgres.transaction` span (connection wait included) when tracing is on."""
+        with tracing.span("postgres.transaction", _DB):
+            async with self.pool.acquire() as conn:
+                emitted = self._open[id(conn)] = _Emitted()
+                try:
+                    async with conn.transaction():
+                        yield conn
+                    if emitted.sequences and self.on_committed is not None:
+                        self.on_committed(emitted.sequences)
+                finally:
+                    del self._open[id(conn)]
+                    if emitted.models and self.on_change is not None:
+                        self.on_change(emitted.models)
 
     async def emit(self, conn: asyncpg.Connection, actor: str, drafts: Sequence[EventDraft]) -> int:
         """Appends events; returns the last sequence. MUST BE THE LAST STATEMENTS OF THE
@@ -109,20 +113,21 @@ class Outbox:
             emitted.models.update(touched)
         if self.on_change is not None:
             self.on_change(touched)
-        last = await conn.fetchval(
-            _EMIT_SQL,
-            len(drafts),
-            [d.type for d in drafts],
-            [d.model for d in drafts],
-            [d.version for d in drafts],
-            [d.from_stage for d in drafts],
-            [d.to_stage for d in drafts],
-            [d.reason for d in drafts],
-            [json.dumps(d.details or {}) for d in drafts],
-            actor,
-            EVENTS_CHANNEL,
-            NOTIFY_PAYLOAD_LIMIT,
-        )
+        with tracing.span("events.emit", {"modelreg.events": len(drafts)}):
+            last = await conn.fetchval(
+                _EMIT_SQL,
+                len(drafts),
+                [d.type for d in drafts],
+                [d.model for d in drafts],
+                [d.version for d in drafts],
+                [d.from_stage for d in drafts],
+                [d.to_stage for d in drafts],
+                [d.reason for d in drafts],
+                [json.dumps(d.details or {}) for d in drafts],
+                actor,
+                EVENTS_CHANNEL,
+                NOTIFY_PAYLOAD_LIMIT,
+            )
         first = last - len(drafts) + 1
         if emitted is not None:
             emitted.sequences.extend(range(first, last + 1))

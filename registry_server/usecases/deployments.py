@@ -55,6 +55,14 @@ class Deployments:
             target = await tx.version(ref.number if ref.number is not None else (ref.alias or ""))
             plan = dd.plan_stage_move(tx.deployment, target, stage, reason, actor)
             seq, rows = await tx.persist(plan, actor)
+        log.info(
+            "moved models/%s/versions/%d to %s (event %d)",
+            ref.model,
+            target.version,
+            stage.value,
+            seq,
+            extra={"principal": actor},
+        )
         archived = next((m.version for m in plan.moves if m.replaced_by), 0)
         return version_from_row(rows[target.version]), (version_from_row(rows[archived]) if archived else None), seq
 
@@ -96,6 +104,8 @@ class Deployments:
 
     async def _apply(self, tx: DeploymentTx, plan: dd.Plan, actor: str) -> tuple[dd.Deployment, int]:
         seq, _ = await tx.persist(plan, actor)
+        if plan.changed:
+            log.info("models/%s: %s (event %d)", plan.model, plan.action.value, seq, extra={"principal": actor})
         after = plan.after
         if plan.changed:  # the row's updated_at is the commit's now(); within a millisecond of this
             after = replace(after, update_time=datetime.now(UTC))
@@ -117,7 +127,14 @@ class Deployments:
             if verdict == dd.Verdict.WAIT:
                 continue
             if await self._apply_verdict(d.model, d.canary.version, verdict, reason):
-                log.warning("canary v%d of models/%s: %s (%s)", d.canary.version, d.model, verdict.value, reason)
+                log.warning(
+                    "canary v%d of models/%s: %s (%s)",
+                    d.canary.version,
+                    d.model,
+                    verdict.value,
+                    reason,
+                    extra={"principal": JUDGE_ACTOR},
+                )
                 decisions.append((d.model, verdict, reason))
         return decisions
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from modelreg_runtime import tracing
 from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload
 from registry_server.domain import deployments as dd
 from registry_server.domain import models as dm
@@ -70,28 +71,34 @@ class Models:
             if existing is not None:
                 return existing, True
 
-        upload = HashingUpload(await self.blobs.begin_upload(nv.declared_sha256))
-        try:
-            async for chunk in chunks:
-                await upload.write(chunk)
-            await upload.finish()
-            self._check_upload(nv, upload)
-        except BaseException:
-            await upload.inner.abort()
-            raise
+        with tracing.span("blobstore.write", {"modelreg.model": nv.model}) as span:
+            upload = HashingUpload(await self.blobs.begin_upload(nv.declared_sha256))
+            try:
+                async for chunk in chunks:
+                    await upload.write(chunk)
+                await upload.finish()
+                self._check_upload(nv, upload)
+            except BaseException:
+                await upload.inner.abort()
+                raise
+            if span is not None:
+                span.set_attribute("modelreg.bytes", upload.size)
 
         sha, size = upload.sha256, upload.size
         config = dm.merge_config(model.default_config, nv.config)
         model_type = nv.model_type or model.model_type
 
         async def finalize() -> None:
-            try:
-                await upload.inner.commit(sha)
-            except RegistryError:
-                raise
-            except Exception as e:  # the store went away mid-commit
-                await upload.inner.abort()
-                raise Unavailable(f"the artifact store failed while storing the bytes ({e}); retry the upload") from e
+            with tracing.span("blobstore.commit"):
+                try:
+                    await upload.inner.commit(sha)
+                except RegistryError:
+                    raise
+                except Exception as e:  # the store went away mid-commit
+                    await upload.inner.abort()
+                    raise Unavailable(
+                        f"the artifact store failed while storing the bytes ({e}); retry the upload"
+                    ) from e
 
         try:
             version = await self.store.register_version(nv, config, model_type, sha, size, actor, finalize)
@@ -105,6 +112,14 @@ class Models:
             await upload.inner.abort()
             await self._remove_if_unreferenced(sha)
             raise
+        log.info(
+            "registered models/%s/versions/%d (sha256 %s, %d bytes)",
+            version.model,
+            version.version,
+            sha,
+            size,
+            extra={"principal": actor},
+        )
         return version, False
 
     @staticmethod
@@ -196,6 +211,8 @@ class Models:
         # on a CPU-bound host it gained nothing, and holding several fresh 1 MiB buffers at
         # once makes glibc trim and re-fault its heap (see benchmarks/README.md, goal 11).
         chunks = self.blobs.read(version.sha256, 0, chunk_size, observe=digest.update)
+        # Not the current span: it lives across the stream's yields (see tracing.start).
+        span = tracing.start("blobstore.read", {"modelreg.bytes": version.size_bytes - offset})
         try:
             async for chunk in chunks:
                 end = position + len(chunk)
@@ -207,6 +224,9 @@ class Models:
                 f"the artifact of models/{version.model}/versions/{version.version} vanished from the store "
                 "during the download; restore it from backup"
             ) from None
+        finally:
+            if span is not None:
+                span.end()
         if digest.hexdigest() != version.sha256:
             raise DataLoss(
                 f"the stored artifact of models/{version.model}/versions/{version.version} is corrupted "
