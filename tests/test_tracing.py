@@ -14,19 +14,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
-from concurrent import futures
 
 import grpc
 import numpy as np
 import pytest
 from agent_helpers import onnx_scale_model, wait_until
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from otlp_helpers import attrs as _attrs
+from otlp_helpers import running_collector
 
 from modelreg import Client, errors
 from modelreg_runtime import tracing
@@ -136,43 +135,9 @@ def test_a_download_traces_the_blob_store_read(spans, make_registry, tmp_path):
 # ---------------------------------------------------------------- a real agent over OTLP
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver on 127.0.0.1 that keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.spans: list[tuple[dict, object]] = []  # (resource attributes, Span proto)
-        self.server = grpc.server(futures.ThreadPoolExecutor(4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def Export(self, request, context):  # noqa: N802 - the proto's method name
-        with self.lock:
-            for rs in request.resource_spans:
-                resource = {a.key: _value(a.value) for a in rs.resource.attributes}
-                for ss in rs.scope_spans:
-                    self.spans.extend((resource, s) for s in ss.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def named(self, name: str) -> list:
-        with self.lock:
-            return [(r, s) for r, s in self.spans if s.name == name]
-
-
-def _value(v):
-    return getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
-
-
-def _attrs(span) -> dict:
-    return {a.key: _value(a.value) for a in span.attributes}
-
-
 @pytest.fixture
 def collector():
-    c = Collector()
-    yield c
-    c.server.stop(0)
+    yield from running_collector()
 
 
 def test_a_predict_span_is_tagged_with_the_version_served(spans, registry, agents, collector):
