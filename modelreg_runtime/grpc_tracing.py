@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
 
@@ -36,9 +37,15 @@ SERVER_ERRORS = {
     grpc.StatusCode.DATA_LOSS,
 }
 ACTOR_KEY = "x-modelreg-actor"
+# With the default propagators a call without `traceparent` carries no context to extract.
+W3C_ONLY = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "") in (
+    "tracecontext,baggage",
+    "tracecontext",
+)
 
 
-def _incoming(context: grpc.aio.ServicerContext) -> tuple[otel_context.Context, str]:
+def _incoming(context: grpc.aio.ServicerContext) -> tuple[otel_context.Context | None, str]:
+    """The caller's trace context (None when it sent none: the span is a root) and actor."""
     carrier: dict[str, str] = {}
     actor = ""
     for key, value in context.invocation_metadata() or ():
@@ -46,6 +53,8 @@ def _incoming(context: grpc.aio.ServicerContext) -> tuple[otel_context.Context, 
             carrier[key] = value
             if key == ACTOR_KEY:
                 actor = value[:256]
+    if W3C_ONLY and "traceparent" not in carrier:  # nothing to extract: skip the propagators
+        return otel_context.Context(), actor
     return propagate.extract(carrier), actor
 
 

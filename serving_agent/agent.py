@@ -267,8 +267,7 @@ class Agent:
         started = time.perf_counter()
         version = str(mv.version)
         try:
-            with tracing.span("modelreg.inference"):
-                result = await asyncio.to_thread(fn)
+            result = await asyncio.to_thread(fn)
         except Exception as e:
             mv.errors += 1
             code = getattr(getattr(e, "code", None), "name", "INTERNAL")
