@@ -59,6 +59,9 @@ def _incoming(context: grpc.aio.ServicerContext) -> tuple[otel_context.Context |
 
 
 def _finish(span: trace.Span, context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
+    if not span.is_recording():  # not sampled: nothing to record
+        span.end()
+        return
     try:
         code = context.code()
     except Exception:  # noqa: BLE001 - older grpc: no code() on the aio context
@@ -123,7 +126,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
     def _start(self, name: str, attrs: dict[str, str], context: grpc.aio.ServicerContext) -> trace.Span:
         parent, actor = _incoming(context)
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
-        if actor:
+        if actor and span.is_recording():
             span.set_attribute("enduser.id", actor)
         return span
 
