@@ -229,9 +229,9 @@ class Agent:
         self, model: str, inputs: dict[str, np.ndarray], output_names: list[str] | None = None, routing_key: str = ""
     ) -> Prediction:
         mgr = self._manager(model)
-        with tracing.span("modelreg.predict") as span, mgr.lease(routing_key) as mv:
-            if span is not None:
-                span.set_attributes(served(mgr, mv))
+        with mgr.lease(routing_key) as mv:
+            if tracing.enabled():  # tags the current span: the Predict RPC's (see served())
+                tracing.set_attributes(served(mgr, mv))
             outputs = await self._timed(mgr, mv, "predict", mv_call(mv, "predict", inputs, output_names))
             return Prediction(mv.spec.name, outputs)
 
@@ -246,9 +246,9 @@ class Agent:
         routing_key: str = "",
     ) -> Detection:
         mgr = self._manager(model)
-        with tracing.span("modelreg.detect") as span, mgr.lease(routing_key) as mv:
-            if span is not None:
-                span.set_attributes(served(mgr, mv))
+        with mgr.lease(routing_key) as mv:
+            if tracing.enabled():
+                tracing.set_attributes(served(mgr, mv))
             assert mv.loader is not None  # only a loaded version is leased
             if mv.loader.kind != "detector":
                 raise WrongModelKind(
@@ -343,7 +343,10 @@ class Agent:
 
 def served(mgr: ModelManager, mv) -> dict[str, str | int]:
     """The span attributes of a request: the model, the version that serves it and the route
-    (stable or canary)."""
+    (stable or canary). They go on the current span, which behind the inference server is the
+    Predict/Detect RPC's SERVER span: one span per request, not a child per step, because
+    recording and exporting a span costs tens of microseconds in the Python SDK, which is a
+    measurable share of a small model's Predict (benchmarks/README.md, tracing)."""
     canary = mgr.desired.canary
     return {
         "modelreg.model": mgr.model,
