@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -116,6 +117,31 @@ def test_a_failed_call_marks_its_server_span(spans, make_registry):
         what="the server span",
     )[0]
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_a_future_call_is_not_waited_for_by_its_client_span(spans, make_registry):
+    """`stub.X.future(...)` returns at once with tracing on; the client span ends with the call."""
+    from modelreg.v1 import registry_service_pb2 as rs
+
+    registry = make_registry()
+    release = threading.Event()
+
+    def requests():
+        release.wait(20)  # the call cannot complete before this
+        yield rs.RegisterModelVersionRequest()
+
+    with Client(registry.address) as client, trace.get_tracer("app").start_as_current_span("app"):
+        started = time.monotonic()
+        call = client.stub.RegisterModelVersion.future(requests(), timeout=30)
+        assert time.monotonic() - started < 5
+        release.set()
+        assert call.exception(30).code() == grpc.StatusCode.INVALID_ARGUMENT
+    span = wait_until(
+        lambda: [s for s in spans.get_finished_spans() if s.name == REGISTER and s.kind == trace.SpanKind.CLIENT],
+        10,
+        what="the client span",
+    )[0]
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 def test_a_download_traces_the_blob_store_read(spans, make_registry, tmp_path):

@@ -1,7 +1,7 @@
 """W3C trace context from an app's OpenTelemetry spans into the registry and the agent.
 
 OpenTelemetry is optional for the SDK: `traced(channel)` returns the channel unchanged when
-the `opentelemetry` package is not installed. When it is, every call runs in a CLIENT span
+the `opentelemetry` package is not installed. When it is, every call has a CLIENT span
 of the app's tracer provider (`modelreg.v1.RegistryService/RegisterModelVersion`, with
 rpc.system, rpc.service, rpc.method and rpc.grpc.status_code) and sends its `traceparent`
 in the call's metadata, so the server's span is that span's child. Until something in the
@@ -64,26 +64,42 @@ class _TraceInterceptor(
         service, _, rpc = method.partition("/")
         tracer = trace.get_tracer("modelreg.client")
         attrs = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
-        with tracer.start_as_current_span(method, kind=trace.SpanKind.CLIENT, attributes=attrs) as span:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            if carrier:
-                details = _ClientDetails(
-                    details.method,
-                    details.timeout,
-                    (*(details.metadata or ()), *carrier.items()),
-                    details.credentials,
-                    getattr(details, "wait_for_ready", None),
-                    getattr(details, "compression", None),
-                )
+        # Not made current and not ended here: the call may be a future (`stub.X.future()`),
+        # so the span ends in the call's done callback, never by waiting for it.
+        span = tracer.start_span(method, kind=trace.SpanKind.CLIENT, attributes=attrs)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        if carrier:
+            details = _ClientDetails(
+                details.method,
+                details.timeout,
+                (*(details.metadata or ()), *carrier.items()),
+                details.credentials,
+                getattr(details, "wait_for_ready", None),
+                getattr(details, "compression", None),
+            )
+        try:
             outcome = continuation(details, request)
-            if wait:
-                code = outcome.code()  # a unary response: the call has completed
+        except BaseException as e:
+            span.record_exception(e)
+            span.end()
+            raise
+        if not wait:  # a streamed response: the span covers starting the call
+            span.end()
+            return outcome
+
+        def done(call: Any) -> None:
+            try:
+                code = call.code()
                 if isinstance(code, grpc.StatusCode):
                     span.set_attribute("rpc.grpc.status_code", code.value[0])
                     if code is not grpc.StatusCode.OK:
                         span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
-            return outcome
+            finally:
+                span.end()
+
+        outcome.add_done_callback(done)
+        return outcome
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         return self._call(continuation, client_call_details, request, wait=True)
