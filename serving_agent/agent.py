@@ -157,6 +157,7 @@ class Agent:
         )
         for m in c.models:
             self.models[model_id(m)] = ModelManager(model_id(m), hooks)
+            self.metrics.follow(model_id(m))
         self.source = RegistrySource(
             self.channel,
             list(self.models),

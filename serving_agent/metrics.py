@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 # No `_created` series: they double the series count and no dashboard reads them.
 disable_created_metrics()
 
+LOAD_STAGES = ("download", "load", "warm-up")  # where a load can fail: modelreg_agent_load_failures_total{stage}
 # Inference: 100 us .. 10 s (Triton's and TF Serving's requests are in this range).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 # Loads, downloads and swaps: 10 ms .. 10 min.
@@ -152,6 +153,16 @@ class Metrics:
             registry=r,
             buckets=LAG_BUCKETS,
         )
+
+    def follow(self, model: str) -> None:
+        """Creates a followed model's series at zero, so a rate() or increase() over them
+        works before the first swap or failure (Prometheus's advice for labelled counters)."""
+        for c in (self.swaps, self.loads, self.download_bytes):
+            c.labels(model)
+        for stage in LOAD_STAGES:
+            self.load_failures.labels(model, stage)
+        for g in (self.serving, self.standby, self.canary_share):
+            g.labels(model)
 
     def forget_version(self, model: str, version: str, states: list[str]) -> None:
         """Drops the series of a version the agent no longer holds."""
