@@ -8,6 +8,7 @@ dashboard names exists in a real scrape. The Prometheus tests skip only where De
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -255,3 +256,46 @@ def test_prometheus_scrapes_both_processes_and_answers_the_dashboard(fleet, tmp_
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_server_banner_prints_the_metrics_url_and_a_bad_address_is_refused(spawn_registry, tmp_path, database_url):
+    from conftest import BIN, wait_for_port
+
+    port = free_port()
+    proc, address = spawn_registry(MODELREG_METRICS_ADDRESS=f"127.0.0.1:{port}")
+    wait_for_port(port, proc=proc)
+    log = tmp_path / f"server-{address.rsplit(':', 1)[1]}.log"
+    wait_until(lambda: "metrics on" in log.read_text(), 30, what="the banner")
+    assert f"metrics on http://127.0.0.1:{port}/metrics (Prometheus)" in log.read_text()
+    assert "grpc_server_started_total" in scrape(port)
+
+    bad = subprocess.run(
+        [str(BIN / "modelreg"), "server", "--metrics-listen", "localhost:http"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MODELREG_DATABASE_URL": database_url, "MODELREG_DATA_DIR": str(tmp_path / "d")},
+    )
+    assert bad.returncode == 2
+    assert "'localhost:http' is not host:port" in bad.stderr and "'off' to disable" in bad.stderr
+
+
+def test_agent_metrics_flags(make_registry, agents, tmp_path):
+    from conftest import BIN
+
+    bad = subprocess.run(
+        [str(BIN / "modelreg"), "agent", "--model", "m", "--metrics-listen", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--metrics-listen 'nowhere' is not host:port" in bad.stderr
+    registry = make_registry()
+    port = free_port()
+    # --metrics-port is a synonym; MODELREG_METRICS_ADDRESS=off turns the default off
+    a = agents(registry.address, ["m"], name="p", extra=["--metrics-port", str(port)])
+    b = agents(registry.address, ["m"], name="off", env={"MODELREG_METRICS_ADDRESS": "off"})
+    wait_until(lambda: "inference API on" in a.log() and "inference API on" in b.log(), 60, what="both started")
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in a.log()
+    assert "modelreg_agent_ready 0.0" in scrape(port)  # nothing to serve yet
+    assert "metrics on" not in b.log()
