@@ -1,6 +1,6 @@
 """The registry's Prometheus metrics (prometheus-client), one `CollectorRegistry` per server.
 
-gRPC, with go-grpc-prometheus's names (recorded by `services.metrics.MetricsInterceptor`):
+gRPC, with go-grpc-prometheus's names (recorded and collected by `services.metrics`, when on):
     grpc_server_started_total{grpc_type,grpc_service,grpc_method}                counter
     grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}      counter
     grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}             histogram
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from registry_server.errors import RegistryError
@@ -56,15 +57,12 @@ log = logging.getLogger("modelreg.metrics")
 # No `_created` series: they double the series count and no dashboard reads them.
 disable_created_metrics()
 
-# go-grpc-prometheus's default buckets, with sub-5 ms ones: cached reads take well under 1 ms.
-RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DB_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 TRANSFER_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SAMPLE_INTERVAL = 10.0
 AGENT_PAGE = 1000
-RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 # What the error interceptor reports as UNAVAILABLE (a lost database or disk).
 BACKEND_DOWN = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -91,26 +89,6 @@ class RegistryMetrics:
     def __init__(self, store: str = "local") -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.store = store
-        self.grpc_started = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS, registry=r)
-        self.grpc_handled = Counter(
-            "grpc_server_handled",
-            "RPCs completed on the server, by final status code.",
-            (*RPC_LABELS, "grpc_code"),
-            registry=r,
-        )
-        self.grpc_handling = Histogram(
-            "grpc_server_handling_seconds",
-            "Time from an RPC's start to its last response.",
-            RPC_LABELS,
-            registry=r,
-            buckets=RPC_BUCKETS,
-        )
-        self.grpc_received = Counter(
-            "grpc_server_msg_received", "Messages received by the server, per method.", RPC_LABELS, registry=r
-        )
-        self.grpc_sent = Counter(
-            "grpc_server_msg_sent", "Messages sent by the server, per method.", RPC_LABELS, registry=r
-        )
         p = "modelreg_registry_"
         self.watch_streams = Gauge(p + "watch_streams", "Open WatchEvents streams.", registry=r)
         self.events = Counter(
@@ -225,7 +203,7 @@ class _CacheCollector(Collector):
     def __init__(self, cache: VersionCache):
         self.cache = cache
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         c, p = self.cache, "modelreg_registry_read_cache_"
         yield CounterMetricFamily(p + "hits", "Version reads answered from the hot cache.", value=c.hits)
         yield CounterMetricFamily(p + "misses", "Version reads that went to Postgres.", value=c.misses)
@@ -239,7 +217,7 @@ class _PoolCollector(Collector):
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         size, idle = self.pool.get_size(), self.pool.get_idle_size()
         g = GaugeMetricFamily(
             "modelreg_registry_db_pool_connections", "asyncpg pool connections, in use and idle.", labels=("state",)

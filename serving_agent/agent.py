@@ -266,8 +266,6 @@ class Agent:
     async def _timed(self, mgr: ModelManager, mv, method: str, fn):
         """Runs `fn` on a worker thread and records the outcome, the total time, and its
         split: queue (submitted -> the thread starts it) and compute (the call itself)."""
-        m = self.metrics
-        version = str(mv.version)
         begun = 0.0
 
         def timed_call():
@@ -288,18 +286,19 @@ class Agent:
             elapsed = ended - started
             mv.requests += 1
             mv.latencies.append(elapsed)
-            m.requests.labels(mgr.model, version, outcome).inc()
-            m.duration.labels(mgr.model, version).observe(elapsed)
+            stats = self.metrics.inference.version(mgr.model, str(mv.version))
+            stats.count(outcome)
+            stats.duration.observe(elapsed)
             if begun:
-                m.queue.labels(mgr.model, version).observe(begun - started)
-                m.compute.labels(mgr.model, version).observe(ended - begun)
+                stats.queue.observe(begun - started)
+                stats.compute.observe(ended - begun)
         return result
 
     def _payload(self, mgr: ModelManager, mv, size_in: int, size_out: int) -> None:
-        version = str(mv.version)
-        self.metrics.payload.labels(mgr.model, version, "in").observe(size_in)
+        stats = self.metrics.inference.version(mgr.model, str(mv.version))
+        stats.payload_in.observe(size_in)
         if size_out:
-            self.metrics.payload.labels(mgr.model, version, "out").observe(size_out)
+            stats.payload_out.observe(size_out)
 
     # ------------------------------------------------------------ status
 
