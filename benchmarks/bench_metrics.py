@@ -1,14 +1,16 @@
 """Goal 14 (metrics half): what Prometheus metrics cost, on vs off, side by side in one run.
 
-Two `modelreg server` processes on the same Postgres (separate databases), one with
-MODELREG_METRICS_ADDRESS on (the gRPC metrics interceptor installed, /metrics served), one
-off; two `modelreg agent` processes following the same tiny ONNX model, one with
-`--metrics-listen` on, one with `off`. While an "on" subject is measured, a scraper thread
-GETs its /metrics every second (15x Prometheus's default rate), so rendering is in the
-figure. Measured: the registry's GetModelVersion throughput at 16 clients (cycling over 20
-versions, as `read_throughput`) and the agent's Predict p50 at 1 client (as `agent`'s goal
-10), alternating on/off, repetitions reversed every other time, medians. Goal: on/off
-within 1.03x (throughput: off/on, p50: on/off).
+Two `modelreg server` processes on the same Postgres (separate databases, seeded alike),
+one with MODELREG_METRICS_ADDRESS on (the gRPC metrics interceptor installed, /metrics
+served), one off; two `modelreg agent` processes serving the same tiny ONNX model, one with
+`--metrics-listen` on following the "on" server, one with `off` following the "off" server.
+While an "on" subject is measured, a scraper thread GETs its /metrics every second (15x
+Prometheus's default rate), so rendering is in the figure. Measured: the registry's
+GetModelVersion throughput at 16 clients (cycling over 20 versions, as `read_throughput`)
+and the agent's Predict p50 at 1 client (as `agent`'s goal 10), on and off alternating, 5
+repetitions reversed every other time, medians; and the serving process's CPU per call,
+which a busy shared machine disturbs less than wall-clock figures. Goal: on within 1.03x of
+off (throughput: off/on, p50: on/off).
 """
 
 from __future__ import annotations
@@ -58,7 +60,14 @@ class Scraper:
             self._thread.join(10)
 
 
-def _agent(env, registry: str, name: str, metrics: str) -> str:
+def _cpu_s(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def _agent(env, registry: str, name: str, metrics: str) -> tuple[int, str]:
     port = free_port()
     cmd = [
         str(Path(PY).parent / "modelreg"),
@@ -84,7 +93,7 @@ def _agent(env, registry: str, name: str, metrics: str) -> str:
     )
     env.procs.append(proc)
     wait_for_port(port, 120, proc)
-    return f"127.0.0.1:{port}"
+    return proc.pid, f"127.0.0.1:{port}"
 
 
 def _wait_serving(address: str, timeout: float = 120) -> None:
@@ -110,16 +119,18 @@ def run(env, cfg) -> list[Row]:
     from modelreg import Client
 
     registry_port, agent_port = free_port(), free_port()
-    servers = {
+    spawned = {
         "on": env.spawn_server(
             "metrics-on",
             env.database("modelreg_bench_metrics_on"),
             {"MODELREG_METRICS_ADDRESS": f"127.0.0.1:{registry_port}"},
-        )[1],
+        ),
         "off": env.spawn_server(
             "metrics-off", env.database("modelreg_bench_metrics_off"), {"MODELREG_METRICS_ADDRESS": "off"}
-        )[1],
+        ),
     }
+    servers = {side: address for side, (_, address) in spawned.items()}
+    pids = {f"registry_{side}": proc.pid for side, (proc, _) in spawned.items()}
     model = onnx_model(16, 7)
     for side, address in servers.items():
         log(f"seeding {MODEL} on the metrics-{side} server: {VERSIONS} versions")
@@ -127,10 +138,12 @@ def run(env, cfg) -> list[Row]:
             for i in range(VERSIONS):
                 v = c.register(MODEL, model if i == 0 else onnx_model(16, 100 + i), format="onnx", filename="m.onnx")
             c.promote(MODEL, v.version, "production", reason="bench seed")
-    agents = {
+    started = {
         "on": _agent(env, servers["on"], "metrics-on", f"127.0.0.1:{agent_port}"),
-        "off": _agent(env, servers["on"], "metrics-off", "off"),
+        "off": _agent(env, servers["off"], "metrics-off", "off"),
     }
+    agents = {side: address for side, (_, address) in started.items()}
+    pids.update({f"agent_{side}": pid for side, (pid, _) in started.items()})
     for address in agents.values():
         _wait_serving(address)
 
@@ -142,27 +155,38 @@ def run(env, cfg) -> list[Row]:
         "agent": Scraper(f"http://127.0.0.1:{agent_port}/metrics"),
     }
 
-    def scraped(scraper: Scraper, spec: dict):
+    def measured(subject: str, spec: dict, scraper: Scraper | None = None):
+        """The load's summary plus the serving process's CPU per call (warm-up included,
+        alike on both sides): steadier than wall-clock figures on a shared machine."""
+
         def go() -> dict:
-            with scraper:
-                return env.load(spec)
+            before = _cpu_s(pids[subject])
+            if scraper is None:
+                r = env.load(spec)
+            else:
+                with scraper:
+                    r = env.load(spec)
+            r["cpu_us_per_call"] = (_cpu_s(pids[subject]) - before) / max(1, r["count"]) * 1e6
+            return r
 
         return go
 
     res = alternate(
-        cfg.reps,
+        cfg.reps if cfg.quick else max(cfg.reps, 5),
         {
-            "registry_on": scraped(scrapers["registry"], dict(reads, target=servers["on"])),
-            "registry_off": lambda: env.load(dict(reads, target=servers["off"])),
-            "agent_on": scraped(scrapers["agent"], dict(one, target=agents["on"])),
-            "agent_off": lambda: env.load(dict(one, target=agents["off"])),
+            "registry_on": measured("registry_on", dict(reads, target=servers["on"]), scrapers["registry"]),
+            "registry_off": measured("registry_off", dict(reads, target=servers["off"])),
+            "agent_on": measured("agent_on", dict(one, target=agents["on"]), scrapers["agent"]),
+            "agent_off": measured("agent_off", dict(one, target=agents["off"])),
         },
     )
+    cpu = {k: med(res, k, "cpu_us_per_call") for k in res}
     tput = {k: med(res, k, "throughput") for k in ("registry_on", "registry_off")}
     p50 = {k: med(res, k, "p50_us") for k in ("agent_on", "agent_off")}
     detail = {
         "throughput_per_rep": reps_detail(res, "throughput"),
         "p50_us_per_rep": reps_detail(res, "p50_us"),
+        "cpu_us_per_call_per_rep": reps_detail(res, "cpu_us_per_call"),
         "errors": {k: sum(r["errors"] for r in v) for k, v in res.items()},
         "scrapes": {k: s.scrapes for k, s in scrapers.items()},
         "scrape_bytes": {k: s.bytes // max(1, s.scrapes) for k, s in scrapers.items()},
@@ -198,4 +222,19 @@ def run(env, cfg) -> list[Row]:
             target=("<=", 1.03),
             details=detail,
         ),
+    ] + [
+        Row(
+            goal=GOALS,
+            bench=NAME,
+            figure=f"{what} CPU per call, metrics on vs off",
+            ours=cpu[f"{side}_on"],
+            unit="µs",
+            ref=cpu[f"{side}_off"],
+            ref_label="metrics off",
+            ratio=ratio(cpu[f"{side}_on"], cpu[f"{side}_off"]),
+            ratio_of="on/off",
+            note="the serving process's user+system CPU over the window, warm-up included",
+            details=detail,
+        )
+        for side, what in (("registry", "registry GetModelVersion"), ("agent", "agent Predict"))
     ]
