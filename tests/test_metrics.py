@@ -7,6 +7,7 @@ dashboard names exists in a real scrape. The Prometheus tests skip only where De
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -299,3 +300,20 @@ def test_agent_metrics_flags(make_registry, agents, tmp_path):
     assert f"metrics on http://127.0.0.1:{port}/metrics" in a.log()
     assert "modelreg_agent_ready 0.0" in scrape(port)  # nothing to serve yet
     assert "metrics on" not in b.log()
+
+
+def test_agent_runs_without_metrics_when_the_default_address_is_busy(make_registry, agents):
+    import socket
+
+    registry = make_registry()
+    holder = socket.socket()
+    try:
+        with contextlib.suppress(OSError):  # already taken by someone else: the same case
+            holder.bind(("127.0.0.1", 9464))
+            holder.listen()
+        a = agents(registry.address, ["m"], name="busy")  # no metrics flag: the default address
+        wait_until(lambda: "inference API on" in a.log(), 60, what="the agent started")
+        assert "cannot serve metrics on 127.0.0.1:9464" in a.log() and "running without metrics" in a.log()
+        assert a._alive()
+    finally:
+        holder.close()
