@@ -65,7 +65,7 @@ class Deployments:
     async def _promote(
         self, ref: VersionRef, stage: Stage, reason: str, actor: str
     ) -> tuple[ModelVersion, ModelVersion | None, int]:
-        async with self.store.locked(ref.model) as tx:
+        async with self.store.locked(ref.model, ref.number or 0) as tx:
             target = await tx.version(ref.number if ref.number is not None else (ref.alias or ""))
             plan = dd.plan_stage_move(tx.deployment, target, stage, reason, actor)
             seq, rows = await tx.persist(plan, actor)
@@ -75,7 +75,7 @@ class Deployments:
     async def set_canary(
         self, model: str, version: int, weight: int, reason: str, actor: str, etag: str = ""
     ) -> tuple[dd.Deployment, int]:
-        async with self.store.locked(model) as tx:
+        async with self.store.locked(model, version) as tx:
             dd.check_etag(tx.deployment, etag)
             plan = dd.plan_set_canary(tx.deployment, await tx.version(version), weight, reason, actor)
             return await self._apply(tx, plan, actor)
@@ -99,7 +99,7 @@ class Deployments:
     async def rollback(
         self, model: str, to_version: int, reason: str, actor: str, etag: str = ""
     ) -> tuple[dd.Deployment, int]:
-        async with self.store.locked(model) as tx:
+        async with self.store.locked(model, to_version) as tx:
             dd.check_etag(tx.deployment, etag)
             target = await tx.version(to_version) if to_version else await tx.previous_production()
             return await self._apply(tx, dd.plan_rollback(tx.deployment, target, reason, actor), actor)
