@@ -183,18 +183,6 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             "there or set MODELREG_ADDRESS (or --listen) to another host:port"
         )
     await server.start()
-    metrics_server = None
-    if metrics_listen:
-        try:
-            metrics_server = await MetricsServer(metrics.render, *metrics_listen).start()
-        except OSError as e:
-            await server.stop(0)
-            raise StartupError(
-                f"cannot serve metrics on {settings.metrics_address}: {e.strerror or e}; set "
-                "MODELREG_METRICS_ADDRESS (or --metrics-listen) to a free host:port, or 'off'"
-            ) from None
-    for name in ("",) + SERVICE_NAMES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(
         settings=settings,
         server=server,
@@ -207,10 +195,19 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
         metrics=metrics,
-        metrics_server=metrics_server,
     )
-    if metrics_server is not None:
+    if metrics_listen:
+        try:
+            running.metrics_server = await MetricsServer(metrics.render, *metrics_listen).start()
+        except OSError as e:
+            await running.stop(grace=0)
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_address}: {e.strerror or e}; set "
+                "MODELREG_METRICS_ADDRESS (or --metrics-listen) to a free host:port, or 'off'"
+            ) from None
         running.tasks.append(asyncio.create_task(metrics.sample(pool, agents)))
+    for name in ("",) + SERVICE_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running

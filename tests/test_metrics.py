@@ -317,3 +317,16 @@ def test_agent_runs_without_metrics_when_the_default_address_is_busy(make_regist
         assert a._alive()
     finally:
         holder.close()
+
+
+def test_a_busy_registry_metrics_address_is_a_startup_error(make_registry):
+    import socket
+
+    from registry_server.errors import StartupError
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(StartupError, match=f"cannot serve metrics on 127.0.0.1:{port}.*a free host:port"):
+            make_registry(metrics_address=f"127.0.0.1:{port}")
