@@ -30,7 +30,7 @@ install: $(STAMP)
 
 ## Start the registry on 127.0.0.1:50051 (embedded Postgres + local artifacts under ./.modelreg).
 run: $(BASE_STAMP)
-	$(BIN)/modelreg server
+	$(BIN)/modelreg server --metrics-listen "$${MODELREG_METRICS_ADDRESS:-127.0.0.1:9465}"
 
 ## Regenerate the gRPC stubs (with mypy-protobuf type stubs) into clients/modelreg/v1.
 proto: $(STAMP)

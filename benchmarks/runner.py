@@ -28,6 +28,7 @@ MODULES = [
     "benchmarks.bench_agent",
     "benchmarks.bench_swaps",
     "benchmarks.bench_router",
+    "benchmarks.bench_metrics",
     "benchmarks.bench_tracing",
 ]
 

@@ -28,16 +28,19 @@ from modelreg.v1 import (
     registry_service_pb2_grpc,
 )
 from modelreg_runtime import logs, tracing
+from modelreg_runtime.metrics_http import MetricsServer
 from registry_server.background import run_janitor, run_judge
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
 from registry_server.errors import StartupError
+from registry_server.metrics import RegistryMetrics
 from registry_server.read_cache import VersionCache
 from registry_server.services.agents import AgentServicer
 from registry_server.services.deployments import DeploymentServicer
 from registry_server.services.errors import ErrorInterceptor
 from registry_server.services.events import attach_event_service
+from registry_server.services.metrics import MetricsInterceptor
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
 from registry_server.storage.agents import AgentStore
@@ -88,6 +91,8 @@ class RunningServer:
     deployments: Deployments | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     closers: list = field(default_factory=list)
+    metrics: RegistryMetrics | None = None
+    metrics_server: MetricsServer | None = None  # /metrics, when settings.metrics_address is on
 
     @property
     def address(self) -> str:
@@ -99,6 +104,8 @@ class RunningServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for closer in self.closers:
             await closer()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         for t in self.tasks:
             t.cancel()
@@ -111,8 +118,9 @@ class RunningServer:
 
 async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
     """Starts a server and returns once it listens. The caller calls `stop()`.
-    `interceptors` run before the error mapping (outermost first), then the tracing span
-    of each RPC when tracing is on (modelreg_runtime.tracing). Raises StartupError
+    `interceptors` run before the error mapping (outermost first), after the metrics
+    interceptor (installed when settings.metrics_address is on), then the tracing span of
+    each RPC when tracing is on (modelreg_runtime.tracing). Raises StartupError
     (ConfigError for a bad setting) when a dependency or the address fails."""
     blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
     url = settings.database_url
@@ -123,16 +131,26 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
 
     outbox = Outbox(pool)
     cache = VersionCache()
+    metrics = RegistryMetrics(store="s3" if settings.artifacts_location.startswith("s3://") else "local")
+    metrics.watch_cache(cache)
+    metrics.watch_pool(pool)
+    metrics_listen = settings.metrics_listen
     outbox.on_change = cache.invalidate_models
     outbox.on_committed = cache.committed_own
     deployment_store = DeploymentStore(outbox)
     agent_store = AgentStore(pool)
-    models = Models(ModelStore(outbox), deployment_store, blobs, cache)
-    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window)
+    model_store = ModelStore(outbox, on_batch=metrics.group_commit_batch.labels("registrations").observe)
+    models = Models(model_store, deployment_store, blobs, cache, metrics)
+    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, metrics)
     agents = Agents(agent_store, deployment_store, settings.agent_stale_after)
 
     server = grpc.aio.server(
-        interceptors=[*interceptors, *tracing.server_interceptors(), ErrorInterceptor(SERVICE_NAMES)],
+        interceptors=[
+            *([MetricsInterceptor(metrics)] if metrics_listen else []),
+            *interceptors,
+            *tracing.server_interceptors(),
+            ErrorInterceptor(SERVICE_NAMES),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -144,8 +162,13 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def on_events(rows) -> None:
+        cache.on_events(rows)
+        metrics.count_events(rows)
+
     extra_closers = [
-        await attach_event_service(server, pool, deployment_store, url, settings, on_events=cache.on_events)
+        await attach_event_service(server, pool, deployment_store, url, settings, on_events=on_events, metrics=metrics)
     ]
     # Every replica's writes now reach this process's cache as invalidations.
     cache.enabled = True
@@ -163,8 +186,6 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             "there or set MODELREG_ADDRESS (or --listen) to another host:port"
         )
     await server.start()
-    for name in ("",) + SERVICE_NAMES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(
         settings=settings,
         server=server,
@@ -176,7 +197,20 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         models=models,
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
+        metrics=metrics,
     )
+    if metrics_listen:
+        try:
+            running.metrics_server = await MetricsServer(metrics.render, *metrics_listen).start()
+        except OSError as e:
+            await running.stop(grace=0)
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_address}: {e.strerror or e}; set "
+                "MODELREG_METRICS_ADDRESS (or --metrics-listen) to a free host:port, or 'off'"
+            ) from None
+        running.tasks.append(asyncio.create_task(metrics.sample(pool, agents)))
+    for name in ("",) + SERVICE_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running
@@ -222,6 +256,8 @@ def _banner(settings: Settings, running: RunningServer) -> str:
     ]
     if grpcurl:
         lines.append(f"  {grpcurl} -plaintext {running.address} list")
+    if running.metrics_server is not None:
+        lines.insert(lines.index("try:"), f"metrics on {running.metrics_server.url} (Prometheus)")
     return "\n".join(lines)
 
 

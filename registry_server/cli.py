@@ -27,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--artifacts", help="artifact store: a directory or s3://bucket/prefix (default: $MODELREG_ARTIFACTS)"
     )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        help="serve Prometheus metrics on http://ADDR/metrics (default: $MODELREG_METRICS_ADDRESS, else off)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     p.add_argument(
         "--log-format", choices=("text", "json"), default=None, help="log lines (default: $MODELREG_LOG_FORMAT or text)"
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             database_url=args.database_url,
             data_dir=Path(args.data_dir) if args.data_dir else None,
             artifacts=args.artifacts,
+            metrics_address=args.metrics_listen,
         )
     )
 

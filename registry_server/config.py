@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from modelreg_runtime.metrics_http import MetricsAddressError, parse_listen
 from registry_server.errors import ConfigError
 from registry_server.storage.db import describe_url
 
@@ -113,6 +114,9 @@ class Settings:
     # The canary judge sums reports of agents heard from within this window
     # (MODELREG_CANARY_STATS_WINDOW_SECONDS).
     canary_stats_window: timedelta = timedelta(seconds=60)
+    # Where /metrics (Prometheus) is served, host:port; empty or `off` disables it and the
+    # per-RPC metrics (MODELREG_METRICS_ADDRESS, --metrics-listen).
+    metrics_address: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -135,11 +139,21 @@ class Settings:
             canary_judge_interval=_float("MODELREG_CANARY_JUDGE_INTERVAL", 2.0, above=True),
             agent_stale_after=timedelta(seconds=_float("MODELREG_AGENT_STALE_SECONDS", 30, above=True)),
             canary_stats_window=timedelta(seconds=_float("MODELREG_CANARY_STATS_WINDOW_SECONDS", 60, above=True)),
+            metrics_address=env.get("MODELREG_METRICS_ADDRESS", ""),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         s = replace(s, **given) if given else s
         _check_address(s.address)
+        try:
+            parse_listen(s.metrics_address, "MODELREG_METRICS_ADDRESS (--metrics-listen)")
+        except MetricsAddressError as e:
+            raise ConfigError(str(e)) from None
         return s
+
+    @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        """(host, port) of /metrics, None when off."""
+        return parse_listen(self.metrics_address)
 
     @property
     def artifacts_location(self) -> str:
@@ -156,5 +170,7 @@ class Settings:
                 value = "****" if value else ""
             elif f.name == "artifacts":
                 value = self.artifacts_location
+            elif f.name == "metrics_address":
+                value = value if self.metrics_listen else "off"
             out.append((f.name, str(value)))
         return out

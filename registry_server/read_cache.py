@@ -38,6 +38,7 @@ class VersionCache:
         self.enabled = False
         self.hits = 0
         self.misses = 0
+        self.invalidations = 0  # models dropped (by events, own writes or a resync)
         self._own: dict[int, None] = {}  # insertion-ordered, so the oldest go first
 
     def generation(self, model: str) -> int:
@@ -65,7 +66,12 @@ class VersionCache:
             self._size += 1
         entries[ref] = version
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     def invalidate(self, model: str) -> None:
+        self.invalidations += 1
         self._generation[model] = self.generation(model) + 1
         entries = self._models.pop(model, None)
         if entries:

@@ -158,13 +158,16 @@ class Agent:
         )
         for m in c.models:
             self.models[model_id(m)] = ModelManager(model_id(m), hooks)
+            self.metrics.follow(model_id(m))
         self.source = RegistrySource(
             self.channel,
             list(self.models),
             StateFile(c.cache_dir / "state.json"),
             self._declare,
             actor=f"agent:{self.agent_id}",
+            metrics=self.metrics,
         )
+        self.metrics.watch_connected.set_function(lambda: 1.0 if self.source.connected else 0.0)
         self.source.restore()  # serve from the cache before the registry answers
         for mgr in self.models.values():
             mgr.task = asyncio.create_task(mgr.run(), name=f"manager:{mgr.model}")
@@ -210,7 +213,7 @@ class Agent:
             self._ready.set()
         else:
             self._ready.clear()
-        self.metrics.set("modelreg_agent_ready", 1.0 if ready else 0.0)
+        self.metrics.ready.set(1.0 if ready else 0.0)
         for fn in self._listeners:
             fn(ready)
 
@@ -233,6 +236,7 @@ class Agent:
             if tracing.enabled():  # tags the current span: the Predict RPC's (see served())
                 tracing.set_attributes(served(mgr, mv))
             outputs = await self._timed(mgr, mv, "predict", mv_call(mv, "predict", inputs, output_names))
+            self._payload(mgr, mv, sum(a.nbytes for a in inputs.values()), sum(a.nbytes for a in outputs.values()))
             return Prediction(mv.spec.name, outputs)
 
     async def detect(
@@ -261,27 +265,45 @@ class Agent:
                 return loader.detect(img, confidence, iou, max_detections)
 
             result = await self._timed(mgr, mv, "detect", run)
+            self._payload(mgr, mv, len(image) if isinstance(image, (bytes, bytearray)) else image.nbytes, 0)
             return Detection(mv.spec.name, result)
 
     async def _timed(self, mgr: ModelManager, mv, method: str, fn):
+        """Runs `fn` on a worker thread and records the outcome, the total time, and its
+        split: queue (submitted -> the thread starts it) and compute (the call itself)."""
+        begun = 0.0
+
+        def timed_call():
+            nonlocal begun
+            begun = time.perf_counter()
+            return fn()
+
         started = time.perf_counter()
-        version = str(mv.version)
+        outcome = "ok"
         try:
-            result = await asyncio.to_thread(fn)
+            result = await asyncio.to_thread(timed_call)
         except Exception as e:
             mv.errors += 1
-            code = getattr(getattr(e, "code", None), "name", "INTERNAL")
-            self.metrics.inc(
-                "modelreg_agent_request_errors_total", model=mgr.model, version=version, method=method, code=code
-            )
+            outcome = getattr(getattr(e, "code", None), "name", "INTERNAL")
             raise
         finally:
-            elapsed = time.perf_counter() - started
+            ended = time.perf_counter()
+            elapsed = ended - started
             mv.requests += 1
             mv.latencies.append(elapsed)
-            self.metrics.inc("modelreg_agent_requests_total", model=mgr.model, version=version, method=method)
-            self.metrics.observe(elapsed, mgr.model, mv.version)
+            stats = self.metrics.inference.version(mgr.model, str(mv.version))
+            stats.count(outcome)
+            stats.duration.observe(elapsed)
+            if begun:
+                stats.queue.observe(begun - started)
+                stats.compute.observe(ended - begun)
         return result
+
+    def _payload(self, mgr: ModelManager, mv, size_in: int, size_out: int) -> None:
+        stats = self.metrics.inference.version(mgr.model, str(mv.version))
+        stats.payload_in.observe(size_in)
+        if size_out:
+            stats.payload_out.observe(size_out)
 
     # ------------------------------------------------------------ status
 

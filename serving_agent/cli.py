@@ -19,6 +19,7 @@ from modelreg.cli import UsageError, common_parser, execute
 from modelreg_runtime.extras import MissingExtra, require
 
 COMMAND = "agent"
+DEFAULT_METRICS = "127.0.0.1:9464"
 MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 DESCRIPTION = (
     "Run a serving agent beside an application: it follows each model's production version "
@@ -49,12 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cache bound; unreferenced blobs are evicted least recently used first (default: 10 GiB)",
     )
     p.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        default=None,
+        help="serve Prometheus metrics on http://ADDR/metrics; 'off' disables "
+        f"(default: $MODELREG_METRICS_ADDRESS or {DEFAULT_METRICS})",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=None,
-        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: off; 0 picks a port)",
+        help="the same as --metrics-listen METRICS_HOST:PORT (0 picks a port)",
     )
-    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default: 127.0.0.1)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the host for --metrics-port (default: 127.0.0.1)")
     p.add_argument("--agent-id", default=None, help="the id reported to the registry (default: HOSTNAME-PID)")
     p.add_argument("--node", default=None, help="the node name reported to the registry (default: the host name)")
     p.add_argument(
@@ -156,10 +164,33 @@ def run_agent(args: argparse.Namespace) -> int:
         **({"node": args.node} if args.node else {}),
     )
     try:
-        asyncio.run(serve(config, listen, args.metrics_port, args.metrics_host))
+        metrics, default = metrics_address(args)
+        asyncio.run(serve(config, listen, metrics, metrics_optional=default))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def metrics_address(args: argparse.Namespace) -> tuple[tuple[str, int] | None, bool]:
+    """Where /metrics is served: --metrics-listen, else --metrics-port (on --metrics-host),
+    else $MODELREG_METRICS_ADDRESS, else the default; None when turned off. The flag says
+    whether it is the default."""
+    from modelreg_runtime.metrics_http import MetricsAddressError, parse_listen
+
+    if args.metrics_listen is not None:
+        value, flag = args.metrics_listen, "--metrics-listen"
+    elif args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise UsageError(f"--metrics-port {args.metrics_port} is not a port; use 0 to 65535 (0 picks one)")
+        value, flag = f"{args.metrics_host}:{args.metrics_port}", "--metrics-port"
+    elif "MODELREG_METRICS_ADDRESS" in os.environ:
+        value, flag = os.environ["MODELREG_METRICS_ADDRESS"], "MODELREG_METRICS_ADDRESS"
+    else:
+        return parse_listen(DEFAULT_METRICS), True
+    try:
+        return parse_listen(value, flag), False
+    except MetricsAddressError as e:
+        raise UsageError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ class ManagedVersion:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     last_desired: int = 0  # the ModelManager's set_desired counter when it was last desired
     download_seconds: float = 0.0
+    desired_at: float = 0.0  # time.monotonic() when it was first desired (the swap's start)
     load_seconds: float = 0.0
     requests: int = 0
     errors: int = 0
@@ -99,14 +100,14 @@ class ModelManager:
         wanted = desired.versions()
         for v, mv in self.versions.items():
             if v in wanted and v in standby:  # a warm standby swaps back in
-                self.hooks.metrics.inc("modelreg_agent_swaps_total", model=self.model)
+                self.hooks.metrics.swaps.labels(self.model).inc()
                 log.info("%s serving again from warm standby (no load)", mv.spec.name)
             mv.desired = v in wanted
             if mv.desired and mv.state is State.FAILED:
                 mv.retry_at = min(mv.retry_at, time.monotonic() + 0.5)
         for v, spec in wanted.items():
             if v not in self.versions:
-                self.versions[v] = ManagedVersion(spec=spec)
+                self.versions[v] = ManagedVersion(spec=spec, desired_at=time.monotonic())
             self.versions[v].last_desired = self.generation
         self._count_standby()
         self.wake.set()
@@ -146,7 +147,14 @@ class ModelManager:
         return [mv for mv in ready if mv.version not in serving]
 
     def _count_standby(self) -> None:
-        self.hooks.metrics.set("modelreg_agent_standby_versions", float(len(self.standby())), model=self.model)
+        """Publishes the versions serving and in standby, and the canary's routed share."""
+        m, standby, d = self.hooks.metrics, self.standby(), self.desired
+        ready = {mv.version for mv in self.ready()}
+        m.standby.labels(self.model).set(len(standby))
+        m.serving.labels(self.model).set(len(ready) - len(standby))
+        stable = d.stable is not None and d.stable.version in ready
+        canary = d.canary is not None and d.weight > 0 and d.canary.version in ready
+        m.canary_share.labels(self.model).set(d.weight / 100 if stable and canary else 1.0 if canary else 0.0)
 
     @contextlib.contextmanager
     def lease(self, key: str = "") -> Iterator[ManagedVersion]:
@@ -234,21 +242,21 @@ class ModelManager:
             message = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
             reason = f"{stage} failed: {message}"
             log.warning("%s: %s (attempt %d, retry in %.1fs)", mv.spec.name, reason, mv.attempts, delay)
-            self.hooks.metrics.inc("modelreg_agent_load_failures_total", model=self.model, stage=stage)
+            self.hooks.metrics.load_failures.labels(self.model, stage).inc()
             tracing.fail(span, reason)
             self._set_state(mv, State.FAILED, reason[:2000])
             return
         mv.loader = loader
         mv.attempts = 0
         self._set_state(mv, State.READY)  # the swap: routing sees it from here on
-        self.hooks.metrics.inc("modelreg_agent_swaps_total", model=self.model)
-        self.hooks.metrics.inc("modelreg_agent_loads_total", model=self.model)
-        self.hooks.metrics.set(
-            "modelreg_agent_load_duration_seconds", mv.load_seconds, model=self.model, version=str(mv.version)
-        )
-        self.hooks.metrics.set(
-            "modelreg_agent_download_duration_seconds", mv.download_seconds, model=self.model, version=str(mv.version)
-        )
+        m = self.hooks.metrics
+        m.swaps.labels(self.model).inc()
+        m.loads.labels(self.model).inc()
+        m.load_duration.labels(self.model).observe(mv.load_seconds)
+        m.swap_duration.labels(self.model).observe(time.monotonic() - mv.desired_at)
+        if mv.download_seconds > 0:  # 0: a cache hit, nothing downloaded
+            m.download_duration.labels(self.model).observe(mv.download_seconds)
+            m.download_bytes.labels(self.model).inc(mv.spec.size_bytes)
         log.info("%s serving (download %.2fs, load+warm-up %.2fs)", mv.spec.name, mv.download_seconds, mv.load_seconds)
 
     async def _unload(self, mv: ManagedVersion) -> None:
@@ -290,16 +298,10 @@ class ManagerHooks:
 
     def state(self, model: str, mv: ManagedVersion) -> None:
         for s in State:
-            self.metrics.set(
-                "modelreg_agent_version_state",
-                1.0 if s is mv.state else 0.0,
-                model=model,
-                version=str(mv.version),
-                state=s.value,
-            )
+            self.metrics.version_state.labels(model, str(mv.version), s.value).set(1.0 if s is mv.state else 0.0)
 
     def forgot(self, model: str, mv: ManagedVersion) -> None:
-        self.metrics.remove("modelreg_agent_version_state", model=model, version=str(mv.version))
+        self.metrics.forget_version(model, str(mv.version), [s.value for s in State])
 
 
 def hash_key(key: str) -> int:

@@ -18,10 +18,10 @@ from modelreg.tensors import TensorError, add_tensor, tensor_to_array
 from modelreg.v1 import inference_service_pb2 as inf
 from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
 from modelreg_runtime import tracing
+from modelreg_runtime.metrics_http import MetricsServer
 from modelreg_runtime.process import keep_freed_memory
 from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
 from serving_agent.errors import AgentError, BadInput
-from serving_agent.metrics import serve_metrics
 
 # The agent process keeps blocks up to 32 MiB in the heap and 128 MiB free at its top
 # (see modelreg_runtime.process.keep_freed_memory): image-sized tensors in and out of every Predict.
@@ -113,9 +113,15 @@ def listen_address(listen: str, uds: str) -> str:
 
 
 async def serve(
-    config: AgentConfig, listen: str, metrics_port: int | None, metrics_host: str = "127.0.0.1", ready_line: bool = True
+    config: AgentConfig,
+    listen: str,
+    metrics: tuple[str, int] | None,
+    ready_line: bool = True,
+    metrics_optional: bool = False,
 ) -> None:
-    """Runs an agent with its inference server until SIGTERM/SIGINT."""
+    """Runs an agent with its inference server until SIGTERM/SIGINT. `metrics` is the
+    (host, port) of /metrics, None for none; a busy metrics address ends the process unless
+    `metrics_optional` (the default address: a second agent on the host runs without)."""
     keep_freed_memory(**AGENT_MALLOC)
     agent = Agent(config)
     server = grpc.aio.server(
@@ -157,16 +163,21 @@ async def serve(
     await server.start()
     await agent.start()
     metrics_server = None
-    if metrics_port is not None:
-        metrics_server = await serve_metrics(agent.metrics, metrics_host, metrics_port)
-        metrics_port = metrics_server.sockets[0].getsockname()[1]
+    if metrics is not None:
+        try:
+            metrics_server = await MetricsServer(agent.metrics.render, *metrics).start()
+        except OSError as e:
+            message = f"cannot serve metrics on {metrics[0]}:{metrics[1]}: {e.strerror or e}"
+            if not metrics_optional:
+                raise SystemExit(f"{message}; set --metrics-listen to a free host:port, or 'off'") from None
+            log.warning("%s; running without metrics (set --metrics-listen to a free host:port)", message)
     if ready_line:
         width = max(len(k) for k, _ in agent.config.describe())
         lines = ["modelreg serving agent", "settings:"]
         lines += [f"  {k.ljust(width)}  {v}" for k, v in agent.config.describe()]
         lines.append(f"inference API on {listen} (InferenceService, grpc.health.v1, reflection)")
-        if metrics_port is not None:
-            lines.append(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
+        if metrics_server is not None:
+            lines.append(f"metrics on {metrics_server.url}")
         print("\n".join(lines), flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,7 +187,7 @@ async def serve(
     await set_health(False)
     await server.stop(2)
     if metrics_server is not None:
-        metrics_server.close()
+        await metrics_server.close()
     await agent.stop()
     with contextlib.suppress(Exception):
         await asyncio.gather(*pending)

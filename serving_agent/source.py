@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -32,6 +33,7 @@ from modelreg.v1 import event_service_pb2 as ev
 from modelreg.v1 import resources_pb2 as res
 from modelreg.watch import RESYNC_REQUIRED, AsyncWatcher
 from serving_agent.cache import StateFile
+from serving_agent.metrics import Metrics
 from serving_agent.spec import Desired, VersionSpec
 
 log = logging.getLogger("modelreg.agent.source")
@@ -88,7 +90,9 @@ class RegistrySource:
         bookmark_interval: int = 5,
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
+        metrics: Metrics | None = None,
     ):
+        self.metrics = metrics or Metrics()
         self.channel = channel
         self.models = models
         self.state = state
@@ -164,6 +168,7 @@ class RegistrySource:
             model = e.model.removeprefix("models/")
             if model not in self.models or e.sequence <= self._covered:
                 return
+            self.metrics.watch_lag.observe(max(0.0, time.time() - e.create_time.ToNanoseconds() / 1e9))
             if e.type == ev.EVENT_TYPE_MODEL_DELETED:
                 self._declare(model, Desired())
             elif e.type == ev.EVENT_TYPE_DEPLOYMENT_CHANGED:
@@ -194,6 +199,7 @@ class RegistrySource:
 
     def _on_retry(self, error: grpc.RpcError | None, delay: float) -> None:
         """One log line per change of the connection's state, not one per attempt."""
+        self.metrics.watch_reconnects.inc()
         if error is not None and errors.error_reason(error) == RESYNC_REQUIRED:
             log.warning(
                 "watch cursor %s is too old (RESYNC_REQUIRED); re-reading the state from a fresh snapshot",

@@ -173,13 +173,40 @@ def serving_states(agent: AgentProcess, model: str) -> dict[int, int]:
         return {v.version: v.state for v in c.serving_status([model]).models[0].versions}
 
 
-def agent_metrics(port: int) -> dict[str, float]:
+class Scrape(dict):
+    """Parsed Prometheus samples, keyed by 'name{label="value",...}' in any label order
+    (prometheus_client writes labels sorted; tests write them in their natural order)."""
+
+    @staticmethod
+    def key(series: str) -> tuple[str, frozenset]:
+        import re
+
+        name, _, rest = series.partition("{")
+        return name.strip(), frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+
+    def __getitem__(self, series: str) -> float:
+        return dict.__getitem__(self, self.key(series))
+
+    def __contains__(self, series: object) -> bool:
+        return isinstance(series, str) and dict.__contains__(self, self.key(series))
+
+
+def parse_metrics(text: str) -> Scrape:
+    """Every sample of a Prometheus text exposition, parsed by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = Scrape()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            dict.__setitem__(out, (s.name, frozenset(s.labels.items())), s.value)
+    return out
+
+
+def agent_metrics(port: int) -> Scrape:
     """An agent's Prometheus metrics: 'name{labels}' -> value."""
     import urllib.request
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    rows = (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))
-    return {k: float(v) for k, _, v in rows}
+    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_helpers import Hammer, onnx_scale_model, serving_states, wait_until
+from agent_helpers import Hammer, agent_metrics, onnx_scale_model, serving_states, wait_until
 from conftest import free_port
 
 from modelreg import errors
@@ -141,15 +141,11 @@ def test_inference_errors_are_canonical_statuses(client, registry, agents):
             c.detect("errs", b"\x89PNG")
         r = c.predict("errs", {"x": np.arange(8, dtype=np.float32).reshape(2, 4)})
         np.testing.assert_array_equal(r.outputs["y"], np.arange(8, dtype=np.float32).reshape(2, 4))
-    port = int(agent.extra[agent.extra.index("--metrics-port") + 1])
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'modelreg_agent_requests_total{model="errs",version="1",method="predict"} 3.0' in text
-    assert (
-        'modelreg_agent_request_errors_total{model="errs",version="1",method="predict",code="INVALID_ARGUMENT"} 2.0'
-        in text
-    )
-    assert 'modelreg_agent_request_duration_seconds_count{model="errs",version="1"} 3' in text
-    assert 'modelreg_agent_swaps_total{model="errs"} 1.0' in text
-    assert "modelreg_agent_ready 1.0" in text
+    m = agent_metrics(int(agent.extra[agent.extra.index("--metrics-port") + 1]))
+    assert m['modelreg_inference_requests_total{model="errs",version="1",outcome="ok"}'] == 1
+    assert m['modelreg_inference_requests_total{model="errs",version="1",outcome="INVALID_ARGUMENT"}'] == 2
+    assert m['modelreg_inference_duration_seconds_count{model="errs",version="1"}'] == 3
+    assert m['modelreg_inference_compute_duration_seconds_count{model="errs",version="1"}'] == 3
+    assert m['modelreg_inference_payload_bytes_sum{model="errs",version="1",direction="in"}'] == 32
+    assert m['modelreg_agent_swaps_total{model="errs"}'] == 1
+    assert m["modelreg_agent_ready"] == 1

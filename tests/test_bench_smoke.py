@@ -25,6 +25,7 @@ MEASURED = {
     "agent",
     "swaps",
     "router",
+    "metrics",
 }
 
 

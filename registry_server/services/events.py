@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -20,6 +21,7 @@ from registry_server.domain.stages import Stage
 from registry_server.errors import InvalidArgument
 from registry_server.events.hub import EventHub
 from registry_server.events.stream import Bookmark, Snapshot
+from registry_server.metrics import RegistryMetrics
 from registry_server.services import convert as cv
 from registry_server.storage import events as store
 from registry_server.storage.deployments import DeploymentStore
@@ -105,7 +107,8 @@ RESPONSE_CACHE = 4096
 
 
 class EventServicer(es_grpc.EventServiceServicer):
-    def __init__(self, events: Events, settings: Settings):
+    def __init__(self, events: Events, settings: Settings, metrics: RegistryMetrics | None = None):
+        self.metrics = metrics or RegistryMetrics()
         self.events = events
         self.settings = settings
         # An event fans out to every watcher: build its response once, not once per stream.
@@ -134,13 +137,20 @@ class EventServicer(es_grpc.EventServiceServicer):
         interval = max(
             MIN_BOOKMARK_INTERVAL, float(request.bookmark_interval_seconds or self.settings.bookmark_interval)
         )
-        async for item in self.events.watch(models, types, after, not request.skip_snapshot, interval):
-            if isinstance(item, Snapshot):
-                yield es.WatchEventsResponse(snapshot=snapshot_to_proto(item))
-            elif isinstance(item, Bookmark):
-                yield es.WatchEventsResponse(bookmark=es.Bookmark(sequence=item.sequence))
-            else:
-                yield self._event_response(item)
+        lag = self.metrics.event_lag
+        self.metrics.watch_streams.inc()
+        try:
+            async for item in self.events.watch(models, types, after, not request.skip_snapshot, interval):
+                if isinstance(item, Snapshot):
+                    yield es.WatchEventsResponse(snapshot=snapshot_to_proto(item))
+                elif isinstance(item, Bookmark):
+                    yield es.WatchEventsResponse(bookmark=es.Bookmark(sequence=item.sequence))
+                else:
+                    response = self._event_response(item)
+                    lag.observe(max(0.0, time.time() - item.created_at.timestamp()))
+                    yield response
+        finally:
+            self.metrics.watch_streams.dec()
 
     async def ListEvents(self, request: es.ListEventsRequest, context) -> es.ListEventsResponse:
         models = parse_models(request.models)
@@ -163,6 +173,7 @@ async def attach_event_service(
     database_url: str,
     settings: Settings,
     on_events: Callable[[list[store.EventRow] | None], None] | None = None,
+    metrics: RegistryMetrics | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Starts the process's event hub, adds EventService to `server` and returns the
     closer: it ends every open stream with UNAVAILABLE (resume with after_sequence=N)
@@ -172,7 +183,7 @@ async def attach_event_service(
     if on_events is not None:
         hub.listeners.append(on_events)
     await hub.start()
-    es_grpc.add_EventServiceServicer_to_server(EventServicer(Events(hub, pool, deployments), settings), server)
+    es_grpc.add_EventServiceServicer_to_server(EventServicer(Events(hub, pool, deployments), settings, metrics), server)
 
     async def close() -> None:
         await hub.close_streams(settings.shutdown_grace)

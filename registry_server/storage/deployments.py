@@ -30,12 +30,23 @@ SELECT m.name, m.last_version, d.canary_weight, d.revision, d.policy, d.updated_
        s.version AS s_version, s.sha256 AS s_sha256, s.size_bytes AS s_size, s.format AS s_format,
        s.model_type AS s_type, s.config AS s_config,
        c.version AS c_version, c.sha256 AS c_sha256, c.size_bytes AS c_size, c.format AS c_format,
-       c.model_type AS c_type, c.config AS c_config
+       c.model_type AS c_type, c.config AS c_config, c.stage AS c_stage
 FROM models m
 LEFT JOIN deployments d ON d.model = m.name
 LEFT JOIN model_versions s ON s.model = m.name AND s.version = m.production_version
 LEFT JOIN model_versions c ON c.model = m.name AND c.version = d.canary_version AND d.canary_version > 0
 """
+
+# A locked write's load: the deployment, and the version the request names ($2, 0 for none).
+_SELECT_WITH_TARGET = (
+    _SELECT.replace(
+        "FROM models m",
+        ", t.version AS t_version, t.sha256 AS t_sha256, t.size_bytes AS t_size, t.format AS t_format,"
+        " t.model_type AS t_type, t.config AS t_config, t.stage AS t_stage FROM models m",
+        1,
+    )
+    + " LEFT JOIN model_versions t ON t.model = m.name AND t.version = $2"
+)
 
 # Persists a plan's stage moves, the production pointer and the deployment row in one round
 # trip; returns the moved version rows.
@@ -100,11 +111,20 @@ class DeploymentTx:
     """One deployment write's transaction: the model row is locked from `DeploymentStore.
     locked` to commit, so the loaded deployment cannot change under the plan."""
 
-    def __init__(self, store: DeploymentStore, conn: asyncpg.Connection, deployment: dd.Deployment, last: int):
+    def __init__(
+        self,
+        store: DeploymentStore,
+        conn: asyncpg.Connection,
+        deployment: dd.Deployment,
+        last: int,
+        known: list[dd.VersionInfo],
+    ):
         self.store = store
         self.conn = conn
         self.deployment = deployment
         self._last_version = last
+        # Versions the load already read (the one the request named, the canary): no query.
+        self._known = {v.version: v for v in known}
 
     async def version(self, ref: int | str) -> dd.VersionInfo:
         """A version of the locked model by number or alias (production, staging, latest)."""
@@ -117,6 +137,8 @@ class DeploymentTx:
             if not self._last_version:
                 raise no_alias(model, "latest", "registered")
             ref = self._last_version
+        if isinstance(ref, int) and ref in self._known:
+            return self._known[ref]
         if ref == "staging":
             row = await self.conn.fetchrow(
                 "SELECT * FROM model_versions WHERE model = $1 AND stage = 'staging' ORDER BY version DESC LIMIT 1",
@@ -209,10 +231,10 @@ class DeploymentStore:
         self.outbox = outbox
         self.pool = outbox.pool
 
-    def locked(self, model: str) -> _Locked:
+    def locked(self, model: str, version: int = 0) -> _Locked:
         """`async with store.locked(model) as tx`: a transaction holding the model's row
-        lock, with its deployment loaded."""
-        return _Locked(self, model)
+        lock, with its deployment loaded (and `version`, when given, in the same query)."""
+        return _Locked(self, model, version)
 
     async def load(self, conn: asyncpg.Connection | asyncpg.Pool, model: str) -> dd.Deployment:
         row = await conn.fetchrow(_SELECT + " WHERE m.name = $1", model)
@@ -325,8 +347,8 @@ class HistoryEntry:
 
 
 class _Locked:
-    def __init__(self, store: DeploymentStore, model: str):
-        self.store, self.model = store, model
+    def __init__(self, store: DeploymentStore, model: str, version: int):
+        self.store, self.model, self.version = store, model, version
         self._tx: Any = None
 
     async def __aenter__(self) -> DeploymentTx:
@@ -337,11 +359,16 @@ class _Locked:
             # see the joined rows of the snapshot it started in, not the writer's it waited on.
             if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", self.model):
                 raise ModelNotFound(self.model)
-            row = await conn.fetchrow(_SELECT + " WHERE m.name = $1", self.model)
+            row = await conn.fetchrow(_SELECT_WITH_TARGET + " WHERE m.name = $1", self.model, self.version)
         except BaseException as e:
             await self._tx.__aexit__(type(e), e, e.__traceback__)
             raise
-        return DeploymentTx(self.store, conn, deployment_from_row(row), row["last_version"])
+        d = deployment_from_row(row)
+        target = _ref(row, "t")
+        known = [dd.VersionInfo(target, Stage(row["t_stage"]))] if target is not None else []
+        if d.canary is not None and row["c_stage"] is not None:
+            known.append(dd.VersionInfo(d.canary, Stage(row["c_stage"])))
+        return DeploymentTx(self.store, conn, d, row["last_version"], known)
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._tx.__aexit__(*exc)

@@ -23,8 +23,10 @@ class GroupCommit(Generic[Item, Result]):
         commit: Callable[[list[Item]], Awaitable[Sequence[Result | BaseException]]],
         max_batch: int,
         name: str = "group-commit",
+        on_batch: Callable[[int], None] | None = None,
     ):
         self._commit = commit
+        self.on_batch = on_batch  # called with each batch's size (the batch-size metric)
         self.max_batch = max_batch
         self.name = name
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -44,6 +46,8 @@ class GroupCommit(Generic[Item, Result]):
             del self._pending[: self.max_batch]
             if not batch:
                 continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             try:
                 results = await self._commit([i for i, _ in batch])
             except asyncio.CancelledError:

@@ -102,12 +102,12 @@ def version_from_row(row: asyncpg.Record) -> ModelVersion:
 
 
 class ModelStore:
-    def __init__(self, outbox: Outbox):
+    def __init__(self, outbox: Outbox, on_batch: Callable[[int], None] | None = None):
         self.outbox = outbox
         self.pool = outbox.pool
         self.transaction = outbox.transaction
         self._registrations: GroupCommit[_Registration, ModelVersion] = GroupCommit(
-            self._register_batch, MAX_REGISTRATION_BATCH, name="modelreg-register"
+            self._register_batch, MAX_REGISTRATION_BATCH, name="modelreg-register", on_batch=on_batch
         )
 
     # ---------------------------------------------------------------- models

@@ -18,6 +18,7 @@ from registry_server.domain import deployments as dd
 from registry_server.domain.models import ModelVersion, StageTransition
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
+from registry_server.metrics import RegistryMetrics
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore, DeploymentTx, HistoryEntry
 from registry_server.storage.models import version_from_row
@@ -28,7 +29,14 @@ JUDGE_ACTOR = "modelreg-canary-judge"
 
 
 class Deployments:
-    def __init__(self, store: DeploymentStore, agents: AgentStore, stats_window: timedelta):
+    def __init__(
+        self,
+        store: DeploymentStore,
+        agents: AgentStore,
+        stats_window: timedelta,
+        metrics: RegistryMetrics | None = None,
+    ):
+        self.metrics = metrics or RegistryMetrics()
         self.store = store
         self.agents = agents
         self.stats_window = stats_window
@@ -51,7 +59,13 @@ class Deployments:
     ) -> tuple[ModelVersion, ModelVersion | None, int]:
         """Moves a version to `stage`. Returns (version, archived previous production or
         None, sequence)."""
-        async with self.store.locked(ref.model) as tx:
+        with self.metrics.outcome(self.metrics.promotions, stage=stage.value):
+            return await self._promote(ref, stage, reason, actor)
+
+    async def _promote(
+        self, ref: VersionRef, stage: Stage, reason: str, actor: str
+    ) -> tuple[ModelVersion, ModelVersion | None, int]:
+        async with self.store.locked(ref.model, ref.number or 0) as tx:
             target = await tx.version(ref.number if ref.number is not None else (ref.alias or ""))
             plan = dd.plan_stage_move(tx.deployment, target, stage, reason, actor)
             seq, rows = await tx.persist(plan, actor)
@@ -69,7 +83,7 @@ class Deployments:
     async def set_canary(
         self, model: str, version: int, weight: int, reason: str, actor: str, etag: str = ""
     ) -> tuple[dd.Deployment, int]:
-        async with self.store.locked(model) as tx:
+        async with self.store.locked(model, version) as tx:
             dd.check_etag(tx.deployment, etag)
             plan = dd.plan_set_canary(tx.deployment, await tx.version(version), weight, reason, actor)
             return await self._apply(tx, plan, actor)
@@ -93,7 +107,7 @@ class Deployments:
     async def rollback(
         self, model: str, to_version: int, reason: str, actor: str, etag: str = ""
     ) -> tuple[dd.Deployment, int]:
-        async with self.store.locked(model) as tx:
+        async with self.store.locked(model, to_version) as tx:
             dd.check_etag(tx.deployment, etag)
             target = await tx.version(to_version) if to_version else await tx.previous_production()
             return await self._apply(tx, dd.plan_rollback(tx.deployment, target, reason, actor), actor)
@@ -127,6 +141,7 @@ class Deployments:
             if verdict == dd.Verdict.WAIT:
                 continue
             if await self._apply_verdict(d.model, d.canary.version, verdict, reason):
+                self.metrics.canary_verdicts.labels(verdict.value).inc()
                 log.warning(
                     "canary v%d of models/%s: %s (%s)",
                     d.canary.version,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +20,7 @@ from registry_server.domain import models as dm
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
 from registry_server.errors import DataLoss, InvalidArgument, RegistryError, Unavailable
+from registry_server.metrics import RegistryMetrics
 from registry_server.read_cache import VersionCache
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore, RequestIdTaken
@@ -36,7 +38,15 @@ class Download:
 
 
 class Models:
-    def __init__(self, store: ModelStore, deployments: DeploymentStore, blobs: BlobStore, cache: VersionCache):
+    def __init__(
+        self,
+        store: ModelStore,
+        deployments: DeploymentStore,
+        blobs: BlobStore,
+        cache: VersionCache,
+        metrics: RegistryMetrics | None = None,
+    ):
+        self.metrics = metrics or RegistryMetrics()
         self.store = store
         self.deployments = deployments
         self.blobs = blobs
@@ -61,6 +71,12 @@ class Models:
     ) -> tuple[dm.ModelVersion, bool]:
         """Stores the bytes, verifies them, and creates a READY version in one transaction.
         Returns (version, deduplicated)."""
+        with self.metrics.outcome(self.metrics.registrations):
+            return await self._register(nv, chunks, actor)
+
+    async def _register(
+        self, nv: dm.NewVersion, chunks: AsyncIterator[bytes], actor: str
+    ) -> tuple[dm.ModelVersion, bool]:
         dm.validate_new_version(nv)
         if nv.create_model:
             model = await self.store.ensure_model(nv.model, nv.model_type, actor)
@@ -73,6 +89,7 @@ class Models:
 
         with tracing.span("blobstore.write", {"modelreg.model": nv.model}) as span:
             upload = HashingUpload(await self.blobs.begin_upload(nv.declared_sha256))
+            started = time.perf_counter()
             try:
                 async for chunk in chunks:
                     await upload.write(chunk)
@@ -83,6 +100,8 @@ class Models:
                 raise
             if span is not None:
                 span.set_attribute("modelreg.bytes", upload.size)
+        self.metrics.upload_seconds.labels(self.metrics.store).observe(time.perf_counter() - started)
+        self.metrics.artifact_bytes.labels(self.metrics.store, "in").inc(upload.size)
 
         sha, size = upload.sha256, upload.size
         config = dm.merge_config(model.default_config, nv.config)
@@ -211,6 +230,7 @@ class Models:
         # on a CPU-bound host it gained nothing, and holding several fresh 1 MiB buffers at
         # once makes glibc trim and re-fault its heap (see benchmarks/README.md, goal 11).
         chunks = self.blobs.read(version.sha256, 0, chunk_size, observe=digest.update)
+        sent, started = self.metrics.artifact_bytes.labels(self.metrics.store, "out"), time.perf_counter()
         # Not the current span: it lives across the stream's yields (see tracing.start).
         span = tracing.start("blobstore.read", {"modelreg.bytes": version.size_bytes - offset})
         try:
@@ -218,6 +238,7 @@ class Models:
                 end = position + len(chunk)
                 if end > offset:
                     yield chunk[max(0, offset - position) :] if position < offset else chunk
+                    sent.inc(end - max(offset, position))
                 position = end
         except FileNotFoundError:
             raise DataLoss(
@@ -227,6 +248,7 @@ class Models:
         finally:
             if span is not None:
                 span.end()
+        self.metrics.download_seconds.labels(self.metrics.store).observe(time.perf_counter() - started)
         if digest.hexdigest() != version.sha256:
             raise DataLoss(
                 f"the stored artifact of models/{version.model}/versions/{version.version} is corrupted "
