@@ -92,6 +92,8 @@ def _agent(env, name: str, otel: dict[str, str]) -> str:
         "5",
         "--model",
         AGENT_MODEL,
+        "--metrics-listen",  # the same on every side: only tracing differs
+        "off",
     ]
     proc = subprocess.Popen(
         cmd,
