@@ -121,6 +121,7 @@ def run_agent(args: argparse.Namespace) -> int:
         return 2
     from modelreg_runtime import logs, tracing
     from serving_agent.agent import AgentConfig, keep_warm_from_env
+    from serving_agent.errors import StartupError
     from serving_agent.server import listen_address, serve
 
     try:
@@ -168,6 +169,9 @@ def run_agent(args: argparse.Namespace) -> int:
         asyncio.run(serve(config, listen, metrics, metrics_optional=default))
     except KeyboardInterrupt:
         pass
+    except StartupError as e:
+        print(f"modelreg agent: {e.message}", file=sys.stderr)
+        return 1
     return 0
 
 

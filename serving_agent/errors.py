@@ -39,3 +39,12 @@ class FetchError(AgentError):
     """The artifact could not be downloaded (registry unreachable, DATA_LOSS, ...)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class StartupError(Exception):
+    """The agent cannot start (its inference or metrics address cannot be bound). Not a
+    caller's error: only the command line turns it into one line on stderr and exit 1."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

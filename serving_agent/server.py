@@ -21,7 +21,7 @@ from modelreg_runtime import tracing
 from modelreg_runtime.metrics_http import MetricsServer
 from modelreg_runtime.process import keep_freed_memory
 from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
-from serving_agent.errors import AgentError, BadInput
+from serving_agent.errors import AgentError, BadInput, StartupError
 
 # The agent process keeps blocks up to 32 MiB in the heap and 128 MiB free at its top
 # (see modelreg_runtime.process.keep_freed_memory): image-sized tensors in and out of every Predict.
@@ -138,9 +138,12 @@ async def serve(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpc raises instead of returning 0 for an address in use
+        port = 0
     if port == 0 and not listen.startswith("unix:"):
-        raise SystemExit(f"cannot listen on {listen}: the address is in use or invalid")
+        raise StartupError(f"cannot listen on {listen}: the address is in use or invalid; set --listen to a free one")
     if not listen.startswith("unix:") and listen.endswith(":0"):
         listen = f"{listen.rsplit(':', 1)[0]}:{port}"
 
@@ -159,9 +162,7 @@ async def serve(
 
     agent.config = _with_address(config, listen)
     agent.add_listener(on_ready)
-    await set_health(False)
-    await server.start()
-    await agent.start()
+    # First, so a metrics address that cannot be bound stops the agent before anything runs.
     metrics_server = None
     if metrics is not None:
         try:
@@ -169,8 +170,11 @@ async def serve(
         except OSError as e:
             message = f"cannot serve metrics on {metrics[0]}:{metrics[1]}: {e.strerror or e}"
             if not metrics_optional:
-                raise SystemExit(f"{message}; set --metrics-listen to a free host:port, or 'off'") from None
+                raise StartupError(f"{message}; set --metrics-listen to a free host:port, or 'off'") from None
             log.warning("%s; running without metrics (set --metrics-listen to a free host:port)", message)
+    await set_health(False)
+    await server.start()
+    await agent.start()
     if ready_line:
         width = max(len(k) for k, _ in agent.config.describe())
         lines = ["modelreg serving agent", "settings:"]

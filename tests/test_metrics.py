@@ -330,3 +330,43 @@ def test_a_busy_registry_metrics_address_is_a_startup_error(make_registry):
         port = holder.getsockname()[1]
         with pytest.raises(StartupError, match=f"cannot serve metrics on 127.0.0.1:{port}.*a free host:port"):
             make_registry(metrics_address=f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("which", ["--listen", "--metrics-listen"])
+def test_an_agent_whose_address_is_taken_exits_1_with_one_line(make_registry, tmp_path, which):
+    """A busy inference or (explicit) metrics address is a start-up error: one line naming the
+    flag to change, exit status 1, no traceback."""
+    import socket
+
+    from conftest import BIN
+
+    registry = make_registry()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = f"127.0.0.1:{holder.getsockname()[1]}"
+        flags = (
+            ["--listen", busy]
+            if which == "--listen"
+            else ["--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", busy]
+        )
+        proc = subprocess.run(
+            [
+                str(BIN / "modelreg"),
+                "agent",
+                "--registry",
+                registry.address,
+                "--model",
+                "m",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("modelreg agent: cannot ") and which in last, proc.stderr
+    assert "Traceback" not in proc.stderr
