@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, cast
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
 
 # Server-side codes that mean the server failed (OpenTelemetry's RPC conventions).
 SERVER_ERRORS = {
@@ -84,28 +84,15 @@ def _finish(span: trace.Span, context: grpc.aio.ServicerContext, exc: BaseExcept
     span.end()
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
+class TracingInterceptor(WrappingInterceptor):
     def __init__(self, tracer: trace.Tracer):
+        super().__init__()
         self.tracer = tracer
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith("/grpc."):
-            return handler
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wraps(self, method: str) -> bool:
+        return not method.startswith("/grpc.")  # health and reflection stay untraced
 
-    def _wrap(self, handler: Handler, method: str) -> Handler:
+    def wrap(self, handler: Handler, method: str) -> Handler:
         name = method.lstrip("/")
         service, _, rpc = name.partition("/")
         attrs = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -19,6 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
 from registry_server import errors as e
 
 log = logging.getLogger("modelreg.errors")
@@ -112,9 +113,6 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
     return call
 
 
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
-
-
 def _wrap(handler: Handler) -> Handler:
     """The same method with `abort` around it. (grpc's stubs type behaviours as sync
     functions; ours are coroutines and async generators, hence the casts.)"""
@@ -131,31 +129,19 @@ def _wrap(handler: Handler) -> Handler:
     return grpc.stream_stream_rpc_method_handler(_streaming(cast(Any, handler.stream_stream)), **kw)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps what a servicer raises to a status, for every method of every service. Our
-    servicers are async functions and async generators; the wrapped handler of each method
-    is built once."""
+class ErrorInterceptor(WrappingInterceptor):
+    """Maps what a servicer raises to a status, for every method of our services (our
+    servicers are async functions and async generators)."""
 
     def __init__(self, services: tuple[str, ...]):
+        super().__init__()
         self.services = services  # full service names whose methods are wrapped
-        # method -> (the handler the chain returned, its wrapper)
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(details)
-        method = details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        if handler is None or method.split("/")[1] not in self.services:
-            return handler
-        wrapped = _wrap(handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wraps(self, method: str) -> bool:
+        return method.split("/")[1] in self.services
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return _wrap(handler)
 
 
 def actor_of(context: grpc.aio.ServicerContext) -> str:

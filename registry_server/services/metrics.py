@@ -22,17 +22,16 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import grpc
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
 from modelreg_runtime.loop_histogram import LoopHistogram
 from registry_server.metrics import RegistryMetrics
-
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
 
 UNARY, CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM = "unary", "client_stream", "server_stream", "bidi_stream"
 # go-grpc-prometheus's default buckets, with sub-5 ms ones: cached reads take well under 1 ms.
@@ -179,27 +178,13 @@ def _wrap(handler: Handler, collector: GrpcServerCollector, method: str) -> Hand
     return grpc.unary_stream_rpc_method_handler(wrapped, **kw)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Records go-grpc-prometheus's server metrics for every method of every service."""
 
     def __init__(self, metrics: RegistryMetrics):
+        super().__init__()
         self.collector = GrpcServerCollector()
         metrics.registry.register(self.collector)
-        # method -> (the handler the chain returned, its wrapper)
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(details)
-        method = details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        if handler is None:
-            return None
-        wrapped = _wrap(handler, self.collector, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return _wrap(handler, self.collector, method)
