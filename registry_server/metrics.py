@@ -47,6 +47,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from registry_server.errors import RegistryError
+from registry_server.storage.db import BACKEND_DOWN
 
 if TYPE_CHECKING:
     from registry_server.read_cache import VersionCache
@@ -63,8 +64,6 @@ TRANSFER_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SAMPLE_INTERVAL = 10.0
 AGENT_PAGE = 1000
-# What the error interceptor reports as UNAVAILABLE (a lost database or disk).
-BACKEND_DOWN = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def outcome_of(exc: BaseException | None) -> str:

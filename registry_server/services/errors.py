@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
 from registry_server import errors as e
+from registry_server.storage.db import BACKEND_DOWN
 
 log = logging.getLogger("modelreg.errors")
 
@@ -36,17 +37,6 @@ STATUS: dict[type[e.RegistryError], grpc.StatusCode] = {
     e.DataLoss: grpc.StatusCode.DATA_LOSS,
     e.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
-
-# A lost or unreachable backend: the caller should retry (UNAVAILABLE), not report a bug.
-# OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
-BACKEND_DOWN = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    OSError,
-    TimeoutError,
-)
 
 
 def status_code(err: e.RegistryError) -> grpc.StatusCode:

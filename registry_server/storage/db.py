@@ -21,6 +21,18 @@ import asyncpg
 
 from registry_server.errors import ConfigError, StartupError
 
+# A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
+# OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    OSError,
+)
+# The same, or a backend call that timed out: what the error interceptor answers UNAVAILABLE.
+BACKEND_DOWN: tuple[type[BaseException], ...] = (*DATABASE_DOWN, TimeoutError)
+
 log = logging.getLogger(__name__)
 
 # pg_advisory_lock key for migrations: two servers starting together apply them once.

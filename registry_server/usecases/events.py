@@ -13,17 +13,8 @@ from registry_server.errors import Unavailable
 from registry_server.events.hub import EventHub
 from registry_server.events.stream import Bookmark, EventStream, Snapshot
 from registry_server.storage import events as store
+from registry_server.storage.db import DATABASE_DOWN
 from registry_server.storage.deployments import DeploymentStore
-
-# A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
-# OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
-DATABASE_DOWN = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-)
 
 
 class Events:
