@@ -68,9 +68,11 @@ def test_canary_share_matches_the_weight(client, registry, agents):
     def observed() -> dict | None:
         out = json.loads(run_cli("deployment", "split", "-o", "json", address=registry.address).stdout)
         counts = {v["version"]: int(v.get("requestCount", 0)) for v in out["rollout"]["agents"][0]["versions"]}
-        return counts if counts.get("2", 0) >= share else None
+        # A report taken during the requests can already hold v2's final count while the last
+        # few v1 requests are still to come: wait for one that covers all of them.
+        return counts if counts.get("2", 0) >= share and counts.get("1", 0) >= n - share else None
 
-    counts = wait_until(observed, 30, what="the agent's report of the split")
+    counts = wait_until(observed, 30, what="the agent's report of the whole split")
     assert counts["1"] >= n - share
     table = run_cli("deployment", "split", address=registry.address).stdout
     assert "SHARE" in table and "v2" in table
