@@ -26,45 +26,45 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelreg.v1 import resources_pb2 as modelreg_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$modelreg/v1/deployment_service.proto\x12\x0bmodelreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmodelreg/v1/resources.proto\"\xfa\x01\n\x16\x44\x65ploymentHistoryEntry\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.modelreg.v1.DeploymentAction\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\'\n\x06\x62\x65\x66ore\x18\x04 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12&\n\x05\x61\x66ter\x18\x05 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x07 \x01(\x03\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15GetDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\"_\n\x10SetCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\"R\n\x11SetCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"B\n\x14PromoteCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"V\n\x15PromoteCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"@\n\x12\x41\x62ortCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"T\n\x13\x41\x62ortCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"Q\n\x0fRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nto_version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"Q\n\x10RollbackResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"Q\n\x16SetCanaryPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06policy\x18\x02 \x01(\x0b\x32\x19.modelreg.v1.CanaryPolicy\"F\n\x17SetCanaryPolicyResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\"S\n\x1cListDeploymentHistoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"n\n\x1dListDeploymentHistoryResponse\x12\x34\n\x07\x65ntries\x18\x01 \x03(\x0b\x32#.modelreg.v1.DeploymentHistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa6\x02\n\x10\x44\x65ploymentAction\x12!\n\x1d\x44\x45PLOYMENT_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45PLOYMENT_ACTION_PROMOTE\x10\x01\x12 \n\x1c\x44\x45PLOYMENT_ACTION_SET_CANARY\x10\x02\x12$\n DEPLOYMENT_ACTION_PROMOTE_CANARY\x10\x03\x12\"\n\x1e\x44\x45PLOYMENT_ACTION_ABORT_CANARY\x10\x04\x12 \n\x1c\x44\x45PLOYMENT_ACTION_AUTO_ABORT\x10\x05\x12\"\n\x1e\x44\x45PLOYMENT_ACTION_AUTO_PROMOTE\x10\x06\x12\x1e\n\x1a\x44\x45PLOYMENT_ACTION_ROLLBACK\x10\x07\x32\xf8\x04\n\x11\x44\x65ploymentService\x12V\n\rGetDeployment\x12!.modelreg.v1.GetDeploymentRequest\x1a\".modelreg.v1.GetDeploymentResponse\x12J\n\tSetCanary\x12\x1d.modelreg.v1.SetCanaryRequest\x1a\x1e.modelreg.v1.SetCanaryResponse\x12V\n\rPromoteCanary\x12!.modelreg.v1.PromoteCanaryRequest\x1a\".modelreg.v1.PromoteCanaryResponse\x12P\n\x0b\x41\x62ortCanary\x12\x1f.modelreg.v1.AbortCanaryRequest\x1a .modelreg.v1.AbortCanaryResponse\x12G\n\x08Rollback\x12\x1c.modelreg.v1.RollbackRequest\x1a\x1d.modelreg.v1.RollbackResponse\x12\\\n\x0fSetCanaryPolicy\x12#.modelreg.v1.SetCanaryPolicyRequest\x1a$.modelreg.v1.SetCanaryPolicyResponse\x12n\n\x15ListDeploymentHistory\x12).modelreg.v1.ListDeploymentHistoryRequest\x1a*.modelreg.v1.ListDeploymentHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$modelreg/v1/deployment_service.proto\x12\x0bmodelreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmodelreg/v1/resources.proto\"\xa4\x02\n\x16\x44\x65ploymentHistoryEntry\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.modelreg.v1.DeploymentAction\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\'\n\x06\x62\x65\x66ore\x18\x04 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12&\n\x05\x61\x66ter\x18\x05 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x07 \x01(\x03\x12\x12\n\ntoken_name\x18\x08 \x01(\t\x12\x14\n\x0con_behalf_of\x18\t \x01(\t\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15GetDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\"_\n\x10SetCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\"R\n\x11SetCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"B\n\x14PromoteCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"V\n\x15PromoteCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"@\n\x12\x41\x62ortCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"T\n\x13\x41\x62ortCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"Q\n\x0fRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nto_version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"Q\n\x10RollbackResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"Q\n\x16SetCanaryPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06policy\x18\x02 \x01(\x0b\x32\x19.modelreg.v1.CanaryPolicy\"F\n\x17SetCanaryPolicyResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.modelreg.v1.Deployment\"S\n\x1cListDeploymentHistoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"n\n\x1dListDeploymentHistoryResponse\x12\x34\n\x07\x65ntries\x18\x01 \x03(\x0b\x32#.modelreg.v1.DeploymentHistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa6\x02\n\x10\x44\x65ploymentAction\x12!\n\x1d\x44\x45PLOYMENT_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45PLOYMENT_ACTION_PROMOTE\x10\x01\x12 \n\x1c\x44\x45PLOYMENT_ACTION_SET_CANARY\x10\x02\x12$\n DEPLOYMENT_ACTION_PROMOTE_CANARY\x10\x03\x12\"\n\x1e\x44\x45PLOYMENT_ACTION_ABORT_CANARY\x10\x04\x12 \n\x1c\x44\x45PLOYMENT_ACTION_AUTO_ABORT\x10\x05\x12\"\n\x1e\x44\x45PLOYMENT_ACTION_AUTO_PROMOTE\x10\x06\x12\x1e\n\x1a\x44\x45PLOYMENT_ACTION_ROLLBACK\x10\x07\x32\xf8\x04\n\x11\x44\x65ploymentService\x12V\n\rGetDeployment\x12!.modelreg.v1.GetDeploymentRequest\x1a\".modelreg.v1.GetDeploymentResponse\x12J\n\tSetCanary\x12\x1d.modelreg.v1.SetCanaryRequest\x1a\x1e.modelreg.v1.SetCanaryResponse\x12V\n\rPromoteCanary\x12!.modelreg.v1.PromoteCanaryRequest\x1a\".modelreg.v1.PromoteCanaryResponse\x12P\n\x0b\x41\x62ortCanary\x12\x1f.modelreg.v1.AbortCanaryRequest\x1a .modelreg.v1.AbortCanaryResponse\x12G\n\x08Rollback\x12\x1c.modelreg.v1.RollbackRequest\x1a\x1d.modelreg.v1.RollbackResponse\x12\\\n\x0fSetCanaryPolicy\x12#.modelreg.v1.SetCanaryPolicyRequest\x1a$.modelreg.v1.SetCanaryPolicyResponse\x12n\n\x15ListDeploymentHistory\x12).modelreg.v1.ListDeploymentHistoryRequest\x1a*.modelreg.v1.ListDeploymentHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelreg.v1.deployment_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEPLOYMENTACTION']._serialized_start=1484
-  _globals['_DEPLOYMENTACTION']._serialized_end=1778
+  _globals['_DEPLOYMENTACTION']._serialized_start=1526
+  _globals['_DEPLOYMENTACTION']._serialized_end=1820
   _globals['_DEPLOYMENTHISTORYENTRY']._serialized_start=116
-  _globals['_DEPLOYMENTHISTORYENTRY']._serialized_end=366
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=368
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=404
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=406
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=474
-  _globals['_SETCANARYREQUEST']._serialized_start=476
-  _globals['_SETCANARYREQUEST']._serialized_end=571
-  _globals['_SETCANARYRESPONSE']._serialized_start=573
-  _globals['_SETCANARYRESPONSE']._serialized_end=655
-  _globals['_PROMOTECANARYREQUEST']._serialized_start=657
-  _globals['_PROMOTECANARYREQUEST']._serialized_end=723
-  _globals['_PROMOTECANARYRESPONSE']._serialized_start=725
-  _globals['_PROMOTECANARYRESPONSE']._serialized_end=811
-  _globals['_ABORTCANARYREQUEST']._serialized_start=813
-  _globals['_ABORTCANARYREQUEST']._serialized_end=877
-  _globals['_ABORTCANARYRESPONSE']._serialized_start=879
-  _globals['_ABORTCANARYRESPONSE']._serialized_end=963
-  _globals['_ROLLBACKREQUEST']._serialized_start=965
-  _globals['_ROLLBACKREQUEST']._serialized_end=1046
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1048
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1129
-  _globals['_SETCANARYPOLICYREQUEST']._serialized_start=1131
-  _globals['_SETCANARYPOLICYREQUEST']._serialized_end=1212
-  _globals['_SETCANARYPOLICYRESPONSE']._serialized_start=1214
-  _globals['_SETCANARYPOLICYRESPONSE']._serialized_end=1284
-  _globals['_LISTDEPLOYMENTHISTORYREQUEST']._serialized_start=1286
-  _globals['_LISTDEPLOYMENTHISTORYREQUEST']._serialized_end=1369
-  _globals['_LISTDEPLOYMENTHISTORYRESPONSE']._serialized_start=1371
-  _globals['_LISTDEPLOYMENTHISTORYRESPONSE']._serialized_end=1481
-  _globals['_DEPLOYMENTSERVICE']._serialized_start=1781
-  _globals['_DEPLOYMENTSERVICE']._serialized_end=2413
+  _globals['_DEPLOYMENTHISTORYENTRY']._serialized_end=408
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=410
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=446
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=448
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=516
+  _globals['_SETCANARYREQUEST']._serialized_start=518
+  _globals['_SETCANARYREQUEST']._serialized_end=613
+  _globals['_SETCANARYRESPONSE']._serialized_start=615
+  _globals['_SETCANARYRESPONSE']._serialized_end=697
+  _globals['_PROMOTECANARYREQUEST']._serialized_start=699
+  _globals['_PROMOTECANARYREQUEST']._serialized_end=765
+  _globals['_PROMOTECANARYRESPONSE']._serialized_start=767
+  _globals['_PROMOTECANARYRESPONSE']._serialized_end=853
+  _globals['_ABORTCANARYREQUEST']._serialized_start=855
+  _globals['_ABORTCANARYREQUEST']._serialized_end=919
+  _globals['_ABORTCANARYRESPONSE']._serialized_start=921
+  _globals['_ABORTCANARYRESPONSE']._serialized_end=1005
+  _globals['_ROLLBACKREQUEST']._serialized_start=1007
+  _globals['_ROLLBACKREQUEST']._serialized_end=1088
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1090
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1171
+  _globals['_SETCANARYPOLICYREQUEST']._serialized_start=1173
+  _globals['_SETCANARYPOLICYREQUEST']._serialized_end=1254
+  _globals['_SETCANARYPOLICYRESPONSE']._serialized_start=1256
+  _globals['_SETCANARYPOLICYRESPONSE']._serialized_end=1326
+  _globals['_LISTDEPLOYMENTHISTORYREQUEST']._serialized_start=1328
+  _globals['_LISTDEPLOYMENTHISTORYREQUEST']._serialized_end=1411
+  _globals['_LISTDEPLOYMENTHISTORYRESPONSE']._serialized_start=1413
+  _globals['_LISTDEPLOYMENTHISTORYRESPONSE']._serialized_end=1523
+  _globals['_DEPLOYMENTSERVICE']._serialized_start=1823
+  _globals['_DEPLOYMENTSERVICE']._serialized_end=2455
 # @@protoc_insertion_point(module_scope)

@@ -78,14 +78,22 @@ class DeploymentHistoryEntry(_message.Message):
     AFTER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    TOKEN_NAME_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     action: Global___DeploymentAction.ValueType
     """What changed the deployment."""
     actor: _builtins.str
-    """Who."""
+    """Who: the authenticated principal (with auth off, `x-modelreg-actor` or `anonymous`)."""
     reason: _builtins.str
     """Why."""
     sequence: _builtins.int
     """The event sequence number of the change."""
+    token_name: _builtins.str
+    """The name of the token `actor` authenticated with; empty for a certificate, the
+    canary judge, or with auth off.
+    """
+    on_behalf_of: _builtins.str
+    """With auth on, the `x-modelreg-actor` text the caller sent; it never decides identity."""
     @_builtins.property
     def before(self) -> _resources_pb2.Deployment:
         """The desired state before: stable, canary, weight and revision (no policy)."""
@@ -108,10 +116,12 @@ class DeploymentHistoryEntry(_message.Message):
         after: _resources_pb2.Deployment | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
+        token_name: _builtins.str = ...,
+        on_behalf_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "after", b"after", "before", b"before", "create_time", b"create_time", "reason", b"reason", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "after", b"after", "before", b"before", "create_time", b"create_time", "on_behalf_of", b"on_behalf_of", "reason", b"reason", "sequence", b"sequence", "token_name", b"token_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

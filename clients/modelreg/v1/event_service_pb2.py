@@ -27,29 +27,29 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelreg.v1 import resources_pb2 as modelreg_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodelreg/v1/event_service.proto\x12\x0bmodelreg.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmodelreg/v1/resources.proto\"\xda\x02\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.modelreg.v1.EventType\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12&\n\nfrom_stage\x18\x05 \x01(\x0e\x32\x12.modelreg.v1.Stage\x12$\n\x08to_stage\x18\x06 \x01(\x0e\x32\x12.modelreg.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\ndeployment\x18\x0b \x01(\x0b\x32\x17.modelreg.v1.Deployment\"J\n\x08Snapshot\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12,\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x17.modelreg.v1.Deployment\"\x1c\n\x08\x42ookmark\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\xb5\x01\n\x12WatchEventsRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\x12%\n\x05types\x18\x02 \x03(\x0e\x32\x16.modelreg.v1.EventType\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\rskip_snapshot\x18\x04 \x01(\x08\x12!\n\x19\x62ookmark_interval_seconds\x18\x05 \x01(\x05\x42\x11\n\x0f_after_sequence\"\x9b\x01\n\x13WatchEventsResponse\x12)\n\x08snapshot\x18\x01 \x01(\x0b\x32\x15.modelreg.v1.SnapshotH\x00\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.modelreg.v1.EventH\x00\x12)\n\x08\x62ookmark\x18\x03 \x01(\x0b\x32\x15.modelreg.v1.BookmarkH\x00\x42\t\n\x07payload\"\x89\x01\n\x11ListEventsRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\x12%\n\x05types\x18\x02 \x03(\x0e\x32\x16.modelreg.v1.EventType\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.modelreg.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa0\x02\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45VENT_TYPE_MODEL_CREATED\x10\x01\x12\x1c\n\x18\x45VENT_TYPE_MODEL_UPDATED\x10\x02\x12\x1c\n\x18\x45VENT_TYPE_MODEL_DELETED\x10\x03\x12\x1c\n\x18\x45VENT_TYPE_VERSION_READY\x10\x04\x12\x1e\n\x1a\x45VENT_TYPE_VERSION_UPDATED\x10\x05\x12\x1e\n\x1a\x45VENT_TYPE_VERSION_DELETED\x10\x06\x12\x1c\n\x18\x45VENT_TYPE_STAGE_CHANGED\x10\x07\x12!\n\x1d\x45VENT_TYPE_DEPLOYMENT_CHANGED\x10\x08\x32\xb1\x01\n\x0c\x45ventService\x12R\n\x0bWatchEvents\x12\x1f.modelreg.v1.WatchEventsRequest\x1a .modelreg.v1.WatchEventsResponse0\x01\x12M\n\nListEvents\x12\x1e.modelreg.v1.ListEventsRequest\x1a\x1f.modelreg.v1.ListEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodelreg/v1/event_service.proto\x12\x0bmodelreg.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmodelreg/v1/resources.proto\"\xeb\x02\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.modelreg.v1.EventType\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12&\n\nfrom_stage\x18\x05 \x01(\x0e\x32\x12.modelreg.v1.Stage\x12$\n\x08to_stage\x18\x06 \x01(\x0e\x32\x12.modelreg.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\ndeployment\x18\x0b \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12\x0f\n\x07project\x18\x0c \x01(\t\"J\n\x08Snapshot\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12,\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x17.modelreg.v1.Deployment\"\x1c\n\x08\x42ookmark\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\xb5\x01\n\x12WatchEventsRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\x12%\n\x05types\x18\x02 \x03(\x0e\x32\x16.modelreg.v1.EventType\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\rskip_snapshot\x18\x04 \x01(\x08\x12!\n\x19\x62ookmark_interval_seconds\x18\x05 \x01(\x05\x42\x11\n\x0f_after_sequence\"\x9b\x01\n\x13WatchEventsResponse\x12)\n\x08snapshot\x18\x01 \x01(\x0b\x32\x15.modelreg.v1.SnapshotH\x00\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.modelreg.v1.EventH\x00\x12)\n\x08\x62ookmark\x18\x03 \x01(\x0b\x32\x15.modelreg.v1.BookmarkH\x00\x42\t\n\x07payload\"\x89\x01\n\x11ListEventsRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\x12%\n\x05types\x18\x02 \x03(\x0e\x32\x16.modelreg.v1.EventType\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.modelreg.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xbf\x02\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45VENT_TYPE_MODEL_CREATED\x10\x01\x12\x1c\n\x18\x45VENT_TYPE_MODEL_UPDATED\x10\x02\x12\x1c\n\x18\x45VENT_TYPE_MODEL_DELETED\x10\x03\x12\x1c\n\x18\x45VENT_TYPE_VERSION_READY\x10\x04\x12\x1e\n\x1a\x45VENT_TYPE_VERSION_UPDATED\x10\x05\x12\x1e\n\x1a\x45VENT_TYPE_VERSION_DELETED\x10\x06\x12\x1c\n\x18\x45VENT_TYPE_STAGE_CHANGED\x10\x07\x12!\n\x1d\x45VENT_TYPE_DEPLOYMENT_CHANGED\x10\x08\x12\x1d\n\x19\x45VENT_TYPE_ACCESS_CHANGED\x10\t2\xb1\x01\n\x0c\x45ventService\x12R\n\x0bWatchEvents\x12\x1f.modelreg.v1.WatchEventsRequest\x1a .modelreg.v1.WatchEventsResponse0\x01\x12M\n\nListEvents\x12\x1e.modelreg.v1.ListEventsRequest\x1a\x1f.modelreg.v1.ListEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelreg.v1.event_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=1161
-  _globals['_EVENTTYPE']._serialized_end=1449
+  _globals['_EVENTTYPE']._serialized_start=1178
+  _globals['_EVENTTYPE']._serialized_end=1497
   _globals['_EVENT']._serialized_start=141
-  _globals['_EVENT']._serialized_end=487
-  _globals['_SNAPSHOT']._serialized_start=489
-  _globals['_SNAPSHOT']._serialized_end=563
-  _globals['_BOOKMARK']._serialized_start=565
-  _globals['_BOOKMARK']._serialized_end=593
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=596
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=777
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=780
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=935
-  _globals['_LISTEVENTSREQUEST']._serialized_start=938
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1075
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1077
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1158
-  _globals['_EVENTSERVICE']._serialized_start=1452
-  _globals['_EVENTSERVICE']._serialized_end=1629
+  _globals['_EVENT']._serialized_end=504
+  _globals['_SNAPSHOT']._serialized_start=506
+  _globals['_SNAPSHOT']._serialized_end=580
+  _globals['_BOOKMARK']._serialized_start=582
+  _globals['_BOOKMARK']._serialized_end=610
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=613
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=794
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=797
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=952
+  _globals['_LISTEVENTSREQUEST']._serialized_start=955
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1092
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1094
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1175
+  _globals['_EVENTSERVICE']._serialized_start=1500
+  _globals['_EVENTSERVICE']._serialized_end=1677
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A version moved between stages."""
     EVENT_TYPE_DEPLOYMENT_CHANGED: _EventType.ValueType  # 8
     """A model's deployment (stable, canary, weight) changed."""
+    EVENT_TYPE_ACCESS_CHANGED: _EventType.ValueType  # 9
+    """A project, principal, token or role binding changed (no model; admins only see it).
+    `details` says what: `kind` (e.g. `token_revoked`) and the names concerned.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """EventType says what changed."""
@@ -68,6 +72,10 @@ EVENT_TYPE_STAGE_CHANGED: EventType.ValueType  # 7
 """A version moved between stages."""
 EVENT_TYPE_DEPLOYMENT_CHANGED: EventType.ValueType  # 8
 """A model's deployment (stable, canary, weight) changed."""
+EVENT_TYPE_ACCESS_CHANGED: EventType.ValueType  # 9
+"""A project, principal, token or role binding changed (no model; admins only see it).
+`details` says what: `kind` (e.g. `token_revoked`) and the names concerned.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -87,6 +95,7 @@ class Event(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Global, gap-free, commit-ordered sequence number, starting at 1."""
     type: Global___EventType.ValueType
@@ -105,6 +114,8 @@ class Event(_message.Message):
     """Who made the change."""
     reason: _builtins.str
     """Why, when the caller gave a reason."""
+    project: _builtins.str
+    """The model's project; empty for ACCESS_CHANGED."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the change committed."""
@@ -135,10 +146,11 @@ class Event(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         details: _struct_pb2.Struct | None = ...,
         deployment: _resources_pb2.Deployment | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployment", b"deployment", "details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "deployment", b"deployment", "details", b"details", "from_stage", b"from_stage", "model", b"model", "model_version", b"model_version", "reason", b"reason", "sequence", b"sequence", "to_stage", b"to_stage", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "deployment", b"deployment", "details", b"details", "from_stage", b"from_stage", "model", b"model", "model_version", b"model_version", "project", b"project", "reason", b"reason", "sequence", b"sequence", "to_stage", b"to_stage", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

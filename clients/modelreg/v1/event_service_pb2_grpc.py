@@ -30,7 +30,9 @@ class EventServiceStub:
 
     Every change writes one event row in the same transaction as the change itself.
     Sequence numbers are global, gap-free and commit-ordered: a watcher that has seen
-    sequence n never later receives a committed event below n.
+    sequence n never later receives a committed event below n. With auth on, a watcher
+    receives only events of the projects it may read (the sequence then skips the others;
+    bookmarks still advance), and a stream whose token is revoked ends with UNAUTHENTICATED.
     """
 
     def __init__(self, channel):
@@ -56,7 +58,9 @@ class EventServiceServicer:
 
     Every change writes one event row in the same transaction as the change itself.
     Sequence numbers are global, gap-free and commit-ordered: a watcher that has seen
-    sequence n never later receives a committed event below n.
+    sequence n never later receives a committed event below n. With auth on, a watcher
+    receives only events of the projects it may read (the sequence then skips the others;
+    bookmarks still advance), and a stream whose token is revoked ends with UNAUTHENTICATED.
     """
 
     def WatchEvents(self, request, context):
@@ -107,7 +111,9 @@ class EventService:
 
     Every change writes one event row in the same transaction as the change itself.
     Sequence numbers are global, gap-free and commit-ordered: a watcher that has seen
-    sequence n never later receives a committed event below n.
+    sequence n never later receives a committed event below n. With auth on, a watcher
+    receives only events of the projects it may read (the sequence then skips the others;
+    bookmarks still advance), and a stream whose token is revoked ends with UNAUTHENTICATED.
     """
 
     @staticmethod

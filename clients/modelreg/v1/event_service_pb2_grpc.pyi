@@ -31,7 +31,9 @@ class EventServiceStub:
 
     Every change writes one event row in the same transaction as the change itself.
     Sequence numbers are global, gap-free and commit-ordered: a watcher that has seen
-    sequence n never later receives a committed event below n.
+    sequence n never later receives a committed event below n. With auth on, a watcher
+    receives only events of the projects it may read (the sequence then skips the others;
+    bookmarks still advance), and a stream whose token is revoked ends with UNAUTHENTICATED.
     """
 
     @_typing.overload
@@ -58,7 +60,9 @@ class EventServiceAsyncStub(EventServiceStub):
 
     Every change writes one event row in the same transaction as the change itself.
     Sequence numbers are global, gap-free and commit-ordered: a watcher that has seen
-    sequence n never later receives a committed event below n.
+    sequence n never later receives a committed event below n. With auth on, a watcher
+    receives only events of the projects it may read (the sequence then skips the others;
+    bookmarks still advance), and a stream whose token is revoked ends with UNAUTHENTICATED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,7 +85,9 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every change writes one event row in the same transaction as the change itself.
     Sequence numbers are global, gap-free and commit-ordered: a watcher that has seen
-    sequence n never later receives a committed event below n.
+    sequence n never later receives a committed event below n. With auth on, a watcher
+    receives only events of the projects it may read (the sequence then skips the others;
+    bookmarks still advance), and a stream whose token is revoked ends with UNAUTHENTICATED.
     """
 
     @_abc_1.abstractmethod

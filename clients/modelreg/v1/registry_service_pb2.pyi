@@ -357,6 +357,7 @@ class RegisterModelVersionHeader(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The model, `models/{model}`."""
     create_model: _builtins.bool
@@ -377,6 +378,8 @@ class RegisterModelVersionHeader(_message.Message):
     """Idempotency key, at most 128 characters: a retry with the same key on the same
     model returns the version the first call created.
     """
+    project: _builtins.str
+    """The project of a model that `create_model` creates; empty means `default`."""
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
         """Config, merged over the model's default config."""
@@ -414,10 +417,11 @@ class RegisterModelVersionHeader(_message.Message):
         sha256: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "lineage", b"lineage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_model", b"create_model", "description", b"description", "filename", b"filename", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "parent", b"parent", "request_id", b"request_id", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_model", b"create_model", "description", b"description", "filename", b"filename", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "parent", b"parent", "project", b"project", "request_id", b"request_id", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

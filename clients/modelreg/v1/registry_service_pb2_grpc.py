@@ -28,8 +28,9 @@ if _version_not_supported:
 class RegistryServiceStub:
     """RegistryService manages models, their versions, stages and artifacts.
 
-    Every write records the caller as actor, taken from the `x-modelreg-actor` request
-    metadata (grpcurl: `-H 'x-modelreg-actor: alice'`); without it the actor is `anonymous`.
+    Every write records the caller as actor: with auth on, the authenticated principal
+    (see AuthService); with auth off, the `x-modelreg-actor` request metadata (grpcurl:
+    `-H 'x-modelreg-actor: alice'`), or `anonymous` without it.
 
     Errors: an unknown model or version is NOT_FOUND; a duplicate model ALREADY_EXISTS; a
     malformed name, stage, config or artifact INVALID_ARGUMENT; an illegal stage move or
@@ -123,8 +124,9 @@ class RegistryServiceStub:
 class RegistryServiceServicer:
     """RegistryService manages models, their versions, stages and artifacts.
 
-    Every write records the caller as actor, taken from the `x-modelreg-actor` request
-    metadata (grpcurl: `-H 'x-modelreg-actor: alice'`); without it the actor is `anonymous`.
+    Every write records the caller as actor: with auth on, the authenticated principal
+    (see AuthService); with auth off, the `x-modelreg-actor` request metadata (grpcurl:
+    `-H 'x-modelreg-actor: alice'`), or `anonymous` without it.
 
     Errors: an unknown model or version is NOT_FOUND; a duplicate model ALREADY_EXISTS; a
     malformed name, stage, config or artifact INVALID_ARGUMENT; an illegal stage move or
@@ -342,8 +344,9 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 class RegistryService:
     """RegistryService manages models, their versions, stages and artifacts.
 
-    Every write records the caller as actor, taken from the `x-modelreg-actor` request
-    metadata (grpcurl: `-H 'x-modelreg-actor: alice'`); without it the actor is `anonymous`.
+    Every write records the caller as actor: with auth on, the authenticated principal
+    (see AuthService); with auth off, the `x-modelreg-actor` request metadata (grpcurl:
+    `-H 'x-modelreg-actor: alice'`), or `anonymous` without it.
 
     Errors: an unknown model or version is NOT_FOUND; a duplicate model ALREADY_EXISTS; a
     malformed name, stage, config or artifact INVALID_ARGUMENT; an illegal stage move or

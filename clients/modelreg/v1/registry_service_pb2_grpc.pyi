@@ -29,8 +29,9 @@ GRPC_VERSION: str
 class RegistryServiceStub:
     """RegistryService manages models, their versions, stages and artifacts.
 
-    Every write records the caller as actor, taken from the `x-modelreg-actor` request
-    metadata (grpcurl: `-H 'x-modelreg-actor: alice'`); without it the actor is `anonymous`.
+    Every write records the caller as actor: with auth on, the authenticated principal
+    (see AuthService); with auth off, the `x-modelreg-actor` request metadata (grpcurl:
+    `-H 'x-modelreg-actor: alice'`), or `anonymous` without it.
 
     Errors: an unknown model or version is NOT_FOUND; a duplicate model ALREADY_EXISTS; a
     malformed name, stage, config or artifact INVALID_ARGUMENT; an illegal stage move or
@@ -101,8 +102,9 @@ class RegistryServiceStub:
 class RegistryServiceAsyncStub(RegistryServiceStub):
     """RegistryService manages models, their versions, stages and artifacts.
 
-    Every write records the caller as actor, taken from the `x-modelreg-actor` request
-    metadata (grpcurl: `-H 'x-modelreg-actor: alice'`); without it the actor is `anonymous`.
+    Every write records the caller as actor: with auth on, the authenticated principal
+    (see AuthService); with auth off, the `x-modelreg-actor` request metadata (grpcurl:
+    `-H 'x-modelreg-actor: alice'`), or `anonymous` without it.
 
     Errors: an unknown model or version is NOT_FOUND; a duplicate model ALREADY_EXISTS; a
     malformed name, stage, config or artifact INVALID_ARGUMENT; an illegal stage move or
@@ -169,8 +171,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService manages models, their versions, stages and artifacts.
 
-    Every write records the caller as actor, taken from the `x-modelreg-actor` request
-    metadata (grpcurl: `-H 'x-modelreg-actor: alice'`); without it the actor is `anonymous`.
+    Every write records the caller as actor: with auth on, the authenticated principal
+    (see AuthService); with auth off, the `x-modelreg-actor` request metadata (grpcurl:
+    `-H 'x-modelreg-actor: alice'`), or `anonymous` without it.
 
     Errors: an unknown model or version is NOT_FOUND; a duplicate model ALREADY_EXISTS; a
     malformed name, stage, config or artifact INVALID_ARGUMENT; an illegal stage move or

@@ -156,7 +156,9 @@ class Model(_message.Message):
     description: _builtins.str
     """Free text."""
     project: _builtins.str
-    """Tenancy and permission boundary. Empty means the default project."""
+    """The project that owns the model: the boundary roles are bound to. Empty on create
+    means `default`; always set on output. Immutable.
+    """
     model_type: _builtins.str
     """The model architecture, for example `yolov8n` or `resnet18`."""
     production_version: _builtins.int
@@ -506,6 +508,8 @@ class StageTransition(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    TOKEN_NAME_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     """The version that moved, `models/{model}/versions/{version}`."""
     from_stage: Global___Stage.ValueType
@@ -513,11 +517,21 @@ class StageTransition(_message.Message):
     to_stage: Global___Stage.ValueType
     """The stage it entered."""
     actor: _builtins.str
-    """Who moved it (the `x-modelreg-actor` request metadata)."""
+    """Who moved it: the authenticated principal (with auth off, the `x-modelreg-actor`
+    request metadata, or `anonymous`).
+    """
     reason: _builtins.str
     """Why, as given by the caller."""
     sequence: _builtins.int
     """The event sequence number of the move."""
+    token_name: _builtins.str
+    """The name of the token the principal authenticated with; empty for a certificate,
+    the canary judge, or with auth off.
+    """
+    on_behalf_of: _builtins.str
+    """With auth on, the `x-modelreg-actor` text the caller sent (on whose behalf it acted);
+    it never decides identity.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When."""
@@ -532,10 +546,12 @@ class StageTransition(_message.Message):
         reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
+        token_name: _builtins.str = ...,
+        on_behalf_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "from_stage", b"from_stage", "model_version", b"model_version", "reason", b"reason", "sequence", b"sequence", "to_stage", b"to_stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "from_stage", b"from_stage", "model_version", b"model_version", "on_behalf_of", b"on_behalf_of", "reason", b"reason", "sequence", b"sequence", "to_stage", b"to_stage", "token_name", b"token_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
