@@ -48,6 +48,14 @@ class Aborted(ModelregError):
     pass
 
 
+class Unauthenticated(ModelregError):
+    """No credential, or an unknown, expired or revoked one."""
+
+
+class PermissionDenied(ModelregError):
+    """The principal lacks the permission; the message names it and the project."""
+
+
 class IntegrityError(ModelregError):
     """Downloaded bytes did not match the sha256 the registry declared."""
 
@@ -56,6 +64,8 @@ class IntegrityError(ModelregError):
 
 
 _BY_CODE = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
