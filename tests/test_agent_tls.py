@@ -167,6 +167,23 @@ def test_tls_client_ca_requires_a_client_certificate_from_that_ca(tiny, tls_agen
         assert c.predict("tiny", X).model_version == "models/tiny/versions/1"
         assert c.is_serving()
 
+    # grpcurl as the README shows it: the agent's CA and the app's certificate.
+    certs = ["-cacert", str(pki.ca), "-cert", str(pki.client_cert), "-key", str(pki.client_key)]
+    health = subprocess.run(
+        [str(BIN / "grpcurl"), *certs, agent.address, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert health.returncode == 0 and '"status": "SERVING"' in health.stdout, health.stderr
+    no_cert = subprocess.run(
+        [str(BIN / "grpcurl"), "-cacert", str(pki.ca), agent.address, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert no_cert.returncode != 0
+
     refused(agent.address, ca_cert=pki.ca)  # no client certificate
     refused(agent.address, ca_cert=pki.ca, client_cert=pki.other_cert, client_key=pki.other_key)  # another CA's
     refused(agent.address)  # plaintext
