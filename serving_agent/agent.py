@@ -8,6 +8,11 @@ inference gRPC server (`modelreg agent`).
     result = await agent.predict("fraud", {"x": np.ones((1, 4), np.float32)})
     result.model_version, result.outputs["y"]
     await agent.stop()
+
+Against a registry with auth on and TLS, pass its credentials (a token file is re-read
+when it changes): AgentConfig(..., credentials=Credentials(token_file=Path("agent.token"),
+ca_cert=Path("ca.pem"))), or `serving_agent.security.registry_credentials()` for the flags'
+environment variables.
 """
 
 from __future__ import annotations
