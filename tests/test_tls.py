@@ -303,11 +303,16 @@ def test_grpcurl_authenticates_with_a_client_certificate(mtls_registry, pki):
 # ---------------------------------------------------------------- bad TLS flags
 
 
-def _server(args: list[str], database_url: str, tmp_path: Path) -> subprocess.CompletedProcess:
+# The TLS files are checked before any I/O, so these servers never reach their database:
+# one that did would fail with status 1, "cannot connect to the database".
+NO_DATABASE = "postgresql://modelreg@127.0.0.1:1/none"
+
+
+def _server(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_TLS")}
     env.update(
         MODELREG_ADDRESS=f"127.0.0.1:{free_port()}",
-        MODELREG_DATABASE_URL=database_url,
+        MODELREG_DATABASE_URL=NO_DATABASE,
         MODELREG_DATA_DIR=str(tmp_path / "data"),
         MODELREG_ARTIFACTS=str(tmp_path / "artifacts"),
         MODELREG_AUTH="on",
@@ -326,12 +331,18 @@ BAD_FLAGS = {
     ),
     "a client CA without TLS": (["--tls-client-ca", "{client_ca}"], "--tls-client-ca"),
     "a certificate that is not PEM": (["--tls-cert", "{garbage}", "--tls-key", "{server.key}"], "--tls-cert"),
+    "a key where the certificate belongs": (["--tls-cert", "{server.key}", "--tls-key", "{server.key}"], "--tls-cert"),
+    "a key that is not PEM": (["--tls-cert", "{server.cert}", "--tls-key", "{garbage}"], "--tls-key"),
+    "a client CA that is not PEM": (
+        ["--tls-cert", "{server.cert}", "--tls-key", "{server.key}", "--tls-client-ca", "{garbage}"],
+        "--tls-client-ca",
+    ),
     "a key that is not the certificate's": (["--tls-cert", "{server.cert}", "--tls-key", "{alice.key}"], "--tls-key"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_FLAGS)
-def test_the_server_exits_2_with_one_line_naming_the_bad_tls_flag(case, pki, database_url, tmp_path):
+def test_the_server_exits_2_with_one_line_naming_the_bad_tls_flag(case, pki, tmp_path):
     args, flag = BAD_FLAGS[case]
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("this is not a certificate\n")
@@ -346,7 +357,7 @@ def test_the_server_exits_2_with_one_line_naming_the_bad_tls_flag(case, pki, dat
         "garbage": garbage,
     }
     argv = [str(values[a[1:-1]]) if a.startswith("{") else a for a in args]
-    proc = _server(argv, database_url, tmp_path)
+    proc = _server(argv, tmp_path)
     assert proc.returncode == 2, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
