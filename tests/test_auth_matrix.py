@@ -199,6 +199,15 @@ class Case:
     projects: tuple[str, ...] | None = None  # for an open RPC that still takes a project
 
 
+def that(predicate: Callable[[Any, str], Any]) -> Check:
+    """A check that `predicate(response, project)` holds."""
+
+    def check(response: Any, world: World, project: str, role: str) -> None:
+        assert predicate(response, project), f"unexpected answer for {role} in {project}: {response}"
+
+    return check
+
+
 def v(project: str, n: int) -> str:
     return f"models/{main(project)}/versions/{n}"
 
@@ -276,17 +285,17 @@ CASES: dict[str, Case] = {
     "RegistryService.CreateModel": Case(
         "models.create",
         lambda w, p: rs.CreateModelRequest(model=res.Model(name=w.fresh(f"{p}-new"), project=p)),
-        check=lambda r, w, p, role: (r.model.project == p) or pytest.fail(f"created in {r.model.project}"),
+        check=that(lambda r, p: r.model.project == p),
     ),
     "RegistryService.GetModel": Case(
         "models.read",
         lambda w, p: rs.GetModelRequest(name=f"models/{main(p)}"),
-        check=lambda r, w, p, role: (r.model.name == f"models/{main(p)}") or pytest.fail(str(r)),
+        check=that(lambda r, p: r.model.name == f"models/{main(p)}"),
     ),
     "RegistryService.ListModels": Case(
         "models.read",
         lambda w, p: rs.ListModelsRequest(project=p, page_size=1000),
-        check=lambda r, w, p, role: (f"models/{main(p)}" in [m.name for m in r.models]) or pytest.fail(str(r)),
+        check=that(lambda r, p: f"models/{main(p)}" in [m.name for m in r.models]),
     ),
     "RegistryService.UpdateModel": Case(
         "models.update",
@@ -303,12 +312,12 @@ CASES: dict[str, Case] = {
     "RegistryService.RegisterModelVersion": Case(
         "versions.register",
         lambda w, p: registration(f"models/{main(p)}", os.urandom(64)),
-        check=lambda r, w, p, role: (r.model_version.version > 2) or pytest.fail(str(r)),
+        check=that(lambda r, p: r.model_version.version > 2),
     ),
     "RegistryService.GetModelVersion": Case(
         "models.read",
         lambda w, p: rs.GetModelVersionRequest(name=v(p, 1)),
-        check=lambda r, w, p, role: (r.model_version.stage == res.STAGE_PRODUCTION) or pytest.fail(str(r)),
+        check=that(lambda r, p: r.model_version.stage == res.STAGE_PRODUCTION),
     ),
     "RegistryService.ListModelVersions": Case(
         "models.read", lambda w, p: rs.ListModelVersionsRequest(parent=f"models/{main(p)}")
@@ -330,7 +339,7 @@ CASES: dict[str, Case] = {
         lambda w, p: rs.PromoteModelVersionRequest(
             name=f"models/{main(p)}/versions/{w.register(main(p))}", stage=res.STAGE_STAGING
         ),
-        check=lambda r, w, p, role: (r.model_version.stage == res.STAGE_STAGING) or pytest.fail(str(r)),
+        check=that(lambda r, p: r.model_version.stage == res.STAGE_STAGING),
     ),
     "RegistryService.ListStageTransitions": Case(
         "models.read", lambda w, p: rs.ListStageTransitionsRequest(parent=f"models/{main(p)}")
@@ -338,14 +347,12 @@ CASES: dict[str, Case] = {
     "RegistryService.CompareModelVersions": Case(
         "models.read",
         lambda w, p: rs.CompareModelVersionsRequest(parent=f"models/{main(p)}", versions=[1, 2]),
-        check=lambda r, w, p, role: (r.production_version == 1) or pytest.fail(str(r)),
+        check=that(lambda r, p: r.production_version == 1),
     ),
     "RegistryService.DownloadArtifact": Case(
         "artifacts.download",
         lambda w, p: rs.DownloadArtifactRequest(name=v(p, 1)),
-        check=lambda r, w, p, role: (
-            r[0].header.size_bytes == sum(len(m.chunk) for m in r[1:]) == 64 or pytest.fail(str(r))
-        ),
+        check=that(lambda r, p: r[0].header.size_bytes == sum(len(m.chunk) for m in r[1:]) == 64),
     ),
     # The module's registry stores artifacts in a directory, which has no presigned URLs:
     # an allowed call gets FAILED_PRECONDITION saying so (an S3 store would answer a URL).
@@ -358,7 +365,7 @@ CASES: dict[str, Case] = {
     "DeploymentService.GetDeployment": Case(
         "models.read",
         lambda w, p: ds.GetDeploymentRequest(name=f"models/{main(p)}"),
-        check=lambda r, w, p, role: (r.deployment.canary_weight == 10) or pytest.fail(str(r)),
+        check=that(lambda r, p: r.deployment.canary_weight == 10),
     ),
     "DeploymentService.SetCanary": Case(
         "deployments.canary", lambda w, p: ds.SetCanaryRequest(name=f"models/{main(p)}", version=2, weight=10)
@@ -366,19 +373,17 @@ CASES: dict[str, Case] = {
     "DeploymentService.PromoteCanary": Case(
         "deployments.canary",
         lambda w, p: ds.PromoteCanaryRequest(name=f"models/{w.deployed(p, canary=True)}"),
-        check=lambda r, w, p, role: (r.deployment.stable.version_number == 2) or pytest.fail(str(r)),
+        check=that(lambda r, p: r.deployment.stable.version_number == 2),
     ),
     "DeploymentService.AbortCanary": Case(
         "deployments.canary",
         lambda w, p: ds.AbortCanaryRequest(name=f"models/{w.deployed(p, canary=True)}"),
-        check=lambda r, w, p, role: (not r.deployment.HasField("canary")) or pytest.fail(str(r)),
+        check=that(lambda r, p: not r.deployment.HasField("canary")),
     ),
     "DeploymentService.Rollback": Case(
         "deployments.rollback",
         lambda w, p: ds.RollbackRequest(name=f"models/{w.deployed(p, canary=True)}", to_version=1),
-        check=lambda r, w, p, role: (
-            r.deployment.stable.version_number == 1 and not r.deployment.HasField("canary") or pytest.fail(str(r))
-        ),
+        check=that(lambda r, p: r.deployment.stable.version_number == 1 and not r.deployment.HasField("canary")),
     ),
     "DeploymentService.SetCanaryPolicy": Case(
         "deployments.policy",
@@ -389,7 +394,7 @@ CASES: dict[str, Case] = {
     "DeploymentService.ListDeploymentHistory": Case(
         "models.read",
         lambda w, p: ds.ListDeploymentHistoryRequest(name=f"models/{main(p)}"),
-        check=lambda r, w, p, role: (len(r.entries) >= 2) or pytest.fail(str(r)),
+        check=that(lambda r, p: len(r.entries) >= 2),
     ),
     # ------------------------------------------------------------ EventService
     "EventService.WatchEvents": Case(
@@ -400,9 +405,7 @@ CASES: dict[str, Case] = {
     "EventService.ListEvents": Case(
         "events.watch",
         lambda w, p: es.ListEventsRequest(models=[f"models/{main(p)}"], page_size=1000),
-        check=lambda r, w, p, role: (
-            r.events and {e.model for e in r.events} == {f"models/{main(p)}"} or pytest.fail(str(r))
-        ),
+        check=that(lambda r, p: r.events and {e.model for e in r.events} == {f"models/{main(p)}"}),
     ),
     # ------------------------------------------------------------ AgentService
     "AgentService.ReportAgentStatus": Case("agents.report", _agent_report),
@@ -410,7 +413,7 @@ CASES: dict[str, Case] = {
     "AgentService.GetRolloutStatus": Case(
         "models.read",
         lambda w, p: ag.GetRolloutStatusRequest(model=f"models/{main(p)}"),
-        check=lambda r, w, p, role: (r.deployment.stable.version_number == 1) or pytest.fail(str(r)),
+        check=that(lambda r, p: r.deployment.stable.version_number == 1),
     ),
     # ------------------------------------------------------------ AuthService
     "AuthService.WhoAmI": Case(None, lambda w, p: au.WhoAmIRequest(), scoped=False, check=_expect_whoami),
@@ -445,7 +448,7 @@ CASES: dict[str, Case] = {
         "tokens.manage",
         lambda w, p: au.CreateTokenRequest(token_id=w.fresh("tok"), principal="dummy"),
         scoped=False,
-        check=lambda r, w, p, role: (r.token.startswith("mr_")) or pytest.fail("no secret"),
+        check=that(lambda r, p: r.token.startswith("mr_")),
     ),
     "AuthService.ListTokens": Case(
         "tokens.manage", lambda w, p: au.ListTokensRequest(principal="dummy", page_size=1000), scoped=False
@@ -462,12 +465,12 @@ CASES: dict[str, Case] = {
     "AuthService.RevokeRole": Case(
         "roles.grant",
         _revoke_role_request,
-        check=lambda r, w, p, role: r.removed or pytest.fail("nothing removed"),
+        check=that(lambda r, p: r.removed),
     ),
     "AuthService.ListRoleBindings": Case(
         "roles.grant",
         lambda w, p: au.ListRoleBindingsRequest(project=p, page_size=1000),
-        check=lambda r, w, p, role: ({b.project for b in r.bindings} <= {p}) or pytest.fail(str(r)),
+        check=that(lambda r, p: {b.project for b in r.bindings} <= {p}),
     ),
 }
 
