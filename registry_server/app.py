@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from modelreg.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     event_service_pb2,
+    governance_service_pb2,
+    governance_service_pb2_grpc,
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
@@ -44,6 +47,7 @@ from registry_server.services.auth import AuthInterceptor
 from registry_server.services.deployments import DeploymentServicer
 from registry_server.services.errors import ErrorInterceptor
 from registry_server.services.events import attach_event_service
+from registry_server.services.governance import GovernanceServicer
 from registry_server.services.metrics import MetricsInterceptor
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
@@ -54,7 +58,10 @@ from registry_server.storage.models import ModelStore
 from registry_server.storage.outbox import Outbox
 from registry_server.usecases.access import Access
 from registry_server.usecases.agents import Agents
+from registry_server.usecases.aliases import Aliases
+from registry_server.usecases.cards import Cards
 from registry_server.usecases.deployments import Deployments
+from registry_server.usecases.gates import Gates
 from registry_server.usecases.identity import Identity
 from registry_server.usecases.models import Models
 
@@ -67,6 +74,7 @@ SERVICE_NAMES = (
     agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    governance_service_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
 )
 JANITOR_INTERVAL = 3600.0
 
@@ -82,6 +90,44 @@ def _read_pem(path: str, variable: str) -> bytes:
         raise ConfigError(f"cannot read {variable}={path!r}: {e.strerror or e}; point it at a PEM file") from None
 
 
+def _check_tls_files(settings: Settings) -> None:
+    """Parses the certificate, key and client CA as OpenSSL will, so that a bad one is a
+    ConfigError naming its flag before any I/O. gRPC itself accepts any bytes here and
+    fails only in add_secure_port, with nothing better than "cannot listen"."""
+
+    def check(variable: str, path: str, what: str, load: Callable[[], object]) -> None:
+        try:
+            load()
+        except (ssl.SSLError, ValueError) as e:
+            reason = getattr(e, "reason", None) or "no usable PEM data"
+            raise ConfigError(f"{variable}={path!r} is not {what} ({reason}); point it at one") from None
+
+    def no_password() -> bytes:
+        return b""  # an encrypted key fails to load instead of prompting on the terminal
+
+    check(
+        "MODELREG_TLS_CERT (--tls-cert)",
+        settings.tls_cert,
+        "a PEM certificate chain",
+        lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=settings.tls_cert),
+    )
+    check(
+        "MODELREG_TLS_KEY (--tls-key)",
+        settings.tls_key,
+        "the unencrypted PEM private key of the certificate in --tls-cert",
+        lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            settings.tls_cert, settings.tls_key, password=no_password
+        ),
+    )
+    if settings.tls_client_ca:
+        check(
+            "MODELREG_TLS_CLIENT_CA (--tls-client-ca)",
+            settings.tls_client_ca,
+            "a PEM file of CA certificates",
+            lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=settings.tls_client_ca),
+        )
+
+
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS (and mTLS with a client CA) from the settings, or None for plaintext."""
     if not settings.tls:
@@ -93,6 +139,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         if settings.tls_client_ca
         else None
     )
+    _check_tls_files(settings)
     try:
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
     except (ValueError, TypeError) as e:
@@ -183,8 +230,11 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agent_store = AgentStore(pool)
     model_store = ModelStore(outbox, on_batch=metrics.group_commit_batch.labels("registrations").observe)
     models = Models(model_store, deployment_store, blobs, cache, access, metrics)
-    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, access, metrics)
+    gates = Gates(outbox, access, deployment_store, settings.promotion_request_ttl)
+    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, access, gates, metrics)
     agents = Agents(agent_store, deployment_store, settings.agent_stale_after, access)
+    cards = Cards(outbox, access)
+    aliases = Aliases(outbox, access, gates, cache)
 
     server = grpc.aio.server(
         interceptors=[
@@ -204,6 +254,10 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(deployments), server)
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
+    governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
+        GovernanceServicer(gates, cards, aliases, models),  # type: ignore[abstract]  # RPCs land part by part (issue 12)
+        server,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
