@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 from modelreg import errors
-from modelreg.cli import UsageError
+from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
-from modelreg.client import Client
 from modelreg.deployments import describe
 from modelreg.v1 import event_service_pb2 as es
 from modelreg.watch import event_type_enum, event_type_name, list_events
@@ -110,7 +109,7 @@ def watch(args) -> int:
         raise UsageError("--count must be 0 (run until Ctrl-C) or more")
     if args.snapshot_only and args.no_snapshot:
         raise UsageError("--snapshot-only and --no-snapshot contradict each other; pick one")
-    client = Client(args.address, timeout=None)
+    client = connect(args, timeout=None)
 
     def on_retry(err, delay: float) -> None:
         why = f"{err.code().name}: {err.details()}" if err is not None else "the server ended the stream"
@@ -154,7 +153,7 @@ def events(args) -> int:
     _check_sequence(args.after_sequence)
     if args.limit < 0:
         raise UsageError("--limit must be 0 (all) or more")
-    client = Client(args.address)
+    client = connect(args)
     got: list[es.Event] = []
     try:
         for e in list_events(
