@@ -192,7 +192,7 @@ def _history(args, model: str) -> int:
     out.table(
         ["time", "action", "before", "after", "actor", "reason"],
         [
-            [out.when(e.create_time), ACTION_NAMES[e.action], state(e.before), state(e.after), e.actor, e.reason]
+            [out.when(e.create_time), ACTION_NAMES[e.action], state(e.before), state(e.after), out.actor(e), e.reason]
             for e in entries
         ],
     )

@@ -75,3 +75,12 @@ def kv(pairs: Sequence[tuple[str, Any]]) -> None:
 
 def fmt_map(m) -> str:
     return ", ".join(f"{k}={number(v) if isinstance(v, float) else v}" for k, v in sorted(dict(m).items()))
+
+
+def actor(row) -> str:
+    """A history row's who: `ana`, `ana (token ci-1)`, `ana (token ci-1, for bob)`. The
+    principal is the authenticated one; `on_behalf_of` is only the caller's own text."""
+    extra = [f"token {row.token_name.removeprefix('tokens/')}"] if row.token_name else []
+    if row.on_behalf_of and row.on_behalf_of != row.actor:
+        extra.append(f"for {row.on_behalf_of}")
+    return f"{row.actor} ({', '.join(extra)})" if extra else row.actor

@@ -358,7 +358,7 @@ def history(args) -> int:
                     t.model_version.rsplit("/", 1)[-1],
                     out.STAGE_NAMES[t.from_stage],
                     out.STAGE_NAMES[t.to_stage],
-                    t.actor,
+                    out.actor(t),
                     t.reason,
                 ]
                 for t in items

@@ -79,6 +79,10 @@ def _event_line(e: es.Event) -> str:
     what = f"{e.model} v{e.model_version.rsplit('/', 1)[-1]}" if e.model_version else e.model
     if e.type == es.EVENT_TYPE_STAGE_CHANGED:
         what += f" {out.STAGE_NAMES.get(e.from_stage, '?')} -> {out.STAGE_NAMES.get(e.to_stage, '?')}"
+    if e.type == es.EVENT_TYPE_ACCESS_CHANGED:
+        d = dict(e.details)
+        kind = d.pop("kind", "changed")
+        what = " ".join([str(kind), *(f"{k}={v}" for k, v in sorted(d.items()))])
     if e.HasField("deployment"):
         stable, canary = describe(e.deployment)
         what += f" stable={stable} canary={canary}"
