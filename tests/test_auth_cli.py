@@ -7,6 +7,7 @@ server; the rest drive the CLI as a subprocess against a real registry."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from datetime import timedelta
 
@@ -176,3 +177,19 @@ def test_ca_cert_against_a_plaintext_registry_says_it_does_not_speak_tls(registr
     assert proc.returncode == 1
     assert "cannot reach the registry" in proc.stderr
     assert "does not speak TLS" in proc.stderr
+
+
+def test_watchers_given_an_address_open_and_close_their_own_channel(registry):
+    from modelreg.watch import AsyncWatcher, Watcher
+
+    creds = credentials.Credentials(token="mr_sent_but_unchecked_with_auth_off")
+    with Watcher(registry.address, credentials=creds) as w:
+        first = next(iter(w))
+    assert first.WhichOneof("payload") == "snapshot"
+
+    async def first_async():
+        async with AsyncWatcher(registry.address, credentials=creds) as aw:
+            async for item in aw:
+                return item
+
+    assert asyncio.run(first_async()).WhichOneof("payload") == "snapshot"
