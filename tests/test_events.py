@@ -482,11 +482,11 @@ def test_notify_payloads_are_parsed_and_a_bare_sequence_means_read_the_table():
 
     payload = (
         '[[41,"STAGE_CHANGED","m",2,"staging","production","ci","why",{"k":[1,"two"]},'
-        '"2026-11-29T07:00:00.123456+00:00"]]'
+        '"2026-11-29T07:00:00.123456+00:00","vision"]]'
     )
     at = datetime(2026, 11, 29, 7, 0, 0, 123456, tzinfo=UTC)
     assert parse_notify_payload(payload) == [
-        EventRow(41, "STAGE_CHANGED", "m", 2, "staging", "production", "ci", "why", {"k": [1, "two"]}, at)
+        EventRow(41, "STAGE_CHANGED", "m", 2, "staging", "production", "ci", "why", {"k": [1, "two"]}, at, "vision")
     ]
     assert parse_notify_payload("42") is None
     assert parse_notify_payload("[not json") is None

@@ -227,23 +227,28 @@ async def _migrate(url: str) -> list[str]:
 
 
 def test_database_migrated_before_the_rename_starts_and_is_not_migrated_again(database_url, make_registry):
-    assert asyncio.run(_migrate(database_url))[:3] == ["0001_registry.sql", "0002_agents.sql", "0003_deployments.sql"]
-
-    # What a server before the rename recorded: the same deployments SQL as 0004.
-    async def record_old_numbering() -> None:
+    # What a server before the rename did: the first three migrations, the deployments SQL
+    # recorded as 0004 (no later migration existed then).
+    async def migrate_as_before_the_rename() -> None:
         conn = await db.connect(database_url)
         try:
             await conn.execute(
-                "UPDATE schema_migrations SET version = 4, name = '0004_deployments.sql' WHERE version = 3"
+                "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
             )
+            for number, name, sql in db._migrations()[:3]:
+                await conn.execute(sql)
+                old = (4, "0004_deployments.sql") if number == 3 else (number, name)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", *old)
         finally:
             await conn.close()
 
-    asyncio.run(record_old_numbering())
+    asyncio.run(migrate_as_before_the_rename())
     assert (4, "0004_deployments.sql") in asyncio.run(_records(database_url))
 
-    # Applying 0003 again would fail (its tables exist); the record is rewritten instead.
-    assert asyncio.run(_migrate(database_url)) == []
+    # Applying 0003 again would fail (its tables exist); the record is rewritten instead,
+    # and only what came after it is applied.
+    assert asyncio.run(_migrate(database_url)) == [name for _, name, _ in db._migrations()[3:]]
     records = asyncio.run(_records(database_url))
     assert records[:3] == [(1, "0001_registry.sql"), (2, "0002_agents.sql"), (3, "0003_deployments.sql")]
     assert (4, "0004_deployments.sql") not in records

@@ -107,6 +107,8 @@ class NewVersion:
     declared_sha256: str
     declared_size: int
     request_id: str
+    # The project of a model that `create_model` creates; empty means `default`.
+    project: str = ""
 
 
 @dataclass
@@ -119,6 +121,8 @@ class StageTransition:
     reason: str
     create_time: datetime
     sequence: int
+    token_name: str = ""  # the token the actor authenticated with
+    on_behalf_of: str = ""  # x-modelreg-actor text, with auth on
 
 
 def merge_config(defaults: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
@@ -72,8 +73,21 @@ def resync_required(after: int, oldest: int, latest: int) -> FailedPrecondition:
     )
 
 
+class Visibility(Protocol):
+    """What one watcher may see (with auth on, the projects it may watch). `event` runs for
+    every live event, so it is synchronous; `projects` filters replays in SQL (None: all)."""
+
+    def event(self, ev: store.EventRow) -> bool: ...
+
+    def projects(self) -> frozenset[str] | None: ...
+
+    async def model(self, model: str) -> bool: ...
+
+
 class EventStream:
-    """One watcher's stream. Iterate it with `async for`."""
+    """One watcher's stream. Iterate it with `async for`. With a `visibility`, events and
+    snapshot entries it forbids are skipped; the cursor (and bookmarks) still advance past
+    them, so the watcher sees no gap in what it may see."""
 
     def __init__(
         self,
@@ -86,7 +100,9 @@ class EventStream:
         after: int | None = None,
         snapshot: bool = True,
         bookmark_interval: float = 10.0,
+        visibility: Visibility | None = None,
     ):
+        self.visibility = visibility
         self.hub = hub
         self.pool = pool
         self.deployments = deployments
@@ -97,7 +113,11 @@ class EventStream:
         self.bookmark_interval = bookmark_interval
 
     def _matches(self, ev: store.EventRow) -> bool:
-        return (not self.models or ev.model in self.models) and (not self.types or ev.type in self.types)
+        return (
+            (not self.models or ev.model in self.models)
+            and (not self.types or ev.type in self.types)
+            and (self.visibility is None or self.visibility.event(ev))
+        )
 
     async def _check_retained(self, after: int) -> None:
         """Raises RESYNC_REQUIRED when events after `after` were pruned (or never existed)."""
@@ -123,6 +143,8 @@ class EventStream:
             await self._check_retained(self.cursor)
         if self.snapshot:
             sequence, states = await self.deployments.snapshot(self.models)
+            if self.visibility is not None:
+                states = [d for d in states if await self.visibility.model(d.model)]
             yield Snapshot(sequence, states)
             if self.cursor is None:
                 self.cursor = sequence
@@ -147,7 +169,13 @@ class EventStream:
                 else:
                     upto = self.hub.last_seen
                     rows = await store.fetch_after(
-                        self.pool, cursor, REPLAY_PAGE, upto=upto, models=self.models, types=self.types
+                        self.pool,
+                        cursor,
+                        REPLAY_PAGE,
+                        upto=upto,
+                        models=self.models,
+                        types=self.types,
+                        projects=self.visibility.projects() if self.visibility is not None else None,
                     )
                     # Retention deletes a prefix: if the row after the cursor still exists
                     # now, the page read before this check was complete.

@@ -12,6 +12,7 @@ from registry_server.domain.agents import AgentRecord, ServedVersion
 from registry_server.domain.names import model_name, parse_model_name
 from registry_server.errors import InvalidArgument
 from registry_server.services import convert as cv
+from registry_server.services.auth import caller_of
 from registry_server.usecases.agents import Agents
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -106,14 +107,14 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
                         state_time=v.state_time.ToDatetime(tzinfo=UTC) if v.HasField("state_time") else None,
                     )
                 )
-        await self.agents.report(record)
+        await self.agents.report(caller_of(context), record)
         return ag.ReportAgentStatusResponse(stale_after_seconds=self.stale_after)
 
     async def ListAgents(self, request: ag.ListAgentsRequest, context) -> ag.ListAgentsResponse:
         size = cv.page_size(request.page_size)
         after = cv.decode_token("agents", request.page_token) or ""
         model = parse_model_name(request.model, "model") if request.model else ""
-        agents, last = await self.agents.list(after, size, model, request.include_stale)
+        agents, last = await self.agents.list(caller_of(context), after, size, model, request.include_stale)
         now = datetime.now(UTC)
         return ag.ListAgentsResponse(
             agents=[self._agent_to_proto(a, now) for a in agents],
@@ -123,7 +124,7 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
 
     async def GetRolloutStatus(self, request: ag.GetRolloutStatusRequest, context) -> ag.GetRolloutStatusResponse:
         model = parse_model_name(request.model, "model")
-        rollout = await self.agents.rollout(model)
+        rollout = await self.agents.rollout(caller_of(context), model)
         return ag.GetRolloutStatusResponse(
             model=model_name(model),
             deployment=cv.deployment_to_proto(rollout.deployment),

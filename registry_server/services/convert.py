@@ -133,6 +133,8 @@ def transition_to_proto(t: dm.StageTransition) -> res.StageTransition:
         reason=t.reason,
         create_time=ts(t.create_time),
         sequence=t.sequence,
+        token_name=t.token_name,
+        on_behalf_of=t.on_behalf_of,
     )
 
 
@@ -182,6 +184,7 @@ def new_version_from_header(h: rs.RegisterModelVersionHeader, model: str) -> dm.
         filename=h.filename,
         declared_sha256=h.sha256.lower(),
         declared_size=h.size_bytes,
+        project=h.project,
         request_id=h.request_id,
     )
 

@@ -8,7 +8,7 @@ from registry_server.domain import deployments as dd
 from registry_server.domain.names import validate_model_id
 from registry_server.errors import InvalidArgument
 from registry_server.services import convert as cv
-from registry_server.services.errors import actor_of
+from registry_server.services.auth import caller_of
 from registry_server.storage.deployments import HistoryEntry
 from registry_server.usecases.deployments import Deployments
 
@@ -46,6 +46,8 @@ def history_to_proto(h: HistoryEntry) -> ds.DeploymentHistoryEntry:
         after=cv.deployment_to_proto(h.after, with_policy=False),
         create_time=cv.ts(h.create_time),
         sequence=h.sequence,
+        token_name=h.token_name,
+        on_behalf_of=h.on_behalf_of,
     )
 
 
@@ -54,7 +56,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         self.deployments = deployments
 
     async def GetDeployment(self, request, context) -> ds.GetDeploymentResponse:
-        d = await self.deployments.get(parse_deployment_name(request.name))
+        d = await self.deployments.get(caller_of(context), parse_deployment_name(request.name))
         return ds.GetDeploymentResponse(deployment=cv.deployment_to_proto(d))
 
     async def SetCanary(self, request, context) -> ds.SetCanaryResponse:
@@ -62,19 +64,19 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         if request.version < 1:
             raise InvalidArgument("'version' is required: the version number to run as the canary")
         d, seq = await self.deployments.set_canary(
-            model, request.version, request.weight, request.reason, actor_of(context), request.etag
+            caller_of(context), model, request.version, request.weight, request.reason, request.etag
         )
         return ds.SetCanaryResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
     async def PromoteCanary(self, request, context) -> ds.PromoteCanaryResponse:
         d, seq = await self.deployments.promote_canary(
-            parse_deployment_name(request.name), request.reason, actor_of(context), request.etag
+            caller_of(context), parse_deployment_name(request.name), request.reason, request.etag
         )
         return ds.PromoteCanaryResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
     async def AbortCanary(self, request, context) -> ds.AbortCanaryResponse:
         d, seq = await self.deployments.abort_canary(
-            parse_deployment_name(request.name), request.reason, actor_of(context), request.etag
+            caller_of(context), parse_deployment_name(request.name), request.reason, request.etag
         )
         return ds.AbortCanaryResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
@@ -82,13 +84,13 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         if request.to_version < 0:
             raise InvalidArgument("to_version must be a version number, or 0 for the previous production version")
         d, seq = await self.deployments.rollback(
-            parse_deployment_name(request.name), request.to_version, request.reason, actor_of(context), request.etag
+            caller_of(context), parse_deployment_name(request.name), request.to_version, request.reason, request.etag
         )
         return ds.RollbackResponse(deployment=cv.deployment_to_proto(d), sequence=seq)
 
     async def SetCanaryPolicy(self, request, context) -> ds.SetCanaryPolicyResponse:
         d = await self.deployments.set_policy(
-            parse_deployment_name(request.name), cv.policy_from_proto(request.policy), actor_of(context)
+            caller_of(context), parse_deployment_name(request.name), cv.policy_from_proto(request.policy)
         )
         return ds.SetCanaryPolicyResponse(deployment=cv.deployment_to_proto(d))
 
@@ -96,7 +98,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         model = parse_deployment_name(request.name)
         size = cv.page_size(request.page_size)
         before = cv.decode_int_token("deployhist", request.page_token, 2**62)
-        rows = await self.deployments.history(model, before, size + 1)
+        rows = await self.deployments.history(caller_of(context), model, before, size + 1)
         token = cv.encode_token("deployhist", rows[size - 1][0]) if len(rows) > size else ""
         return ds.ListDeploymentHistoryResponse(
             entries=[history_to_proto(h) for _, h in rows[:size]], next_page_token=token

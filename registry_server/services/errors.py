@@ -34,6 +34,8 @@ STATUS: dict[type[e.RegistryError], grpc.StatusCode] = {
     e.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     e.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     e.Aborted: grpc.StatusCode.ABORTED,
+    e.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    e.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     e.DataLoss: grpc.StatusCode.DATA_LOSS,
     e.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -132,11 +134,3 @@ class ErrorInterceptor(WrappingInterceptor):
 
     def wrap(self, handler: Handler, method: str) -> Handler:
         return _wrap(handler)
-
-
-def actor_of(context: grpc.aio.ServicerContext) -> str:
-    """The caller's name from `x-modelreg-actor` metadata (until authentication exists)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-modelreg-actor" and value:
-            return str(value)[:256]
-    return "anonymous"

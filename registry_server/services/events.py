@@ -23,8 +23,10 @@ from registry_server.events.hub import EventHub
 from registry_server.events.stream import Bookmark, Snapshot
 from registry_server.metrics import RegistryMetrics
 from registry_server.services import convert as cv
+from registry_server.services.auth import caller_of
 from registry_server.storage import events as store
 from registry_server.storage.deployments import DeploymentStore
+from registry_server.usecases.access import Access
 from registry_server.usecases.events import Events
 
 log = logging.getLogger("modelreg.events")
@@ -64,7 +66,8 @@ def event_to_proto(ev: store.EventRow) -> es.Event:
     return es.Event(
         sequence=ev.sequence,
         type=TYPE_FROM_DB.get(ev.type, es.EVENT_TYPE_UNSPECIFIED),
-        model=model_name(ev.model),
+        model=model_name(ev.model) if ev.model else "",
+        project=ev.project or "",
         model_version=version_name(ev.model, ev.version) if ev.version and ev.type != "DEPLOYMENT_CHANGED" else "",
         from_stage=_stage(ev.from_stage),
         to_stage=_stage(ev.to_stage),
@@ -140,7 +143,8 @@ class EventServicer(es_grpc.EventServiceServicer):
         lag = self.metrics.event_lag
         self.metrics.watch_streams.inc()
         try:
-            async for item in self.events.watch(models, types, after, not request.skip_snapshot, interval):
+            caller = caller_of(context)
+            async for item in self.events.watch(caller, models, types, after, not request.skip_snapshot, interval):
                 if isinstance(item, Snapshot):
                     yield es.WatchEventsResponse(snapshot=snapshot_to_proto(item))
                 elif isinstance(item, Bookmark):
@@ -161,7 +165,7 @@ class EventServicer(es_grpc.EventServiceServicer):
             raise InvalidArgument(f"page_size must not be negative; 0 means the default ({DEFAULT_LIST_PAGE})")
         size = min(request.page_size or DEFAULT_LIST_PAGE, MAX_LIST_PAGE)
         after = cv.decode_int_token("events", request.page_token, request.after_sequence)
-        rows = await self.events.list(after, size + 1, models, types)
+        rows = await self.events.list(caller_of(context), after, size + 1, models, types)
         token = cv.encode_token("events", rows[size - 1].sequence) if len(rows) > size else ""
         return es.ListEventsResponse(events=[event_to_proto(r) for r in rows[:size]], next_page_token=token)
 
@@ -172,6 +176,7 @@ async def attach_event_service(
     deployments: DeploymentStore,
     database_url: str,
     settings: Settings,
+    access: Access,
     on_events: Callable[[list[store.EventRow] | None], None] | None = None,
     metrics: RegistryMetrics | None = None,
 ) -> Callable[[], Awaitable[None]]:
@@ -183,7 +188,9 @@ async def attach_event_service(
     if on_events is not None:
         hub.listeners.append(on_events)
     await hub.start()
-    es_grpc.add_EventServiceServicer_to_server(EventServicer(Events(hub, pool, deployments), settings, metrics), server)
+    es_grpc.add_EventServiceServicer_to_server(
+        EventServicer(Events(hub, pool, deployments, access), settings, metrics), server
+    )
 
     async def close() -> None:
         await hub.close_streams(settings.shutdown_grace)

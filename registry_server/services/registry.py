@@ -12,7 +12,7 @@ from registry_server.domain import models as dm
 from registry_server.domain.names import parse_model_name, parse_version_name
 from registry_server.errors import InvalidArgument
 from registry_server.services import convert as cv
-from registry_server.services.errors import actor_of
+from registry_server.services.auth import caller_of
 from registry_server.usecases.deployments import Deployments
 from registry_server.usecases.models import Models
 
@@ -45,17 +45,17 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             default_config=cv.from_struct(m.default_config),
             tags=dict(m.tags),
         )
-        created = await self.models.create_model(model, actor_of(context))
+        created = await self.models.create_model(caller_of(context), model)
         return rs.CreateModelResponse(model=cv.model_to_proto(created))
 
     async def GetModel(self, request: rs.GetModelRequest, context) -> rs.GetModelResponse:
-        model = await self.models.get_model(parse_model_name(request.name))
+        model = await self.models.get_model(caller_of(context), parse_model_name(request.name))
         return rs.GetModelResponse(model=cv.model_to_proto(model))
 
     async def ListModels(self, request: rs.ListModelsRequest, context) -> rs.ListModelsResponse:
         size = cv.page_size(request.page_size)
         after = cv.decode_token("models", request.page_token) or ""
-        models = await self.models.list_models(after, size + 1, request.project)
+        models = await self.models.list_models(caller_of(context), after, size + 1, request.project)
         token = cv.encode_token("models", models[size - 1].name) if len(models) > size else ""
         return rs.ListModelsResponse(models=[cv.model_to_proto(m) for m in models[:size]], next_page_token=token)
 
@@ -78,11 +78,11 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             "default_config": cv.from_struct(m.default_config),
             "model_type": m.model_type,
         }
-        updated = await self.models.update_model(name, {p: values[p] for p in paths}, actor_of(context))
+        updated = await self.models.update_model(caller_of(context), name, {p: values[p] for p in paths})
         return rs.UpdateModelResponse(model=cv.model_to_proto(updated))
 
     async def DeleteModel(self, request: rs.DeleteModelRequest, context) -> rs.DeleteModelResponse:
-        count = await self.models.delete_model(parse_model_name(request.name), actor_of(context))
+        count = await self.models.delete_model(caller_of(context), parse_model_name(request.name))
         return rs.DeleteModelResponse(deleted_versions=count)
 
     # ------------------------------------------------------------------ versions
@@ -106,11 +106,11 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
                 # give the cancellation that moment before the bytes become a version.
                 await asyncio.sleep(CANCEL_GRACE_S)
 
-        version, dedup = await self.models.register(nv, chunks(), actor_of(context))
+        version, dedup = await self.models.register(caller_of(context), nv, chunks())
         return rs.RegisterModelVersionResponse(model_version=cv.version_to_proto(version), deduplicated=dedup)
 
     async def GetModelVersion(self, request: rs.GetModelVersionRequest, context) -> rs.GetModelVersionResponse:
-        version = await self.models.resolve(parse_version_name(request.name))
+        version = await self.models.resolve(caller_of(context), parse_version_name(request.name))
         memo = self._responses.get(id(version))
         if memo is not None and memo[0] is version:
             return memo[1]
@@ -125,7 +125,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         size = cv.page_size(request.page_size)
         before = cv.decode_int_token("versions", request.page_token, 2**62)
         stage = cv.stage_from_proto(request.stage) if request.stage else None
-        versions = await self.models.list_versions(model, stage, before, size + 1)
+        versions = await self.models.list_versions(caller_of(context), model, stage, before, size + 1)
         token = cv.encode_token("versions", versions[size - 1].version) if len(versions) > size else ""
         return rs.ListModelVersionsResponse(
             model_versions=[cv.version_to_proto(v) for v in versions[:size]], next_page_token=token
@@ -142,14 +142,14 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
                 )
         mv = request.model_version
         values = {"description": mv.description, "tags": dict(mv.tags)}
-        updated = await self.models.update_version(ref, {p: values[p] for p in paths}, actor_of(context))
+        updated = await self.models.update_version(caller_of(context), ref, {p: values[p] for p in paths})
         return rs.UpdateModelVersionResponse(model_version=cv.version_to_proto(updated))
 
     async def DeleteModelVersion(self, request: rs.DeleteModelVersionRequest, context) -> rs.DeleteModelVersionResponse:
         ref = parse_version_name(request.name)
         if ref.number is None:
             raise InvalidArgument("delete a version by number, not by alias: 'models/{model}/versions/{n}'")
-        removed = await self.models.delete_version(ref.model, ref.number, actor_of(context))
+        removed = await self.models.delete_version(caller_of(context), ref.model, ref.number)
         return rs.DeleteModelVersionResponse(blob_deleted=removed)
 
     # ------------------------------------------------------------------ stages
@@ -161,7 +161,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         if request.stage == res.STAGE_UNSPECIFIED:
             raise InvalidArgument("'stage' is required: STAGE_STAGING, STAGE_PRODUCTION or STAGE_ARCHIVED")
         stage = cv.stage_from_proto(request.stage)
-        version, archived, seq = await self.deployments.promote(ref, stage, request.reason, actor_of(context))
+        version, archived, seq = await self.deployments.promote(caller_of(context), ref, stage, request.reason)
         return rs.PromoteModelVersionResponse(
             model_version=cv.version_to_proto(version),
             archived_version=cv.version_to_proto(archived) if archived else None,
@@ -174,7 +174,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         model = parse_model_name(request.parent, "parent")
         size = cv.page_size(request.page_size)
         before = cv.decode_int_token("transitions", request.page_token, 2**62)
-        rows = await self.deployments.transitions(model, before, size + 1)
+        rows = await self.deployments.transitions(caller_of(context), model, before, size + 1)
         token = cv.encode_token("transitions", rows[size - 1][0]) if len(rows) > size else ""
         return rs.ListStageTransitionsResponse(
             transitions=[cv.transition_to_proto(t) for _, t in rows[:size]], next_page_token=token
@@ -187,7 +187,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         for n in request.versions:
             if n < 1:
                 raise InvalidArgument(f"versions must be positive numbers; got {n}")
-        comparison = await self.models.compare(model, list(request.versions))
+        comparison = await self.models.compare(caller_of(context), model, list(request.versions))
         return cv.comparison_to_proto(comparison)
 
     # ------------------------------------------------------------------ artifacts
@@ -196,7 +196,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         ref = parse_version_name(request.name)
         if request.chunk_size < 0:
             raise InvalidArgument("chunk_size must not be negative; 0 means 1 MiB")
-        dl = await self.models.open_download(ref, request.offset, request.chunk_size)
+        dl = await self.models.open_download(caller_of(context), ref, request.offset, request.chunk_size)
         v = dl.version
         yield rs.DownloadArtifactResponse(
             header=rs.DownloadArtifactHeader(
@@ -216,7 +216,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         seconds = request.expires_in_seconds or 3600
         if seconds < 1 or seconds > MAX_URL_EXPIRY:
             raise InvalidArgument(f"expires_in_seconds must be 1..{MAX_URL_EXPIRY} (7 days); 0 means 3600")
-        version, url = await self.models.presign(ref, timedelta(seconds=seconds))
+        version, url = await self.models.presign(caller_of(context), ref, timedelta(seconds=seconds))
         return rs.GetArtifactUrlResponse(
             url=url,
             expire_time=cv.ts(datetime.now(UTC) + timedelta(seconds=seconds)),

@@ -165,10 +165,13 @@ class DeploymentTx:
         )
         return _info(row) if row else None
 
-    async def persist(self, plan: dd.Plan, actor: str) -> tuple[int, dict[int, asyncpg.Record]]:
+    async def persist(
+        self, plan: dd.Plan, actor: str, token_name: str = "", on_behalf_of: str = ""
+    ) -> tuple[int, dict[int, asyncpg.Record]]:
         """Applies the plan: stage moves, production pointer, deployment row, events and
-        history, in that order (the event counter last). Returns (last sequence, moved
-        version rows by number)."""
+        history, in that order (the event counter last). The history rows record `actor`
+        (the principal), the token it authenticated with and its on-behalf-of text.
+        Returns (last sequence, moved version rows by number)."""
         conn, model, after = self.conn, plan.model, plan.after
         # At most one production version per model is a unique index, checked row by row:
         # the version a promotion replaces leaves production in a statement of its own first.
@@ -204,11 +207,13 @@ class DeploymentTx:
         n_moves = len(plan.moves)  # the drafts are the moves' events, then DEPLOYMENT_CHANGED
         history = [plan] if plan.changed else []
         await conn.execute(
-            "WITH t AS (INSERT INTO stage_transitions (model, version, from_stage, to_stage, actor, reason, sequence)"
-            " SELECT $1, v, f, t, $2, $3, s FROM unnest($4::bigint[], $5::text[], $6::text[], $7::bigint[])"
-            " AS x(v, f, t, s))"
-            " INSERT INTO deployment_history (model, revision, action, actor, reason, before, after, sequence)"
-            " SELECT $1, rev, a, $2, $3, b::jsonb, af::jsonb, s"
+            "WITH t AS (INSERT INTO stage_transitions"
+            " (model, version, from_stage, to_stage, actor, reason, sequence, token_name, on_behalf_of)"
+            " SELECT $1, v, f, t, $2, $3, s, $13, $14"
+            " FROM unnest($4::bigint[], $5::text[], $6::text[], $7::bigint[]) AS x(v, f, t, s))"
+            " INSERT INTO deployment_history"
+            " (model, revision, action, actor, reason, before, after, sequence, token_name, on_behalf_of)"
+            " SELECT $1, rev, a, $2, $3, b::jsonb, af::jsonb, s, $13, $14"
             " FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[]) AS y(rev, a, b, af, s)",
             model,
             actor,
@@ -222,6 +227,8 @@ class DeploymentTx:
             [json.dumps(p.before.as_dict()) for p in history],
             [json.dumps(p.after.as_dict()) for p in history],
             [first + n_moves for _ in history],
+            token_name,
+            on_behalf_of,
         )
         return last, {r["version"]: r for r in rows}
 
@@ -301,6 +308,8 @@ class DeploymentStore:
                     after=dd.Deployment.from_dict(model, r["after"]),
                     sequence=r["sequence"],
                     create_time=r["created_at"],
+                    token_name=r["token_name"],
+                    on_behalf_of=r["on_behalf_of"],
                 ),
             )
             for r in rows
@@ -327,6 +336,8 @@ class DeploymentStore:
                     reason=r["reason"],
                     create_time=r["created_at"],
                     sequence=r["sequence"],
+                    token_name=r["token_name"],
+                    on_behalf_of=r["on_behalf_of"],
                 ),
             )
             for r in rows
@@ -344,6 +355,8 @@ class HistoryEntry:
     after: dd.Deployment
     sequence: int
     create_time: datetime
+    token_name: str = ""
+    on_behalf_of: str = ""
 
 
 class _Locked:

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-EVENT_COLUMNS = "sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at"
+EVENT_COLUMNS = "sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at, project"
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class EventRow:
     reason: str
     details: dict[str, Any]
     created_at: datetime
+    # The model's project; None for an access event, which only admins may see.
+    project: str | None = None
 
 
 def _row(r: asyncpg.Record) -> EventRow:
@@ -47,6 +49,7 @@ def _row(r: asyncpg.Record) -> EventRow:
         reason=r["reason"],
         details=r["details"] or {},
         created_at=r["created_at"],
+        project=r["project"],
     )
 
 
@@ -58,20 +61,24 @@ async def fetch_after(
     upto: int | None = None,
     models: Sequence[str] = (),
     types: Sequence[str] = (),
+    projects: frozenset[str] | None = None,
 ) -> list[EventRow]:
     """Events with `after < sequence <= upto`, in sequence order, at most `limit`,
-    optionally only for `models` (ids) and `types` (DB type strings)."""
+    optionally only for `models` (ids) and `types` (DB type strings), and only of
+    `projects` when it is not None (access events, of no project, are then excluded)."""
     rows = await conn.fetch(
         f"SELECT {EVENT_COLUMNS} FROM events"
         " WHERE sequence > $1 AND ($2::bigint IS NULL OR sequence <= $2)"
         " AND (cardinality($3::text[]) = 0 OR model = ANY($3))"
         " AND (cardinality($4::text[]) = 0 OR type = ANY($4))"
+        " AND ($6::text[] IS NULL OR project = ANY($6))"
         " ORDER BY sequence LIMIT $5",
         after,
         upto,
         list(models),
         list(types),
         limit,
+        sorted(projects) if projects is not None else None,
     )
     return [_row(r) for r in rows]
 

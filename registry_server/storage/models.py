@@ -27,7 +27,7 @@ from registry_server.domain.models import (
     NewVersion,
 )
 from registry_server.domain.stages import Stage
-from registry_server.errors import AlreadyExists, ModelNotFound, VersionNotFound
+from registry_server.errors import AlreadyExists, ModelNotFound, NotFound, VersionNotFound
 from registry_server.storage.group_commit import GroupCommit
 from registry_server.storage.outbox import Outbox
 
@@ -112,9 +112,11 @@ class ModelStore:
 
     # ---------------------------------------------------------------- models
 
-    async def create_model(self, model: Model, actor: str) -> Model:
+    async def create_model(self, model: Model, actor: str, create_project: bool = False) -> Model:
+        """Creates a model in `model.project`, which must exist unless `create_project` (auth
+        off: a project is created on first use)."""
         async with self.transaction() as conn:
-            row = await self._insert_model(conn, model, actor)
+            row = await self._insert_model(conn, model, actor, create_project)
             if row is None:
                 raise AlreadyExists(
                     f"model 'models/{model.name}' already exists; pick another name or use "
@@ -123,18 +125,31 @@ class ModelStore:
             await self.outbox.emit(conn, actor, [EventDraft("MODEL_CREATED", model.name)])
             return model_from_row(row)
 
-    async def _insert_model(self, conn: asyncpg.Connection, model: Model, actor: str) -> asyncpg.Record | None:
-        return await conn.fetchrow(
-            "INSERT INTO models (name, description, project, model_type, default_config, tags, created_by)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING *",
-            model.name,
-            model.description,
-            model.project,
-            model.model_type,
-            model.default_config,
-            model.tags,
-            actor,
-        )
+    async def _insert_model(
+        self, conn: asyncpg.Connection, model: Model, actor: str, create_project: bool
+    ) -> asyncpg.Record | None:
+        if create_project:
+            await conn.execute(
+                "INSERT INTO projects (name, created_by) VALUES ($1, $2) ON CONFLICT DO NOTHING", model.project, actor
+            )
+        try:
+            async with conn.transaction():
+                return await conn.fetchrow(
+                    "INSERT INTO models (name, description, project, model_type, default_config, tags, created_by)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING *",
+                    model.name,
+                    model.description,
+                    model.project,
+                    model.model_type,
+                    model.default_config,
+                    model.tags,
+                    actor,
+                )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(
+                f"project {model.project!r} does not exist; an admin creates it with "
+                f"'modelreg projects create {model.project}', or use an existing project"
+            ) from None
 
     async def get_model(self, name: str) -> Model:
         row = await self.pool.fetchrow("SELECT * FROM models WHERE name = $1", name)
@@ -142,16 +157,19 @@ class ModelStore:
             raise ModelNotFound(name)
         return model_from_row(row)
 
-    async def list_models(self, after: str, limit: int, project: str = "") -> list[Model]:
-        if project:
-            rows = await self.pool.fetch(
-                "SELECT * FROM models WHERE project = $1 AND name > $2 ORDER BY name LIMIT $3",
-                project,
-                after,
-                limit,
-            )
-        else:
-            rows = await self.pool.fetch("SELECT * FROM models WHERE name > $1 ORDER BY name LIMIT $2", after, limit)
+    async def list_models(
+        self, after: str, limit: int, project: str = "", within: frozenset[str] | None = None
+    ) -> list[Model]:
+        """Models after `after` in name order: of `project` when set, and only of the
+        projects in `within` when it is not None (what the caller may read)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM models WHERE name > $1 AND ($2 = '' OR project = $2)"
+            " AND ($3::text[] IS NULL OR project = ANY($3)) ORDER BY name LIMIT $4",
+            after,
+            project,
+            sorted(within) if within is not None else None,
+            limit,
+        )
         return [model_from_row(r) for r in rows]
 
     async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> Model:
@@ -185,9 +203,11 @@ class ModelStore:
         shas = [
             r["sha256"] for r in await conn.fetch("DELETE FROM model_versions WHERE model = $1 RETURNING sha256", name)
         ]
-        await conn.execute("DELETE FROM models WHERE name = $1", name)
+        project = await conn.fetchval("DELETE FROM models WHERE name = $1 RETURNING project", name)
         orphans = await self._drop_unreferenced_blobs(conn, set(shas))
-        await self.outbox.emit(conn, actor, [EventDraft("MODEL_DELETED", name, details={"versions": len(shas)})])
+        await self.outbox.emit(
+            conn, actor, [EventDraft("MODEL_DELETED", name, details={"versions": len(shas)}, project=project or "")]
+        )
         return len(shas), orphans
 
     async def _drop_unreferenced_blobs(self, conn: asyncpg.Connection, shas: set[str]) -> list[str]:
@@ -209,13 +229,17 @@ class ModelStore:
         )
         return version_from_row(row) if row else None
 
-    async def ensure_model(self, name: str, model_type: str, actor: str) -> Model:
-        """Gets a model, creating it (with an event) when missing."""
+    async def ensure_model(
+        self, name: str, model_type: str, actor: str, project: str, create_project: bool = False
+    ) -> Model:
+        """Gets a model, creating it (with an event) in `project` when missing."""
         row = await self.pool.fetchrow("SELECT * FROM models WHERE name = $1", name)
         if row is not None:
             return model_from_row(row)
         async with self.transaction() as conn:
-            row = await self._insert_model(conn, Model(name=name, model_type=model_type), actor)
+            row = await self._insert_model(
+                conn, Model(name=name, model_type=model_type, project=project), actor, create_project
+            )
             if row is None:  # created concurrently
                 row = await conn.fetchrow("SELECT * FROM models WHERE name = $1", name)
                 return model_from_row(row)

@@ -36,14 +36,17 @@ _EMIT_SQL = """
 WITH s AS (
     UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last, clock_timestamp() AS at
 ), ins AS (
-    INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at)
-    SELECT s.last - $1 + d.i, d.type, d.model, d.version, d.from_stage, d.to_stage, $9, d.reason, d.details::jsonb, s.at
-    FROM s, unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
-        WITH ORDINALITY AS d(type, model, version, from_stage, to_stage, reason, details, i)
-    RETURNING sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at
+    INSERT INTO events (sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at,
+                        project)
+    SELECT s.last - $1 + d.i, d.type, d.model, d.version, d.from_stage, d.to_stage, $9, d.reason,
+           d.details::jsonb, s.at,
+           COALESCE(NULLIF(d.project, ''), (SELECT m.project FROM models m WHERE m.name = d.model AND d.model <> ''))
+    FROM s, unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $12::text[])
+        WITH ORDINALITY AS d(type, model, version, from_stage, to_stage, reason, details, project, i)
+    RETURNING sequence, type, model, version, from_stage, to_stage, actor, reason, details, created_at, project
 ), p AS (
     SELECT json_agg(json_build_array(sequence, type, model, version, from_stage, to_stage, actor, reason, details,
-                                     created_at) ORDER BY sequence)::text AS body
+                                     created_at, project) ORDER BY sequence)::text AS body
     FROM ins
 )
 SELECT s.last, pg_notify($10, CASE WHEN octet_length(p.body) < $11 THEN p.body ELSE s.last::text END)
@@ -53,14 +56,14 @@ FROM s, p
 
 def parse_notify_payload(payload: str) -> list[EventRow] | None:
     """The events a NOTIFY carries (a JSON array of `[sequence, type, model, version,
-    from_stage, to_stage, actor, reason, details, created_at]`), or None when it carries
-    only a sequence (or is not ours to understand)."""
+    from_stage, to_stage, actor, reason, details, created_at, project]`), or None when it
+    carries only a sequence (or is not ours to understand)."""
     if not payload.startswith("["):
         return None
     try:
         return [
-            EventRow(int(q), t, m, int(v), f, to, a, reason, d or {}, datetime.fromisoformat(at))
-            for q, t, m, v, f, to, a, reason, d, at in json.loads(payload)
+            EventRow(int(q), t, m, int(v), f, to, a, reason, d or {}, datetime.fromisoformat(at), project)
+            for q, t, m, v, f, to, a, reason, d, at, project in json.loads(payload)
         ]
     except (ValueError, TypeError):
         return None
@@ -107,7 +110,7 @@ class Outbox:
     async def emit(self, conn: asyncpg.Connection, actor: str, drafts: Sequence[EventDraft]) -> int:
         """Appends events; returns the last sequence. MUST BE THE LAST STATEMENTS OF THE
         TRANSACTION (see the module docstring)."""
-        touched = {d.model for d in drafts}
+        touched = {d.model for d in drafts if d.model}
         emitted = self._open.get(id(conn))
         if emitted is not None:
             emitted.models.update(touched)
@@ -127,6 +130,7 @@ class Outbox:
                 actor,
                 EVENTS_CHANNEL,
                 NOTIFY_PAYLOAD_LIMIT,
+                [d.project for d in drafts],
             )
         first = last - len(drafts) + 1
         if emitted is not None:

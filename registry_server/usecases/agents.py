@@ -3,13 +3,16 @@ model (its desired deployment against what every live agent serves)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from registry_server.domain import agents as da
+from registry_server.domain.access import Caller, Permission
 from registry_server.domain.deployments import Deployment
+from registry_server.errors import ModelNotFound, PermissionDenied
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore
+from registry_server.usecases.access import Access
 
 ROLLOUT_PAGE = 500
 
@@ -41,7 +44,8 @@ class Rollout:
 
 
 class Agents:
-    def __init__(self, store: AgentStore, deployments: DeploymentStore, stale_after: timedelta):
+    def __init__(self, store: AgentStore, deployments: DeploymentStore, stale_after: timedelta, access: Access):
+        self.access = access
         self.store = store
         self.deployments = deployments
         self.stale_after = stale_after
@@ -49,18 +53,61 @@ class Agents:
     def is_stale(self, agent: da.AgentRecord, now: datetime) -> bool:
         return da.is_stale(agent, now, self.stale_after)
 
-    async def report(self, agent: da.AgentRecord) -> datetime:
+    async def report(self, caller: Caller, agent: da.AgentRecord) -> datetime:
+        """Records a report: agents.report in the project of every reported model that
+        exists (and somewhere, for a report of none)."""
+        if caller.authenticated:
+            checked = False
+            for model in agent.models:
+                try:
+                    await self.access.require(caller, Permission.REPORT, model=model)
+                    checked = True
+                except ModelNotFound:
+                    continue
+            grants = self.access.current_grants(caller)
+            if not checked and not grants.admin and not any(Permission.REPORT in p for p in grants.by_project.values()):
+                raise PermissionDenied(
+                    f"principal {caller.principal!r} lacks permission 'agents.report' in every project; grant it "
+                    "the agent role in the project of the models it serves"
+                )
         return await self.store.save_report(agent)
 
-    async def list(self, after: str, limit: int, model: str, include_stale: bool) -> tuple[list[da.AgentRecord], str]:
+    async def _visible(self, caller: Caller, agent: da.AgentRecord) -> da.AgentRecord | None:
+        """The agent as the caller may see it: only the models of projects it may read;
+        None when it may read none of them."""
+        if not caller.authenticated or self.access.readable(caller) is None:
+            return agent
+        models = {}
+        for m, versions in agent.models.items():
+            try:
+                project = await self.access.project_of(m)
+            except ModelNotFound:
+                continue
+            if caller.allows(Permission.READ, project):
+                models[m] = versions
+        if not models:
+            return None
+        return replace(agent, models=models) if len(models) != len(agent.models) else agent
+
+    async def list(
+        self, caller: Caller, after: str, limit: int, model: str, include_stale: bool
+    ) -> tuple[list[da.AgentRecord], str]:
         """Up to `limit` agents after id `after` (live ones unless `include_stale`), and the
-        id to continue after ('' at the end). Stale agents are filtered after the query, so
+        id to continue after ('' at the end); with auth on, only agents serving a model the
+        caller may read, showing only such models. Agents are filtered after the query, so
         pages are read until one is full."""
+        if model:
+            await self.access.require(caller, Permission.READ, model=model)
         now = datetime.now(UTC)
         out: list[da.AgentRecord] = []
         while len(out) <= limit:
             batch = await self.store.list_agents(after, limit + 1, model)
-            out += [a for a in batch if include_stale or not self.is_stale(a, now)]
+            for a in batch:
+                if not include_stale and self.is_stale(a, now):
+                    continue
+                seen = await self._visible(caller, a)
+                if seen is not None:
+                    out.append(seen)
             if len(batch) <= limit:
                 break
             after = batch[-1].agent_id
@@ -68,7 +115,8 @@ class Agents:
             return out[:limit], out[limit - 1].agent_id
         return out, ""
 
-    async def rollout(self, model: str) -> Rollout:
+    async def rollout(self, caller: Caller, model: str) -> Rollout:
+        await self.access.require(caller, Permission.READ, model=model)
         rollout = Rollout(await self.deployments.get(model))
         now = datetime.now(UTC)
         after = ""

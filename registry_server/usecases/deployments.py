@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from registry_server.domain import deployments as dd
+from registry_server.domain.access import Caller, Permission
 from registry_server.domain.models import ModelVersion, StageTransition
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
@@ -22,6 +23,7 @@ from registry_server.metrics import RegistryMetrics
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore, DeploymentTx, HistoryEntry
 from registry_server.storage.models import version_from_row
+from registry_server.usecases.access import Access
 
 log = logging.getLogger("modelreg.deployments")
 
@@ -34,8 +36,10 @@ class Deployments:
         store: DeploymentStore,
         agents: AgentStore,
         stats_window: timedelta,
+        access: Access,
         metrics: RegistryMetrics | None = None,
     ):
+        self.access = access
         self.metrics = metrics or RegistryMetrics()
         self.store = store
         self.agents = agents
@@ -43,32 +47,39 @@ class Deployments:
 
     # ------------------------------------------------------------------ reads
 
-    async def get(self, model: str) -> dd.Deployment:
+    async def get(self, caller: Caller, model: str) -> dd.Deployment:
+        await self.access.require(caller, Permission.READ, model=model)
         return await self.store.get(model)
 
-    async def history(self, model: str, before_id: int, limit: int) -> list[tuple[int, HistoryEntry]]:
+    async def history(self, caller: Caller, model: str, before_id: int, limit: int) -> list[tuple[int, HistoryEntry]]:
+        await self.access.require(caller, Permission.READ, model=model)
         return await self.store.history(model, before_id, limit)
 
-    async def transitions(self, model: str, before_id: int, limit: int) -> list[tuple[int, StageTransition]]:
+    async def transitions(
+        self, caller: Caller, model: str, before_id: int, limit: int
+    ) -> list[tuple[int, StageTransition]]:
+        await self.access.require(caller, Permission.READ, model=model)
         return await self.store.transitions(model, before_id, limit)
 
     # ------------------------------------------------------------------ writes
 
     async def promote(
-        self, ref: VersionRef, stage: Stage, reason: str, actor: str
+        self, caller: Caller, ref: VersionRef, stage: Stage, reason: str
     ) -> tuple[ModelVersion, ModelVersion | None, int]:
         """Moves a version to `stage`. Returns (version, archived previous production or
         None, sequence)."""
         with self.metrics.outcome(self.metrics.promotions, stage=stage.value):
-            return await self._promote(ref, stage, reason, actor)
+            await self.access.require(caller, Permission.PROMOTE, model=ref.model)
+            return await self._promote(caller, ref, stage, reason)
 
     async def _promote(
-        self, ref: VersionRef, stage: Stage, reason: str, actor: str
+        self, caller: Caller, ref: VersionRef, stage: Stage, reason: str
     ) -> tuple[ModelVersion, ModelVersion | None, int]:
+        actor = caller.name
         async with self.store.locked(ref.model, ref.number or 0) as tx:
             target = await tx.version(ref.number if ref.number is not None else (ref.alias or ""))
             plan = dd.plan_stage_move(tx.deployment, target, stage, reason, actor)
-            seq, rows = await tx.persist(plan, actor)
+            seq, rows = await tx.persist(plan, actor, caller.token_name, caller.on_behalf_of)
         log.info(
             "moved models/%s/versions/%d to %s (event %d)",
             ref.model,
@@ -81,45 +92,51 @@ class Deployments:
         return version_from_row(rows[target.version]), (version_from_row(rows[archived]) if archived else None), seq
 
     async def set_canary(
-        self, model: str, version: int, weight: int, reason: str, actor: str, etag: str = ""
+        self, caller: Caller, model: str, version: int, weight: int, reason: str, etag: str = ""
     ) -> tuple[dd.Deployment, int]:
+        await self.access.require(caller, Permission.CANARY, model=model)
         async with self.store.locked(model, version) as tx:
             dd.check_etag(tx.deployment, etag)
-            plan = dd.plan_set_canary(tx.deployment, await tx.version(version), weight, reason, actor)
-            return await self._apply(tx, plan, actor)
+            plan = dd.plan_set_canary(tx.deployment, await tx.version(version), weight, reason, caller.name)
+            return await self._apply(tx, plan, caller)
 
     async def promote_canary(
-        self, model: str, reason: str, actor: str, etag: str = "", action: dd.Action = dd.Action.PROMOTE_CANARY
+        self, caller: Caller, model: str, reason: str, etag: str = ""
     ) -> tuple[dd.Deployment, int]:
+        await self.access.require(caller, Permission.CANARY, model=model)
         async with self.store.locked(model) as tx:
             dd.check_etag(tx.deployment, etag)
             canary = dd.require_canary(tx.deployment, "promote")
-            plan = dd.plan_promote_canary(tx.deployment, await tx.version(canary.version), reason, actor, action)
-            return await self._apply(tx, plan, actor)
+            plan = dd.plan_promote_canary(
+                tx.deployment, await tx.version(canary.version), reason, caller.name, dd.Action.PROMOTE_CANARY
+            )
+            return await self._apply(tx, plan, caller)
 
-    async def abort_canary(
-        self, model: str, reason: str, actor: str, etag: str = "", action: dd.Action = dd.Action.ABORT_CANARY
-    ) -> tuple[dd.Deployment, int]:
+    async def abort_canary(self, caller: Caller, model: str, reason: str, etag: str = "") -> tuple[dd.Deployment, int]:
+        await self.access.require(caller, Permission.CANARY, model=model)
         async with self.store.locked(model) as tx:
             dd.check_etag(tx.deployment, etag)
-            return await self._apply(tx, dd.plan_abort_canary(tx.deployment, reason, actor, action), actor)
+            plan = dd.plan_abort_canary(tx.deployment, reason, caller.name, dd.Action.ABORT_CANARY)
+            return await self._apply(tx, plan, caller)
 
     async def rollback(
-        self, model: str, to_version: int, reason: str, actor: str, etag: str = ""
+        self, caller: Caller, model: str, to_version: int, reason: str, etag: str = ""
     ) -> tuple[dd.Deployment, int]:
+        await self.access.require(caller, Permission.ROLLBACK, model=model)
         async with self.store.locked(model, to_version) as tx:
             dd.check_etag(tx.deployment, etag)
             target = await tx.version(to_version) if to_version else await tx.previous_production()
-            return await self._apply(tx, dd.plan_rollback(tx.deployment, target, reason, actor), actor)
+            return await self._apply(tx, dd.plan_rollback(tx.deployment, target, reason, caller.name), caller)
 
-    async def set_policy(self, model: str, policy: dd.CanaryPolicy, actor: str) -> dd.Deployment:
+    async def set_policy(self, caller: Caller, model: str, policy: dd.CanaryPolicy) -> dd.Deployment:
+        await self.access.require(caller, Permission.SET_POLICY, model=model)
         policy.validate()
-        return await self.store.set_policy(model, policy, actor)
+        return await self.store.set_policy(model, policy, caller.name)
 
-    async def _apply(self, tx: DeploymentTx, plan: dd.Plan, actor: str) -> tuple[dd.Deployment, int]:
-        seq, _ = await tx.persist(plan, actor)
+    async def _apply(self, tx: DeploymentTx, plan: dd.Plan, caller: Caller) -> tuple[dd.Deployment, int]:
+        seq, _ = await tx.persist(plan, caller.name, caller.token_name, caller.on_behalf_of)
         if plan.changed:
-            log.info("models/%s: %s (event %d)", plan.model, plan.action.value, seq, extra={"principal": actor})
+            log.info("models/%s: %s (event %d)", plan.model, plan.action.value, seq, extra={"principal": caller.name})
         after = plan.after
         if plan.changed:  # the row's updated_at is the commit's now(); within a millisecond of this
             after = replace(after, update_time=datetime.now(UTC))

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -17,13 +17,15 @@ from modelreg_runtime import tracing
 from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload
 from registry_server.domain import deployments as dd
 from registry_server.domain import models as dm
+from registry_server.domain.access import Caller, Permission, project_of
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
-from registry_server.errors import DataLoss, InvalidArgument, RegistryError, Unavailable
+from registry_server.errors import DataLoss, InvalidArgument, ModelNotFound, RegistryError, Unavailable
 from registry_server.metrics import RegistryMetrics
 from registry_server.read_cache import VersionCache
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore, RequestIdTaken
+from registry_server.usecases.access import Access
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ class Models:
         deployments: DeploymentStore,
         blobs: BlobStore,
         cache: VersionCache,
+        access: Access,
         metrics: RegistryMetrics | None = None,
     ):
+        self.access = access
         self.metrics = metrics or RegistryMetrics()
         self.store = store
         self.deployments = deployments
@@ -54,32 +58,60 @@ class Models:
 
     # ------------------------------------------------------------------ models
 
-    async def create_model(self, model: dm.Model, actor: str) -> dm.Model:
+    async def create_model(self, caller: Caller, model: dm.Model) -> dm.Model:
+        """Creates a model in its project (`default` when empty). With auth on the project
+        must exist; with auth off it is created on first use."""
+        model = replace(model, project=project_of(model.project))
+        await self.access.require(caller, Permission.CREATE_MODEL, project=model.project)
         dm.validate_tags(model.tags, "model.tags")
-        return await self.store.create_model(model, actor)
+        return await self.store.create_model(model, caller.name, create_project=not caller.authenticated)
 
-    async def get_model(self, name: str) -> dm.Model:
-        return await self.store.get_model(name)
+    async def get_model(self, caller: Caller, name: str) -> dm.Model:
+        model = await self.store.get_model(name)
+        if caller.authenticated:
+            caller.require(Permission.READ, model.project)
+        return model
 
-    async def list_models(self, after: str, limit: int, project: str = "") -> list[dm.Model]:
-        return await self.store.list_models(after, limit, project)
+    async def list_models(self, caller: Caller, after: str, limit: int, project: str = "") -> list[dm.Model]:
+        """Models in name order, only of the projects the caller may read."""
+        if project:
+            await self.access.require(caller, Permission.READ, project=project)
+        return await self.store.list_models(after, limit, project, self.access.readable(caller))
 
     # ------------------------------------------------------------------ registration
 
     async def register(
-        self, nv: dm.NewVersion, chunks: AsyncIterator[bytes], actor: str
+        self, caller: Caller, nv: dm.NewVersion, chunks: AsyncIterator[bytes]
     ) -> tuple[dm.ModelVersion, bool]:
         """Stores the bytes, verifies them, and creates a READY version in one transaction.
         Returns (version, deduplicated)."""
         with self.metrics.outcome(self.metrics.registrations):
-            return await self._register(nv, chunks, actor)
+            return await self._register(caller, nv, chunks)
+
+    async def _authorize_registration(self, caller: Caller, nv: dm.NewVersion) -> None:
+        """versions.register in the model's project; for a model `create_model` will
+        create, models.create too, in the header's project."""
+        if not caller.authenticated:
+            return
+        try:
+            project = await self.access.project_of(nv.model)
+        except ModelNotFound:
+            if not nv.create_model:
+                raise
+            project = project_of(nv.project)
+            caller.require(Permission.CREATE_MODEL, project)
+        caller.require(Permission.REGISTER, project)
 
     async def _register(
-        self, nv: dm.NewVersion, chunks: AsyncIterator[bytes], actor: str
+        self, caller: Caller, nv: dm.NewVersion, chunks: AsyncIterator[bytes]
     ) -> tuple[dm.ModelVersion, bool]:
         dm.validate_new_version(nv)
+        await self._authorize_registration(caller, nv)
+        actor = caller.name
         if nv.create_model:
-            model = await self.store.ensure_model(nv.model, nv.model_type, actor)
+            model = await self.store.ensure_model(
+                nv.model, nv.model_type, actor, project_of(nv.project), create_project=not caller.authenticated
+            )
         else:
             model = await self.store.get_model(nv.model)
         if nv.request_id:
@@ -158,20 +190,22 @@ class Models:
 
     # ------------------------------------------------------------------ deletion
 
-    async def delete_model(self, name: str, actor: str) -> int:
+    async def delete_model(self, caller: Caller, name: str) -> int:
+        await self.access.require(caller, Permission.DELETE_MODEL, model=name)
         async with self.store.transaction() as conn:
             dm.check_deletable_model(await self.store.lock_model(conn, name))
-            count, orphans = await self.store.delete_model(conn, name, actor)
+            count, orphans = await self.store.delete_model(conn, name, caller.name)
         for sha in orphans:
             await self._remove_if_unreferenced(sha)
         return count
 
-    async def delete_version(self, model: str, version: int, actor: str) -> bool:
+    async def delete_version(self, caller: Caller, model: str, version: int) -> bool:
+        await self.access.require(caller, Permission.DELETE_VERSION, model=model)
         async with self.store.transaction() as conn:
             await self.store.lock_model(conn, model)  # stage moves hold it: none can interleave
             v = await self.store.lock_version(conn, model, version)
             dd.check_deletable_version(await self.deployments.load(conn, model), version, v.stage)
-            orphans = await self.store.delete_version(conn, v, actor)
+            orphans = await self.store.delete_version(conn, v, caller.name)
         removed = False
         for sha in orphans:
             removed |= await self._remove_if_unreferenced(sha)
@@ -198,8 +232,9 @@ class Models:
 
     # ------------------------------------------------------------------ download
 
-    async def open_download(self, ref: VersionRef, offset: int, chunk_size: int) -> Download:
-        version = await self.resolve(ref)
+    async def open_download(self, caller: Caller, ref: VersionRef, offset: int, chunk_size: int) -> Download:
+        await self.access.require(caller, Permission.DOWNLOAD, model=ref.model)
+        version = await self._resolve(ref)
         if offset < 0 or offset > version.size_bytes:
             raise InvalidArgument(
                 f"offset {offset} is outside the artifact (0..{version.size_bytes} bytes); "
@@ -256,15 +291,20 @@ class Models:
                 "and restore the blob from backup"
             )
 
-    async def presign(self, ref: VersionRef, expires: timedelta) -> tuple[dm.ModelVersion, str]:
-        version = await self.resolve(ref)
+    async def presign(self, caller: Caller, ref: VersionRef, expires: timedelta) -> tuple[dm.ModelVersion, str]:
+        await self.access.require(caller, Permission.DOWNLOAD, model=ref.model)
+        version = await self._resolve(ref)
         url = await self.blobs.presign_get(version.sha256, expires, version.download_filename)
         return version, url
 
     # ------------------------------------------------------------------ reads
 
-    async def resolve(self, ref: VersionRef) -> dm.ModelVersion:
+    async def resolve(self, caller: Caller, ref: VersionRef) -> dm.ModelVersion:
         """A version by number or alias, from the hot cache when it holds it."""
+        await self.access.require(caller, Permission.READ, model=ref.model)
+        return await self._resolve(ref)
+
+    async def _resolve(self, ref: VersionRef) -> dm.ModelVersion:
         key: int | str = ref.number if ref.number is not None else (ref.alias or "latest")
         cached = self.cache.get(ref.model, key)
         if cached is not None:
@@ -274,7 +314,8 @@ class Models:
         self.cache.put(ref.model, key, version, generation)
         return version
 
-    async def compare(self, model: str, numbers: list[int]) -> dm.Comparison:
+    async def compare(self, caller: Caller, model: str, numbers: list[int]) -> dm.Comparison:
+        await self.access.require(caller, Permission.READ, model=model)
         m = await self.store.get_model(model)
         if numbers:
             found = {v.version: v for v in await self.store.get_versions(model, numbers)}
@@ -294,16 +335,21 @@ class Models:
                 production = await self.store.get_version(model, m.production_version)
         return dm.compare(versions, production)
 
-    async def list_versions(self, model: str, stage: Stage | None, before: int, limit: int) -> list[dm.ModelVersion]:
+    async def list_versions(
+        self, caller: Caller, model: str, stage: Stage | None, before: int, limit: int
+    ) -> list[dm.ModelVersion]:
+        await self.access.require(caller, Permission.READ, model=model)
         return await self.store.list_versions(model, stage, before, limit)
 
-    async def update_model(self, name: str, changes: dict[str, Any], actor: str) -> dm.Model:
+    async def update_model(self, caller: Caller, name: str, changes: dict[str, Any]) -> dm.Model:
+        await self.access.require(caller, Permission.UPDATE_MODEL, model=name)
         if "tags" in changes:
             dm.validate_tags(changes["tags"], "model.tags")
-        return await self.store.update_model(name, changes, actor)
+        return await self.store.update_model(name, changes, caller.name)
 
-    async def update_version(self, ref: VersionRef, changes: dict[str, Any], actor: str) -> dm.ModelVersion:
+    async def update_version(self, caller: Caller, ref: VersionRef, changes: dict[str, Any]) -> dm.ModelVersion:
+        await self.access.require(caller, Permission.UPDATE_VERSION, model=ref.model)
         if "tags" in changes:
             dm.validate_tags(changes["tags"], "model_version.tags")
-        version = await self.resolve(ref)
-        return await self.store.update_version(ref.model, version.version, changes, actor)
+        version = await self._resolve(ref)
+        return await self.store.update_version(ref.model, version.version, changes, caller.name)

@@ -1,0 +1,116 @@
+"""Authentication at the gRPC edge: one interceptor turns each call's credential into the
+`Caller` every use case receives (`caller_of(context)`); the use cases authorize.
+
+The interceptor wraps every method of our services (health and reflection stay open). It
+reads `authorization: Bearer <token>` metadata, else the verified client certificate's CN
+and SANs (mTLS), and the `x-modelreg-actor` text. A streaming call registers with `Access`
+so that a token revoked or expired while the stream is open ends it with UNAUTHENTICATED:
+`Access` cancels the task only while it awaits the servicer, and the wrapper turns that
+cancellation into the status (a cancellation it did not ask for passes through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
+from registry_server.domain.access import Caller
+from registry_server.errors import Unauthenticated
+from registry_server.usecases.access import Access
+
+ACTOR_HEADER = "x-modelreg-actor"
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("modelreg_caller", default=None)
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> Caller:
+    """The authenticated caller of the current call. Fails closed: a method the
+    interceptor did not wrap has no caller, and that is a bug, never an anonymous pass."""
+    caller = _CALLER.get()
+    if caller is None:
+        raise RuntimeError("no caller: the method was not wrapped by AuthInterceptor")
+    return caller
+
+
+def _credentials(context: grpc.aio.ServicerContext) -> tuple[str | None, list[str], str]:
+    authorization, actor = None, "anonymous"
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = str(value)
+        elif key == ACTOR_HEADER and value:
+            actor = str(value)[:256]
+    names: list[str] = []
+    if context.auth_context().get("transport_security_type") == [b"ssl"]:
+        peer = context.auth_context()
+        for key in ("x509_common_name", "x509_subject_alternative_name"):
+            names += [v.decode(errors="replace") for v in peer.get(key, ())]
+    return authorization, names, actor
+
+
+class AuthInterceptor(WrappingInterceptor):
+    def __init__(self, access: Access, services: tuple[str, ...]):
+        super().__init__()
+        self.access = access
+        self.services = services
+
+    def wraps(self, method: str) -> bool:
+        return method.split("/")[1] in self.services
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+        authorization, names, actor = _credentials(context)
+        return await self.access.authenticate(authorization, names, actor)
+
+    def _unary(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _CALLER.set(await self._authenticate(context))
+            return await fn(request, context)
+
+        return call
+
+    def _streaming(self, fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        access = self.access
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            caller = await self._authenticate(context)
+            _CALLER.set(caller)
+            stream = access.open_stream(caller)
+            items = aiter(fn(request, context))
+            try:
+                while True:
+                    if stream.ended is not None:
+                        raise Unauthenticated(stream.ended)
+                    stream.inside = True
+                    try:
+                        item = await anext(items)
+                    except StopAsyncIteration:
+                        return
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if stream.ended is not None and task is not None and task.cancelling():
+                            task.uncancel()
+                            raise Unauthenticated(stream.ended) from None
+                        raise
+                    finally:
+                        stream.inside = False
+                    yield item
+            finally:
+                access.close_stream(stream)
+
+        return call
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        kw: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary), **kw)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary), **kw)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._streaming(cast(Any, handler.unary_stream)), **kw)
+        return grpc.stream_stream_rpc_method_handler(self._streaming(cast(Any, handler.stream_stream)), **kw)
