@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import run_cli
@@ -193,3 +194,218 @@ def test_watchers_given_an_address_open_and_close_their_own_channel(registry):
                 return item
 
     assert asyncio.run(first_async()).WhichOneof("payload") == "snapshot"
+
+
+# ---------------------------------------------------------------------- end to end, auth on
+
+
+class Cli:
+    """The real `modelreg` script against one registry, as a given token (or none). Keeps
+    every command's output, to check that no secret leaks outside `tokens create`."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.printed: list[tuple[tuple[str, ...], str]] = []
+
+    def __call__(self, *args: str, token: str | None = None, check: bool = True, **env: str):
+        proc = run_cli(
+            *args,
+            address=self.address,
+            check=check,
+            env={"MODELREG_TOKEN": token or "", "MODELREG_TOKEN_FILE": "", **env},
+        )
+        self.printed.append((args, proc.stdout + proc.stderr))
+        return proc
+
+    def json(self, *args: str, token: str | None = None, check: bool = True) -> dict:
+        return json.loads(self(*args, "-o", "json", token=token, check=check).stdout)
+
+    def leaked(self, secrets: list[str]) -> list[tuple[str, ...]]:
+        """Commands other than `tokens create` that printed one of `secrets`."""
+        return [a for a, text in self.printed if a[:2] != ("tokens", "create") and any(s in text for s in secrets)]
+
+
+def test_an_admin_sets_up_access_and_the_cli_shows_who_may_do_what(secure_registry, tmp_path):
+    cli, admin = Cli(secure_registry.address), secure_registry.admin_token
+
+    me = cli.json("auth", "whoami", token=admin)
+    assert me["principal"]["principalId"] == "admin" and me["authEnabled"] is True
+    assert [(b["role"], b["project"]) for b in me["bindings"]] == [("admin", "")]
+    assert me["token"]["tokenId"] == "admin-bootstrap" and me["authenticatedBy"] == "token"
+
+    # Projects and principals.
+    project = cli.json("projects", "create", "vision", "--description", "detectors", token=admin)["project"]
+    assert (project["projectId"], project["description"], project["createdBy"]) == ("vision", "detectors", "admin")
+    assert {"default", "vision"} <= {p["projectId"] for p in cli.json("projects", "list", token=admin)["projects"]}
+    assert "vision" in cli("projects", "list", token=admin).stdout
+    assert cli.json("principals", "create", "ana", token=admin)["principal"]["serviceAccount"] is False
+    made_ci = cli.json("principals", "create", "trainer-ci", "--service-account", token=admin)
+    assert made_ci["principal"]["serviceAccount"] is True
+    principals = cli.json("principals", "list", token=admin)["principals"]
+    assert {"admin", "ana", "trainer-ci"} <= {p["principalId"] for p in principals}
+    assert "service account" in cli("principals", "list", token=admin).stdout
+
+    # Tokens: the secret once, in "token"; an expiry 30 days out.
+    made = cli.json("tokens", "create", "ana-1", "--principal", "ana", "--expires", "30d", token=admin)
+    ana = made["token"]
+    assert ana.startswith("mr_") and made["apiToken"]["tokenId"] == "ana-1"
+    assert made["apiToken"]["principal"].removeprefix("principals/") == "ana"
+    expires = datetime.fromisoformat(made["apiToken"]["expireTime"].replace("Z", "+00:00"))
+    assert abs(expires - datetime.now(UTC) - timedelta(days=30)) < timedelta(minutes=5)
+    # Without -o json: the secret alone on stdout, the once-only note on stderr.
+    plain = cli("tokens", "create", "ci-1", "--principal", "trainer-ci", token=admin)
+    trainer = plain.stdout.strip()
+    assert trainer.startswith("mr_") and plain.stdout == trainer + "\n"
+    assert "shown only once" in plain.stderr and trainer not in plain.stderr
+    trainer_file = tmp_path / "ci.token"
+    trainer_file.write_text(plain.stdout)
+
+    # Roles.
+    granted = cli.json("roles", "grant", "ana", "viewer", "--project", "vision", token=admin)["binding"]
+    assert (granted["principal"], granted["role"], granted["project"]) == ("ana", "viewer", "vision")
+    assert (
+        "granted trainer to trainer-ci in project vision"
+        in cli("roles", "grant", "trainer-ci", "trainer", "--project", "vision", token=admin).stdout
+    )
+    in_vision = cli.json("roles", "list", "--project", "vision", token=admin)["bindings"]
+    assert {(b["principal"], b["role"]) for b in in_vision} == {("ana", "viewer"), ("trainer-ci", "trainer")}
+    of_ana = cli.json("roles", "list", "--principal", "ana", token=admin)["bindings"]
+    assert [(b["role"], b["project"]) for b in of_ana] == [("viewer", "vision")]
+
+    # whoami as the new principal.
+    whoami = cli.json("auth", "whoami", token=ana)
+    assert whoami["principal"]["principalId"] == "ana"
+    assert [(b["role"], b["project"]) for b in whoami["bindings"]] == [("viewer", "vision")]
+    assert whoami["token"]["tokenId"] == "ana-1"
+    assert whoami["token"]["expireTime"] == made["apiToken"]["expireTime"]
+    human = cli("auth", "whoami", token=ana).stdout
+    assert all(word in human for word in ("ana", "ana-1", "viewer", "vision"))
+
+    # The trainer, from its token file (--token-file), creates and registers in vision.
+    weights = tmp_path / "m.onnx"
+    weights.write_bytes(os.urandom(4096))
+    created = cli.json("--token-file", str(trainer_file), "models", "create", "detector", "--project", "vision")
+    assert created["project"] == "vision" and created["createdBy"] == "trainer-ci"
+    cli("register", "detector", str(weights), "--token-file", str(trainer_file))
+    cli("register", "counter", str(weights), "--project", "vision", "--token-file", str(trainer_file))
+    assert cli.json("models", "get", "counter", token=admin)["project"] == "vision"
+
+    # can-i: yes/no and exit 0/1, in words and in JSON.
+    yes = cli("auth", "can-i", "read", "models/detector", token=ana)
+    assert (yes.returncode, yes.stdout) == (0, "yes\n")
+    no = cli("auth", "can-i", "promote", "models/detector", token=ana, check=False)
+    assert (no.returncode, no.stdout) == (1, "no\n")
+    no_json = cli.json("auth", "can-i", "promote", "models/detector", token=ana, check=False)
+    assert no_json["allowed"] is False and no_json["permission"] == "versions.promote"
+    assert no_json["project"] == "vision" and no_json["principal"].removeprefix("principals/") == "ana"
+    assert cli("auth", "can-i", "create", "models", "--project", "default", token=ana, check=False).returncode == 1
+    assert cli("auth", "can-i", "register", "models/detector", token=trainer).returncode == 0
+
+    # A viewer reads but may not promote; the message names who, what and where.
+    assert cli.json("get", "detector", "1", token=ana)["name"] == "models/detector/versions/1"
+    denied = cli("promote", "detector", "1", "staging", token=ana, check=False)
+    assert denied.returncode == 1
+    assert "PERMISSION_DENIED" in denied.stderr
+    assert "'ana'" in denied.stderr and "'versions.promote'" in denied.stderr and "'vision'" in denied.stderr
+    assert "cannot reach" not in denied.stderr and "set MODELREG_TOKEN" not in denied.stderr
+
+    # Once a releaser, the promotion is recorded under the principal and its token, the
+    # forged actor only as "for".
+    cli("roles", "grant", "ana", "releaser", "--project", "vision", token=admin)
+    cli("promote", "detector", "1", "staging", token=ana, MODELREG_ACTOR="mallory")
+    assert "ana (token ana-1, for mallory)" in cli("history", "detector", token=admin).stdout
+    assert cli.json("roles", "revoke", "ana", "releaser", "--project", "vision", token=admin) == {"removed": True}
+    again = cli.json("roles", "revoke", "ana", "releaser", "--project", "vision", token=admin)
+    assert again == {"removed": False}
+
+    # Tokens list: names, owners and states, never a secret.
+    listed = cli.json("tokens", "list", token=admin)["tokens"]
+    by_name = {t["tokenId"]: t for t in listed}
+    assert {"admin-bootstrap", "ana-1", "ci-1"} <= by_name.keys()
+    assert all("token" not in t for t in listed)
+    table = cli("tokens", "list", "--principal", "ana", token=admin).stdout
+    assert "ana-1" in table and "ci-1" not in table and "live" in table
+
+    # A revoked token is UNAUTHENTICATED, with the hint to set another.
+    revoked = cli.json("tokens", "revoke", "ana-1", token=admin)["apiToken"]
+    assert revoked["tokenId"] == "ana-1" and "revokeTime" in revoked
+    refused = cli("auth", "whoami", token=ana, check=False)
+    assert refused.returncode == 1
+    assert "UNAUTHENTICATED" in refused.stderr and "revoked" in refused.stderr
+    assert "set MODELREG_TOKEN or --token-file" in refused.stderr
+    assert "cannot reach" not in refused.stderr
+    assert "revokeTime" in {t["tokenId"]: t for t in cli.json("tokens", "list", token=admin)["tokens"]}["ana-1"]
+    assert "revoked" in cli("tokens", "list", "--principal", "ana", token=admin).stdout
+
+    # No token at all: the same hint.
+    anonymous = cli("models", "list", check=False)
+    assert anonymous.returncode == 1
+    assert "UNAUTHENTICATED" in anonymous.stderr and "set MODELREG_TOKEN or --token-file" in anonymous.stderr
+
+    # An empty project can go, with its bindings; `default` and a project with models cannot.
+    cli("projects", "create", "scratch", token=admin)
+    cli("roles", "grant", "trainer-ci", "viewer", "--project", "scratch", token=admin)
+    assert cli.json("projects", "delete", "scratch", token=admin) == {"deletedBindings": "1"}
+    assert "scratch" not in {p["projectId"] for p in cli.json("projects", "list", token=admin)["projects"]}
+    busy = cli("projects", "delete", "vision", token=admin, check=False)
+    assert busy.returncode == 1 and "FAILED_PRECONDITION" in busy.stderr
+
+    assert cli.leaked([admin, ana, trainer]) == []
+
+
+def test_a_non_admin_cannot_manage_tokens_and_sees_only_its_projects(secure_registry):
+    cli, admin = Cli(secure_registry.address), secure_registry.admin_token
+    cli("projects", "create", "a", token=admin)
+    cli("projects", "create", "b", token=admin)
+    cli("principals", "create", "pat", token=admin)
+    cli("roles", "grant", "pat", "project-admin", "--project", "a", token=admin)
+    pat = cli.json("tokens", "create", "pat-1", "--principal", "pat", token=admin)["token"]
+
+    assert [p["projectId"] for p in cli.json("projects", "list", token=pat)["projects"]] == ["a"]
+    denied = cli("tokens", "create", "more", "--principal", "pat", token=pat, check=False)
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr and "'pat'" in denied.stderr
+    assert cli("auth", "can-i", "create", "tokens", token=pat, check=False).returncode == 1
+    # A project admin grants in its project, not in another and not admin.
+    cli("principals", "create", "dev", token=admin)
+    cli("roles", "grant", "dev", "viewer", "--project", "a", token=pat)
+    assert cli("roles", "grant", "dev", "viewer", "--project", "b", token=pat, check=False).returncode == 1
+    assert cli("roles", "grant", "dev", "admin", token=pat, check=False).returncode == 1
+    assert cli.leaked([admin, pat]) == []
+
+
+def test_the_cli_verifies_the_registry_over_tls_with_ca_cert(make_registry, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file, ca_file, other_ca = (tmp_path / n for n in ("cert.pem", "key.pem", "ca.pem", "other.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    reg = make_registry(auth="on", tls_cert=str(cert_file), tls_key=str(key_file))
+    admin = (tmp_path / "data" / "admin.token").read_text().strip()
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(admin)
+
+    ok = run_cli("auth", "whoami", "--ca-cert", str(ca_file), "--token-file", str(token_file), address=reg.address)
+    assert "admin" in ok.stdout
+    via_env = run_cli(
+        "projects",
+        "list",
+        "-o",
+        "json",
+        address=reg.address,
+        env={"MODELREG_CA_CERT": str(ca_file), "MODELREG_TOKEN": admin},
+    )
+    assert "default" in {p["projectId"] for p in json.loads(via_env.stdout)["projects"]}
+
+    wrong = run_cli(
+        "auth", "whoami", "--ca-cert", str(other_ca), address=reg.address, env={"MODELREG_TOKEN": admin}, check=False
+    )
+    assert wrong.returncode == 1 and "not signed by the CA given" in wrong.stderr
+    plaintext = run_cli("auth", "whoami", address=reg.address, env={"MODELREG_TOKEN": admin}, check=False)
+    assert plaintext.returncode == 1 and "cannot reach the registry" in plaintext.stderr
+    assert "--ca-cert" in plaintext.stderr
+    for proc in (ok, via_env, wrong, plaintext):
+        assert admin not in proc.stdout + proc.stderr

@@ -248,8 +248,8 @@ def tokens_create(args) -> int:
     t = resp.api_token
     print(resp.token, flush=True)
     print(
-        f"{t.name} for {t.principal}, expires {_expiry(t)}. This secret is shown only once: "
-        "store it now (the registry keeps only its hash).",
+        f"token {t.token_id or _id(t.name)} for {_id(t.principal)}, expires {_expiry(t)}. "
+        "This secret is shown only once: store it now (the registry keeps only its hash).",
         file=sys.stderr,
     )
     return 0
@@ -293,7 +293,9 @@ def tokens_revoke(args) -> int:
     if args.output == "json":
         out.print_json(au.RevokeTokenResponse(api_token=t), defaults=True)
     else:
-        print(f"revoked {t.name} (of {t.principal}): calls with it now fail with UNAUTHENTICATED")
+        print(
+            f"revoked token {t.token_id or _id(t.name)} of {_id(t.principal)}: calls with it now fail (UNAUTHENTICATED)"
+        )
     return 0
 
 
