@@ -337,10 +337,17 @@ def test_an_admin_sets_up_access_and_the_cli_shows_who_may_do_what(secure_regist
     assert "revokeTime" in {t["tokenId"]: t for t in cli.json("tokens", "list", token=admin)["tokens"]}["ana-1"]
     assert "revoked" in cli("tokens", "list", "--principal", "ana", token=admin).stdout
 
-    # No token at all: the same hint.
+    # No token at all: the same hint, and a watch stops at once instead of retrying.
     anonymous = cli("models", "list", check=False)
     assert anonymous.returncode == 1
     assert "UNAUTHENTICATED" in anonymous.stderr and "set MODELREG_TOKEN or --token-file" in anonymous.stderr
+    watch = cli("watch", "--snapshot-only", check=False)
+    assert watch.returncode == 1 and "set MODELREG_TOKEN or --token-file" in watch.stderr
+    snapshot = json.loads(cli("watch", "--snapshot-only", "-o", "json", token=trainer).stdout)
+    assert {d["name"] for d in snapshot["snapshot"]["deployments"]} == {
+        "models/detector/deployment",
+        "models/counter/deployment",
+    }
 
     # An empty project can go, with its bindings; `default` and a project with models cannot.
     cli("projects", "create", "scratch", token=admin)
@@ -409,3 +416,36 @@ def test_the_cli_verifies_the_registry_over_tls_with_ca_cert(make_registry, tmp_
     assert "--ca-cert" in plaintext.stderr
     for proc in (ok, via_env, wrong, plaintext):
         assert admin not in proc.stdout + proc.stderr
+
+
+def test_a_client_certificate_authenticates_as_the_principal_it_names(make_registry, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ana_cert = ca.issue_cert("ana", common_name="ana")
+    files = {n: tmp_path / f"{n}.pem" for n in ("cert", "key", "ca", "ana", "ana-key")}
+    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    server.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    ana_cert.cert_chain_pems[0].write_to_path(str(files["ana"]))
+    ana_cert.private_key_pem.write_to_path(str(files["ana-key"]))
+    reg = make_registry(
+        auth="on", tls_cert=str(files["cert"]), tls_key=str(files["key"]), tls_client_ca=str(files["ca"])
+    )
+    admin = {"MODELREG_TOKEN": (tmp_path / "data" / "admin.token").read_text().strip()}
+    as_ana = {"MODELREG_CLIENT_CERT": str(files["ana"]), "MODELREG_CLIENT_KEY": str(files["ana-key"])}
+
+    def cli(*args: str, env: dict, check: bool = True):
+        return run_cli(*args, "--ca-cert", str(files["ca"]), address=reg.address, env=env, check=check)
+
+    # The admin connects with a token, and (the server requires one) a client certificate.
+    cli("principals", "create", "ana", env={**admin, **as_ana})
+    cli("roles", "grant", "ana", "viewer", env={**admin, **as_ana})
+    me = json.loads(cli("auth", "whoami", "-o", "json", env=as_ana).stdout)
+    assert me["principal"]["principalId"] == "ana" and me["authenticatedBy"] == "certificate"
+    assert [(b["role"], b["project"]) for b in me["bindings"]] == [("viewer", "default")]
+    assert "token" not in me
+    assert cli("auth", "can-i", "read", "models", env=as_ana).stdout == "yes\n"
+    half = cli("auth", "whoami", env={"MODELREG_CLIENT_CERT": str(files["ana"])}, check=False)
+    assert half.returncode == 2 and "MODELREG_CLIENT_KEY" in half.stderr
