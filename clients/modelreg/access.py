@@ -44,23 +44,16 @@ def bare_id(name: str, collection: str) -> str:
 
 
 class AccessMixin:
-    """Needs `self._channel` and `self._call` from `Client`."""
+    """Needs `self._channel`, `self._call` and `self._pages` from `Client`."""
 
     if TYPE_CHECKING:
         _channel: grpc.Channel
         _call: Callable[..., Any]
+        _pages: Callable[..., Iterator[Any]]
 
     @cached_property
     def auth_stub(self) -> au_grpc.AuthServiceStub:
         return au_grpc.AuthServiceStub(self._channel)
-
-    def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
-        while True:
-            resp = self._call(method, request)
-            yield from getattr(resp, field)
-            if not resp.next_page_token:
-                return
-            request.page_token = resp.next_page_token
 
     # ------------------------------------------------------------------ who and may
 

@@ -159,6 +159,15 @@ class Client(DeploymentMixin, AccessMixin):
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e) from None
 
+    def _pages(self, method, request, field: str) -> Iterator[Any]:
+        """Every item of a paged List call's `field`, following `next_page_token` to the end."""
+        while True:
+            resp = self._call(method, request)
+            yield from getattr(resp, field)
+            if not resp.next_page_token:
+                return
+            request.page_token = resp.next_page_token
+
     # ------------------------------------------------------------------ models
 
     def create_model(
@@ -185,15 +194,7 @@ class Client(DeploymentMixin, AccessMixin):
         return self._call(self.stub.GetModel, rs.GetModelRequest(name=model_name(name))).model
 
     def list_models(self, *, project: str = "", page_size: int = 0) -> Iterator[res.Model]:
-        token = ""
-        while True:
-            resp = self._call(
-                self.stub.ListModels, rs.ListModelsRequest(page_size=page_size, page_token=token, project=project)
-            )
-            yield from resp.models
-            token = resp.next_page_token
-            if not token:
-                return
+        return self._pages(self.stub.ListModels, rs.ListModelsRequest(page_size=page_size, project=project), "models")
 
     def update_model(
         self,
@@ -346,19 +347,12 @@ class Client(DeploymentMixin, AccessMixin):
         ).model_version
 
     def list_versions(self, model: str, *, stage: str | None = None, page_size: int = 0) -> Iterator[res.ModelVersion]:
-        token = ""
-        while True:
-            req = rs.ListModelVersionsRequest(
-                parent=model_name(model),
-                page_size=page_size,
-                page_token=token,
-                stage=stage_enum(stage) if stage else res.STAGE_UNSPECIFIED,
-            )
-            resp = self._call(self.stub.ListModelVersions, req)
-            yield from resp.model_versions
-            token = resp.next_page_token
-            if not token:
-                return
+        req = rs.ListModelVersionsRequest(
+            parent=model_name(model),
+            page_size=page_size,
+            stage=stage_enum(stage) if stage else res.STAGE_UNSPECIFIED,
+        )
+        return self._pages(self.stub.ListModelVersions, req, "model_versions")
 
     def update_version(
         self, model: str, version: int, *, description: str | None = None, tags: dict[str, str] | None = None
@@ -388,14 +382,8 @@ class Client(DeploymentMixin, AccessMixin):
         return self._call(self.stub.PromoteModelVersion, req)
 
     def history(self, model: str, *, page_size: int = 0) -> Iterator[res.StageTransition]:
-        token = ""
-        while True:
-            req = rs.ListStageTransitionsRequest(parent=model_name(model), page_size=page_size, page_token=token)
-            resp = self._call(self.stub.ListStageTransitions, req)
-            yield from resp.transitions
-            token = resp.next_page_token
-            if not token:
-                return
+        req = rs.ListStageTransitionsRequest(parent=model_name(model), page_size=page_size)
+        return self._pages(self.stub.ListStageTransitions, req, "transitions")
 
     def watch(
         self,
@@ -489,19 +477,10 @@ class Client(DeploymentMixin, AccessMixin):
         return self._call(self.agents.GetRolloutStatus, ag.GetRolloutStatusRequest(model=model_name(model)))
 
     def list_agents(self, *, model: str = "", include_stale: bool = False, page_size: int = 0) -> Iterator[ag.Agent]:
-        token = ""
-        while True:
-            req = ag.ListAgentsRequest(
-                page_size=page_size,
-                page_token=token,
-                model=model_name(model) if model else "",
-                include_stale=include_stale,
-            )
-            resp = self._call(self.agents.ListAgents, req)
-            yield from resp.agents
-            token = resp.next_page_token
-            if not token:
-                return
+        req = ag.ListAgentsRequest(
+            page_size=page_size, model=model_name(model) if model else "", include_stale=include_stale
+        )
+        return self._pages(self.agents.ListAgents, req, "agents")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
