@@ -19,7 +19,7 @@ from typing import Any, cast
 import grpc
 
 from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
-from registry_server.domain.access import Caller
+from registry_server.domain.access import ANONYMOUS, Caller, anonymous
 from registry_server.errors import Unauthenticated
 from registry_server.usecases.access import Access
 
@@ -36,19 +36,26 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     return caller
 
 
-def _credentials(context: grpc.aio.ServicerContext) -> tuple[str | None, list[str], str]:
-    authorization, actor = None, "anonymous"
+def _metadata(context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
+    """(the `authorization` value or None, the `x-modelreg-actor` text or 'anonymous')."""
+    authorization, actor = None, ANONYMOUS
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             authorization = str(value)
         elif key == ACTOR_HEADER and value:
             actor = str(value)[:256]
+    return authorization, actor
+
+
+def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The verified client certificate's CN and SANs (empty without mTLS)."""
+    peer = context.auth_context()
+    if peer.get("transport_security_type") != [b"ssl"]:
+        return []
     names: list[str] = []
-    if context.auth_context().get("transport_security_type") == [b"ssl"]:
-        peer = context.auth_context()
-        for key in ("x509_common_name", "x509_subject_alternative_name"):
-            names += [v.decode(errors="replace") for v in peer.get(key, ())]
-    return authorization, names, actor
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        names += [v.decode(errors="replace") for v in peer.get(key, ())]
+    return names
 
 
 class AuthInterceptor(WrappingInterceptor):
@@ -61,7 +68,10 @@ class AuthInterceptor(WrappingInterceptor):
         return method.split("/")[1] in self.services
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
-        authorization, names, actor = _credentials(context)
+        authorization, actor = _metadata(context)
+        if not self.access.enabled:
+            return anonymous(actor)
+        names = [] if authorization else _certificate_names(context)
         return await self.access.authenticate(authorization, names, actor)
 
     def _unary(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -219,11 +219,11 @@ class Identity:
         the secret to `<data_dir>/admin.token` (mode 0600). Once in the database's life.
         Returns the file's path when it did, else None."""
         path = data_dir / TOKEN_FILE
+        tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
         secret = new_secret()
 
-        def keep_secret() -> None:
+        def keep_secret() -> None:  # before the commit: a failure here creates nothing
             data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.fchmod(fd, 0o600)
@@ -231,12 +231,17 @@ class Identity:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
 
-        done = await self.store.bootstrap_admin(BOOTSTRAP_PRINCIPAL, BOOTSTRAP_TOKEN, digest(secret), keep_secret)
-        if done:
-            self.access.invalidate()
-        return path if done else None
+        try:
+            done = await self.store.bootstrap_admin(BOOTSTRAP_PRINCIPAL, BOOTSTRAP_TOKEN, digest(secret), keep_secret)
+            if done:  # committed: the file appears only once its token works
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if not done:
+            return None
+        self.access.invalidate()
+        return path
 
 
 _ADMIN_COLLECTIONS = {"principals": P.MANAGE_PRINCIPALS, "tokens": P.MANAGE_TOKENS}
