@@ -447,5 +447,8 @@ def test_a_client_certificate_authenticates_as_the_principal_it_names(make_regis
     assert [(b["role"], b["project"]) for b in me["bindings"]] == [("viewer", "default")]
     assert "token" not in me
     assert cli("auth", "can-i", "read", "models", env=as_ana).stdout == "yes\n"
+    # A token but no certificate: the server closes the connection; the hint says what to set.
+    without = cli("auth", "whoami", env=admin, check=False)
+    assert without.returncode == 1 and "MODELREG_CLIENT_CERT and MODELREG_CLIENT_KEY" in without.stderr
     half = cli("auth", "whoami", env={"MODELREG_CLIENT_CERT": str(files["ana"])}, check=False)
     assert half.returncode == 2 and "MODELREG_CLIENT_KEY" in half.stderr

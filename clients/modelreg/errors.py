@@ -105,7 +105,10 @@ def _connect_hint(details: str) -> str:
     if "handshake" in details.lower():
         return "the TLS handshake failed: check --ca-cert / MODELREG_CA_CERT and MODELREG_CLIENT_CERT / _KEY"
     if "socket closed" in details.lower():
-        return "is it running? set MODELREG_ADDRESS or --address; if it uses TLS, set --ca-cert or MODELREG_CA_CERT"
+        return (
+            "is it running? set MODELREG_ADDRESS or --address; if it uses TLS, set --ca-cert or MODELREG_CA_CERT, "
+            "and if it requires a client certificate, MODELREG_CLIENT_CERT and MODELREG_CLIENT_KEY"
+        )
     return "is it running? set MODELREG_ADDRESS or --address"
 
 
