@@ -26,6 +26,8 @@ from modelreg.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     event_service_pb2,
+    governance_service_pb2,
+    governance_service_pb2_grpc,
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
@@ -44,6 +46,7 @@ from registry_server.services.auth import AuthInterceptor
 from registry_server.services.deployments import DeploymentServicer
 from registry_server.services.errors import ErrorInterceptor
 from registry_server.services.events import attach_event_service
+from registry_server.services.governance import GovernanceServicer
 from registry_server.services.metrics import MetricsInterceptor
 from registry_server.services.registry import RegistryServicer
 from registry_server.storage import db
@@ -54,7 +57,10 @@ from registry_server.storage.models import ModelStore
 from registry_server.storage.outbox import Outbox
 from registry_server.usecases.access import Access
 from registry_server.usecases.agents import Agents
+from registry_server.usecases.aliases import Aliases
+from registry_server.usecases.cards import Cards
 from registry_server.usecases.deployments import Deployments
+from registry_server.usecases.gates import Gates
 from registry_server.usecases.identity import Identity
 from registry_server.usecases.models import Models
 
@@ -67,6 +73,7 @@ SERVICE_NAMES = (
     agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    governance_service_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
 )
 JANITOR_INTERVAL = 3600.0
 
@@ -185,6 +192,9 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     models = Models(model_store, deployment_store, blobs, cache, access, metrics)
     deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, access, metrics)
     agents = Agents(agent_store, deployment_store, settings.agent_stale_after, access)
+    gates = Gates(outbox, access)
+    cards = Cards(outbox, access)
+    aliases = Aliases(outbox, access, gates, cache)
 
     server = grpc.aio.server(
         interceptors=[
@@ -204,6 +214,10 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(deployments), server)
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
+    governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
+        GovernanceServicer(gates, cards, aliases),  # type: ignore[abstract]  # RPCs land part by part (issue 12)
+        server,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 

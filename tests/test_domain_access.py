@@ -17,9 +17,10 @@ def grants(*bindings: tuple[str, str]) -> Grants:
 def test_the_role_table_is_the_issues():
     view = {P.READ, P.DOWNLOAD, P.WATCH}
     assert ROLES["viewer"] == view
-    assert ROLES["trainer"] == view | {P.CREATE_MODEL, P.REGISTER, P.UPDATE_MODEL, P.UPDATE_VERSION}
+    assert ROLES["trainer"] == view | {P.CREATE_MODEL, P.REGISTER, P.UPDATE_MODEL, P.UPDATE_VERSION, P.SET_ALIAS}
     assert ROLES["agent"] == {P.WATCH, P.READ, P.DOWNLOAD, P.REPORT}
-    assert ROLES["releaser"] == view | {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY}
+    # Governance (issue 12): releasers approve promotions and cards; both move unprotected aliases.
+    assert ROLES["releaser"] == view | {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY, P.APPROVE, P.SET_ALIAS}
     assert P.DELETE_MODEL in ROLES["project-admin"] and P.GRANT in ROLES["project-admin"]
     assert not ROLES["project-admin"] & {P.MANAGE_PROJECTS, P.MANAGE_PRINCIPALS, P.MANAGE_TOKENS}
     assert ROLES["admin"] == set(Permission)

@@ -38,6 +38,9 @@ class Permission(StrEnum):
     CANARY = "deployments.canary"
     ROLLBACK = "deployments.rollback"
     SET_POLICY = "deployments.policy"
+    # Governance.
+    APPROVE = "promotions.approve"  # approve or reject promotion requests, approve model cards
+    SET_ALIAS = "aliases.set"  # set, move or delete an unprotected alias (a protected one needs PROMOTE)
     # Project admin.
     DELETE_MODEL = "models.delete"
     DELETE_VERSION = "versions.delete"
@@ -56,9 +59,9 @@ _VIEW = frozenset({P.READ, P.DOWNLOAD, P.WATCH})
 
 ROLES: dict[str, frozenset[Permission]] = {
     "viewer": _VIEW,
-    "trainer": _VIEW | {P.CREATE_MODEL, P.REGISTER, P.UPDATE_MODEL, P.UPDATE_VERSION},
+    "trainer": _VIEW | {P.CREATE_MODEL, P.REGISTER, P.UPDATE_MODEL, P.UPDATE_VERSION, P.SET_ALIAS},
     "agent": frozenset({P.WATCH, P.READ, P.DOWNLOAD, P.REPORT}),
-    "releaser": _VIEW | {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY},
+    "releaser": _VIEW | {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY, P.APPROVE, P.SET_ALIAS},
     "project-admin": frozenset(p for p in Permission if p not in GLOBAL_PERMISSIONS),
     "admin": frozenset(Permission),
 }
@@ -81,6 +84,8 @@ VERBS: dict[str, Permission] = {
     "set-policy": P.SET_POLICY,
     "report": P.REPORT,
     "grant": P.GRANT,
+    "approve": P.APPROVE,
+    "alias": P.SET_ALIAS,
 }
 
 

@@ -50,6 +50,18 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A project, principal, token or role binding changed (no model; admins only see it).
     `details` says what: `kind` (e.g. `token_revoked`) and the names concerned.
     """
+    EVENT_TYPE_ALIAS_CHANGED: _EventType.ValueType  # 10
+    """A named alias was set, moved or deleted; `details` has `alias`, `from_version` and
+    `to_version` (0 when created or deleted), and `model_version` names the new target.
+    """
+    EVENT_TYPE_GATE_POLICY_CHANGED: _EventType.ValueType  # 11
+    """A gate policy was set or cleared; `details` has `target`, `before` and `after`."""
+    EVENT_TYPE_PROMOTION_REQUEST_CHANGED: _EventType.ValueType  # 12
+    """A promotion request was created, approved, rejected, expired or superseded;
+    `details` has `request`, `target` and `state`.
+    """
+    EVENT_TYPE_MODEL_CARD_CHANGED: _EventType.ValueType  # 13
+    """A version's model card changed; `details` has `status`."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """EventType says what changed."""
@@ -76,6 +88,18 @@ EVENT_TYPE_ACCESS_CHANGED: EventType.ValueType  # 9
 """A project, principal, token or role binding changed (no model; admins only see it).
 `details` says what: `kind` (e.g. `token_revoked`) and the names concerned.
 """
+EVENT_TYPE_ALIAS_CHANGED: EventType.ValueType  # 10
+"""A named alias was set, moved or deleted; `details` has `alias`, `from_version` and
+`to_version` (0 when created or deleted), and `model_version` names the new target.
+"""
+EVENT_TYPE_GATE_POLICY_CHANGED: EventType.ValueType  # 11
+"""A gate policy was set or cleared; `details` has `target`, `before` and `after`."""
+EVENT_TYPE_PROMOTION_REQUEST_CHANGED: EventType.ValueType  # 12
+"""A promotion request was created, approved, rejected, expired or superseded;
+`details` has `request`, `target` and `state`.
+"""
+EVENT_TYPE_MODEL_CARD_CHANGED: EventType.ValueType  # 13
+"""A version's model card changed; `details` has `status`."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final

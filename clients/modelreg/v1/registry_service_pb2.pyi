@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from modelreg.v1 import governance_pb2 as _governance_pb2
 from modelreg.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
@@ -734,8 +735,11 @@ class PromoteModelVersionResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     ARCHIVED_VERSION_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    PROMOTION_REQUEST_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """The event sequence number of the move."""
+    """The event sequence number of the move; 0 when a promotion request was created
+    instead.
+    """
     @_builtins.property
     def model_version(self) -> _resources_pb2.ModelVersion:
         """The version after the move."""
@@ -746,16 +750,24 @@ class PromoteModelVersionResponse(_message.Message):
         replaced one; otherwise unset.
         """
 
+    @_builtins.property
+    def promotion_request(self) -> _governance_pb2.PromotionRequest:
+        """Set instead of a move when the target's gate policy needs approvals: the pending
+        request (approve it with GovernanceService.ApprovePromotion). `model_version` is then
+        the version unmoved.
+        """
+
     def __init__(
         self,
         *,
         model_version: _resources_pb2.ModelVersion | None = ...,
         archived_version: _resources_pb2.ModelVersion | None = ...,
         sequence: _builtins.int = ...,
+        promotion_request: _governance_pb2.PromotionRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_version", b"archived_version", "model_version", b"model_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_version", b"archived_version", "model_version", b"model_version", "promotion_request", b"promotion_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_version", b"archived_version", "model_version", b"model_version", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_version", b"archived_version", "model_version", b"model_version", "promotion_request", b"promotion_request", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -183,9 +183,9 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelVersion(self, request, context):
-        """Gets a version by name. The version segment may be a number or a stage alias:
+        """Gets a version by name. The version segment may be a number, a stage alias:
         `production` (the current production version), `staging` (the newest staging
-        version) or `latest` (the highest number).
+        version) or `latest` (the highest number), or a named alias (`champion`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,7 +215,9 @@ class RegistryServiceServicer:
 
     def PromoteModelVersion(self, request, context):
         """Moves a version to another stage. Promoting to production archives the previous
-        production version in the same transaction. Moving back to STAGE_NONE, or to the
+        production version in the same transaction. The target's gate policy is evaluated
+        first (FAILED_PRECONDITION listing every failing check); with an `approvals` check the
+        call creates a promotion request instead of moving anything. Moving back to STAGE_NONE, or to the
         stage the version is already in, is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

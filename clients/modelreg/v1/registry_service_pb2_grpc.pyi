@@ -64,9 +64,9 @@ class RegistryServiceStub:
     model returns the version registered then, and stores nothing again.
     """
     GetModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelVersionRequest, _registry_service_pb2.GetModelVersionResponse]
-    """Gets a version by name. The version segment may be a number or a stage alias:
+    """Gets a version by name. The version segment may be a number, a stage alias:
     `production` (the current production version), `staging` (the newest staging
-    version) or `latest` (the highest number).
+    version) or `latest` (the highest number), or a named alias (`champion`).
     """
     ListModelVersions: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelVersionsRequest, _registry_service_pb2.ListModelVersionsResponse]
     """Lists a model's versions, newest first, paged, optionally filtered by stage."""
@@ -78,7 +78,9 @@ class RegistryServiceStub:
     """
     PromoteModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.PromoteModelVersionRequest, _registry_service_pb2.PromoteModelVersionResponse]
     """Moves a version to another stage. Promoting to production archives the previous
-    production version in the same transaction. Moving back to STAGE_NONE, or to the
+    production version in the same transaction. The target's gate policy is evaluated
+    first (FAILED_PRECONDITION listing every failing check); with an `approvals` check the
+    call creates a promotion request instead of moving anything. Moving back to STAGE_NONE, or to the
     stage the version is already in, is FAILED_PRECONDITION.
     """
     ListStageTransitions: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListStageTransitionsRequest, _registry_service_pb2.ListStageTransitionsResponse]
@@ -134,9 +136,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     model returns the version registered then, and stores nothing again.
     """
     GetModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelVersionRequest, _registry_service_pb2.GetModelVersionResponse]  # type: ignore[assignment]
-    """Gets a version by name. The version segment may be a number or a stage alias:
+    """Gets a version by name. The version segment may be a number, a stage alias:
     `production` (the current production version), `staging` (the newest staging
-    version) or `latest` (the highest number).
+    version) or `latest` (the highest number), or a named alias (`champion`).
     """
     ListModelVersions: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelVersionsRequest, _registry_service_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
     """Lists a model's versions, newest first, paged, optionally filtered by stage."""
@@ -148,7 +150,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     PromoteModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.PromoteModelVersionRequest, _registry_service_pb2.PromoteModelVersionResponse]  # type: ignore[assignment]
     """Moves a version to another stage. Promoting to production archives the previous
-    production version in the same transaction. Moving back to STAGE_NONE, or to the
+    production version in the same transaction. The target's gate policy is evaluated
+    first (FAILED_PRECONDITION listing every failing check); with an `approvals` check the
+    call creates a promotion request instead of moving anything. Moving back to STAGE_NONE, or to the
     stage the version is already in, is FAILED_PRECONDITION.
     """
     ListStageTransitions: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListStageTransitionsRequest, _registry_service_pb2.ListStageTransitionsResponse]  # type: ignore[assignment]
@@ -243,9 +247,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.GetModelVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetModelVersionResponse, _abc.Awaitable[_registry_service_pb2.GetModelVersionResponse]]:
-        """Gets a version by name. The version segment may be a number or a stage alias:
+        """Gets a version by name. The version segment may be a number, a stage alias:
         `production` (the current production version), `staging` (the newest staging
-        version) or `latest` (the highest number).
+        version) or `latest` (the highest number), or a named alias (`champion`).
         """
 
     @_abc_1.abstractmethod
@@ -281,7 +285,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.PromoteModelVersionResponse, _abc.Awaitable[_registry_service_pb2.PromoteModelVersionResponse]]:
         """Moves a version to another stage. Promoting to production archives the previous
-        production version in the same transaction. Moving back to STAGE_NONE, or to the
+        production version in the same transaction. The target's gate policy is evaluated
+        first (FAILED_PRECONDITION listing every failing check); with an `approvals` check the
+        call creates a promotion request instead of moving anything. Moving back to STAGE_NONE, or to the
         stage the version is already in, is FAILED_PRECONDITION.
         """
 

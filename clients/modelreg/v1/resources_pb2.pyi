@@ -416,6 +416,7 @@ class ModelVersion(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `models/{model}/versions/{version}`."""
     version: _builtins.int
@@ -466,6 +467,10 @@ class ModelVersion(_message.Message):
     def artifact(self) -> Global___Artifact:
         """The stored bytes."""
 
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The named aliases that point at this version (`champion`), by name. Output only."""
+
     def __init__(
         self,
         *,
@@ -486,10 +491,11 @@ class ModelVersion(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         artifact: Global___Artifact | None = ...,
         request_id: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "config", b"config", "create_time", b"create_time", "lineage", b"lineage", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "config", b"config", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "name", b"name", "request_id", b"request_id", "stage", b"stage", "state", b"state", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact", b"artifact", "config", b"config", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "name", b"name", "request_id", b"request_id", "stage", b"stage", "state", b"state", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
