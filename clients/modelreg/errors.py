@@ -93,12 +93,34 @@ def error_reason(err: grpc.RpcError) -> str:
     return ""
 
 
+def _connect_hint(details: str) -> str:
+    """What to change for a connection that failed below gRPC (TCP or TLS)."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "the registry's certificate is not signed by the CA given: set --ca-cert or MODELREG_CA_CERT to the CA "
+            "that signed it"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return "the registry does not speak TLS there: drop --ca-cert / MODELREG_CA_CERT, or start it with --tls-cert"
+    if "handshake" in details.lower():
+        return "the TLS handshake failed: check --ca-cert / MODELREG_CA_CERT and MODELREG_CLIENT_CERT / _KEY"
+    if "socket closed" in details.lower():
+        return (
+            "is it running? set MODELREG_ADDRESS or --address; if it uses TLS, set --ca-cert or MODELREG_CA_CERT, "
+            "and if it requires a client certificate, MODELREG_CLIENT_CERT and MODELREG_CLIENT_KEY"
+        )
+    return "is it running? set MODELREG_ADDRESS or --address"
+
+
 def from_rpc_error(err: grpc.RpcError) -> ModelregError:
+    """The error class for the status code. A connection failure (UNAVAILABLE below gRPC)
+    says what to check; every other status keeps the server's message as it is."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
+    lowered = (details or "").lower()
     if code == grpc.StatusCode.UNAVAILABLE and (
-        not details or "failed to connect" in details.lower() or "connection refused" in details.lower()
+        not details or "failed to connect" in lowered or "connection refused" in lowered
     ):
-        details = f"cannot reach the registry ({details}); is it running? set MODELREG_ADDRESS or --address"
+        details = f"cannot reach the registry ({details}); {_connect_hint(details or '')}"
     cls = _BY_CODE.get(code, ModelregError)
     return cls(code, details or code.name, error_reason(err))
