@@ -28,6 +28,7 @@ from modelreg import errors, tracing
 from modelreg.access import AccessMixin
 from modelreg.credentials import Credentials, sync_channel
 from modelreg.deployments import DeploymentMixin
+from modelreg.gates import GateMixin
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from modelreg.v1 import registry_service_pb2 as rs
@@ -106,7 +107,7 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client(DeploymentMixin, AccessMixin):
+class Client(DeploymentMixin, AccessMixin, GateMixin):
     """A synchronous registry client. Thread-safe; reuse one per process.
 
     `credentials` wins over the individual `token`, `token_file`, `ca_cert`, `client_cert`

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import NamedTuple, cast
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 
-class ModelregError(Exception):
-    """A failed call. `code` is the gRPC status code, `message` the server's message and
-    `reason` the google.rpc.ErrorInfo reason when the server attached one."""
+class Violation(NamedTuple):
+    """One google.rpc.PreconditionFailure violation: for a refused gate, one failing check
+    (`type` such as `max-drop`, `subject` the metric or '', a sentence for people)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str = ""):
+    type: str
+    subject: str
+    description: str
+
+
+class ModelregError(Exception):
+    """A failed call. `code` is the gRPC status code, `message` the server's message,
+    `reason` the google.rpc.ErrorInfo reason when the server attached one, and `violations`
+    the google.rpc.PreconditionFailure violations (a gate's failing checks), in order."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str = "", violations: list[Violation] | None = None
+    ):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.reason = reason
+        self.violations: list[Violation] = list(violations or [])
 
 
 class NotFound(ModelregError):
@@ -76,21 +89,35 @@ _BY_CODE = {
 }
 
 
-def error_reason(err: grpc.RpcError) -> str:
-    """The google.rpc.ErrorInfo reason attached to a status, or ''."""
+def _status_details(err: grpc.RpcError) -> list:
+    """The google.rpc.Status details attached to a failed call (packed Any messages)."""
     try:
         # Every RpcError grpc raises (sync or aio) is also a Call; the stubs only say RpcError.
         status = rpc_status.from_call(cast(grpc.Call, err))
     except Exception:  # noqa: BLE001 - a status without details
-        return ""
-    if status is None:
-        return ""
-    for detail in status.details:
+        return []
+    return list(status.details) if status is not None else []
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    """The google.rpc.ErrorInfo reason attached to a status, or ''."""
+    for detail in _status_details(err):
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info.reason
     return ""
+
+
+def error_violations(err: grpc.RpcError) -> list[Violation]:
+    """The google.rpc.PreconditionFailure violations attached to a status, in order."""
+    found = []
+    for detail in _status_details(err):
+        if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            found += [Violation(v.type, v.subject, v.description) for v in failure.violations]
+    return found
 
 
 def _connect_hint(details: str) -> str:
@@ -123,4 +150,4 @@ def from_rpc_error(err: grpc.RpcError) -> ModelregError:
     ):
         details = f"cannot reach the registry ({details}); {_connect_hint(details or '')}"
     cls = _BY_CODE.get(code, ModelregError)
-    return cls(code, details or code.name, error_reason(err))
+    return cls(code, details or code.name, error_reason(err), error_violations(err))

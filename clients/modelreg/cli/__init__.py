@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 COMMAND_MODULES = (
     "registry_server.cli",  # server (needs modelreg[server])
     "modelreg.cli.registry_cmds",
+    "modelreg.cli.gate_cmds",
     "modelreg.cli.watch_cmd",
     "serving_agent.cli",  # agent (needs modelreg[agent])
     "modelreg.cli.agent_cmds",

@@ -9,6 +9,7 @@ from pathlib import Path
 from modelreg.bundles import extract_bundle
 from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
+from modelreg.cli.gate_cmds import print_request
 from modelreg.client import Client
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import resources_pb2 as res
@@ -336,6 +337,8 @@ def promote(args) -> int:
         resp = c.promote(args.name, args.version, args.stage, reason=args.reason)
     if args.output == "json":
         out.print_json(resp)
+    elif resp.HasField("promotion_request"):  # the gate needs approvals: nothing moved yet
+        print_request(resp.promotion_request)
     else:
         v = resp.model_version
         print(f"{v.name} is now in {out.STAGE_NAMES[v.stage]}")
