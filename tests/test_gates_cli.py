@@ -348,9 +348,10 @@ def test_sdk_approve_and_reject_with_auth_on(team, secure_registry):
     from modelreg import Client
 
     ci, rita, ravi = team
-    with Client(secure_registry.address, token=rita.token) as as_rita, Client(
-        secure_registry.address, token=ravi.token
-    ) as as_ravi:
+    with (
+        Client(secure_registry.address, token=rita.token) as as_rita,
+        Client(secure_registry.address, token=ravi.token) as as_ravi,
+    ):
         resp = as_rita.promote("fraud", 2, "production")
         assert resp.promotion_request.requester == "rita" and resp.sequence == 0
         with pytest.raises(errors.PermissionDenied, match="four eyes"):
@@ -363,3 +364,25 @@ def test_sdk_approve_and_reject_with_auth_on(team, secure_registry):
         as_rita.promote("fraud", 3, "production")
         closed = as_ravi.reject("fraud", 3, "production", "not this week")
         assert closed.request.state == 3  # REJECTED
+
+
+def test_the_readme_grpcurl_examples_set_check_and_approve(team, secure_registry):
+    """The README's grpcurl lines as written (the address replaced by the test's), as a
+    releaser: SetGatePolicy and CheckGates on `detector`, ApprovePromotion of `fraud` v2."""
+    from modelreg import Client
+
+    ci, rita, ravi = team
+    for map50 in (0.58, 0.6, 0.612, 0.571):
+        ci.register("detector", {"map50": map50})
+    rita("promote", "detector", "3", "production")
+    rita("promote", "fraud", "2", "production")  # a request: the gate needs one approval
+    block = readme_block("grpcurl: gates").replace("127.0.0.1:50051", secure_registry.address)
+    env = {**os.environ, "MODELREG_TOKEN": ravi.token, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-ec", block], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert '"target": "production"' in proc.stdout and "GATE_CHECK_TYPE_MAX_DROP" in proc.stdout
+    assert REGRESSION.replace("v1's", "v3's") in proc.stdout  # CheckGates: v4 regressed against v3
+    assert "PROMOTION_REQUEST_STATE_APPROVED" in proc.stdout
+    with Client(secure_registry.address, token=ravi.token) as c:
+        assert c.get_version("fraud", "production").version == 2
+        assert [p.target for p in c.get_gate_policies("detector")] == ["production"]

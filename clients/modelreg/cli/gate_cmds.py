@@ -286,7 +286,8 @@ def print_request(r: gv.PromotionRequest) -> None:
         f"{r.model_version} is not in {r.target} yet: the {r.target} gate needs "
         f"{r.required_approvals} approval{'' if r.required_approvals == 1 else 's'}"
     )
-    print(f"promotion request {r.name} is pending, waiting for {waiting_for(r)} (expires {out.when(r.expire_time)} UTC)")
+    expires = out.when(r.expire_time)
+    print(f"promotion request {r.name} is pending, waiting for {waiting_for(r)} (expires {expires} UTC)")
     print("approve it with:")
     print(f"  {approve_command(r)}")
     print("or reject it with:")
@@ -319,4 +320,3 @@ def reject(args) -> int:
     else:
         print(f"rejected: {resp.request.name} ({resp.request.model_version} to {resp.request.target}) is closed")
     return 0
-
