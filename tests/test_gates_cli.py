@@ -82,7 +82,7 @@ def test_gates_set_get_clear_round_trip_with_json(detector):
         "--require-card",
         "--rollback-skips-metrics",
         "false",
-    )
+    )["policy"]
     assert policy["name"] == "models/det/gates/production" and policy["target"] == "production"
     assert policy["checks"] == [
         {"type": "GATE_CHECK_TYPE_MIN", "metric": "map50", "value": 0.5},
@@ -92,7 +92,7 @@ def test_gates_set_get_clear_round_trip_with_json(detector):
         {"type": "GATE_CHECK_TYPE_REQUIRE_CARD", "metric": "", "value": 0.0},
     ]
     assert policy["rollbackSkipsMetrics"] is False and policy["updatedBy"] == "cli-user"
-    mr.json("gates", "set", "det", "--stage", "staging", "--min", "map50=0.3")
+    assert mr.json("gates", "set", "det", "--stage", "staging", "--min", "map50=0.3")["policy"]["target"] == "staging"
 
     assert mr.json("gates", "get", "det")["policies"] == [
         mr.json("gates", "get", "det", "--stage", "production")["policies"][0],
@@ -104,7 +104,7 @@ def test_gates_set_get_clear_round_trip_with_json(detector):
     assert "staging" in table and "min map50=0.3" in table
 
     # Replacing a policy keeps only the new checks.
-    replaced = mr.json("gates", "set", "det", "--stage", "staging", "--max-drop", "map50=0.1")
+    replaced = mr.json("gates", "set", "det", "--stage", "staging", "--max-drop", "map50=0.1")["policy"]
     assert [c["type"] for c in replaced["checks"]] == ["GATE_CHECK_TYPE_MAX_DROP"]
     assert replaced["rollbackSkipsMetrics"] is True  # the default
 

@@ -2,8 +2,9 @@
 and how `promote` shows a promotion request.
 
 Exit codes: 0 on success, 1 when `gates check` fails or the registry refuses, 2 for bad
-usage. `-o json` prints the response's proto JSON with every field (false and zero
-included), so a script can read `evaluation.passed` without a default.
+usage. `-o json` prints the RPC's response message as proto JSON with every field (false
+and zero included), so a script can read `evaluation.passed` without a default; list
+commands print every page's items under the response's field (`requests`).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def gates_set(args) -> int:
             rollback_skips_metrics=args.rollback_skips_metrics == "true",
         )
     if args.output == "json":
-        out.print_json(policy, defaults=True)
+        out.print_json({"policy": out.to_dict(policy, defaults=True)})  # SetGatePolicyResponse
     else:
         print(f"gate policy {policy.name} set:")
         _print_policy(policy)
