@@ -30,6 +30,7 @@ MODULES = [
     "benchmarks.bench_router",
     "benchmarks.bench_metrics",
     "benchmarks.bench_tracing",
+    "benchmarks.bench_auth",
 ]
 
 

@@ -26,6 +26,7 @@ MEASURED = {
     "swaps",
     "router",
     "metrics",
+    "auth",
 }
 
 
