@@ -57,9 +57,9 @@ def _bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def _admin_token(address: str, data_dir: Path, timeout: float = 30) -> str:
-    """A's bootstrap token, once it authenticates. The server writes the file just after it
-    starts listening, and before the transaction that creates the token commits, so the
-    first calls with a token read at once can be UNAUTHENTICATED ("unknown token")."""
+    """A's bootstrap token, once it authenticates: the server writes the file just after it
+    starts listening (and before 7458264 did so before the token's transaction committed,
+    so a call made the moment the file appeared could be UNAUTHENTICATED)."""
     import grpc
 
     from modelreg.v1 import auth_service_pb2 as au
