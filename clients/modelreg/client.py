@@ -22,6 +22,7 @@ import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from modelreg import errors, tracing
+from modelreg.cards import CardMixin
 from modelreg.deployments import DeploymentMixin
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
@@ -101,7 +102,7 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client(DeploymentMixin):
+class Client(DeploymentMixin, CardMixin):
     """A synchronous registry client. Thread-safe; reuse one per process."""
 
     def __init__(

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "modelreg.cli.agent_cmds",
     "modelreg.cli.deploy_cmds",
     "modelreg.cli.artifact_cmds",
+    "modelreg.cli.card_cmds",
 )
 
 
