@@ -4,6 +4,7 @@ bad input. The rules themselves are also pinned as a table over the pure domain 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -236,6 +237,59 @@ def test_editing_an_approved_card_sets_it_back_to_draft_unless_the_edit_names_a_
         ("approved", ["limitations", "status"]),
         ("draft", ["extra", "status"]),
     ]
+
+
+def test_a_gate_reading_the_status_holds_off_an_edit_until_its_transaction_ends(client, registry):
+    """status_of share-locks the card: a promotion that checked `approved` commits before
+    an edit can set the card back to draft, never after."""
+    from conftest import open_asyncpg
+
+    _register(client)
+    client.set_card("det", 1, summary="v1", status="approved")
+
+    async def scenario() -> tuple[str | None, bool, int]:
+        conn = await open_asyncpg(registry.database_url)
+        try:
+            tr = conn.transaction()
+            await tr.start()
+            seen = await status_of(conn, "det", 1)
+            edit = asyncio.create_task(asyncio.to_thread(client.set_card, "det", 1, summary="v2"))
+            await asyncio.sleep(0.5)
+            waited = not edit.done()
+            await tr.commit()
+            edited = await asyncio.wait_for(edit, 20)
+            return seen, waited, edited.status
+        finally:
+            await conn.close()
+
+    seen, waited, after = asyncio.run(scenario())
+    assert seen == "approved"
+    assert waited, "the edit went through while a transaction held the card's status"
+    assert after == DRAFT
+
+
+def test_concurrent_writers_of_a_new_card_all_land(client):
+    _register(client)
+    fields = ["summary", "intended_use", "out_of_scope_use", "limitations", "ethical_considerations"]
+    start = threading.Barrier(len(fields))
+    failures: list[BaseException] = []
+
+    def write(field: str) -> None:
+        start.wait()
+        try:
+            client.set_card("det", 1, **{field: f"{field} text"})
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=write, args=(f,)) for f in fields]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not failures
+    card = client.get_card("det", 1)
+    assert [getattr(card, f) for f in fields] == [f"{f} text" for f in fields]
+    assert len(_card_events(client, "det")) == len(fields)
 
 
 def test_a_trainer_cannot_approve_a_card_but_a_releaser_can(secure_registry):
