@@ -11,9 +11,8 @@ from typing import Any
 import yaml
 
 from modelreg.cards import STATUSES, card_fields, card_markdown, status_name
-from modelreg.cli import UsageError
+from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
-from modelreg.client import Client
 
 # (flag, field, help)
 TEXT_FLAGS = (
@@ -106,7 +105,7 @@ def card_set(args) -> int:
         fields["status"] = args.status
     if not fields:
         raise UsageError("nothing to write: give --file or at least one of --summary, --intended-use, ... --status")
-    with Client(args.address) as c:
+    with connect(args) as c:
         card = c.set_card(args.name, args.version, **fields)
     if args.output == "json":
         out.print_json(card)
@@ -117,7 +116,7 @@ def card_set(args) -> int:
 
 
 def card_get(args) -> int:
-    with Client(args.address) as c:
+    with connect(args) as c:
         card = c.get_card(args.name, args.version)
     if args.output == "json":
         out.print_json(card)
