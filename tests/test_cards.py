@@ -11,6 +11,7 @@ import time
 
 import grpc
 import pytest
+from conftest import run_cli
 from test_auth import client_for
 
 from modelreg import errors
@@ -322,7 +323,13 @@ def test_a_trainer_cannot_approve_a_card_but_a_releaser_can(secure_registry):
         assert ci.set_card("det", 1, summary="People counter, v2.").status == DRAFT
     with client_for(sr.address, releaser) as rita:
         assert rita.get_card("det", 1).updated_by == "ci"
-        assert rita.set_card("det", 1, status="approved").status == APPROVED
+    # The CLI carries the token from MODELREG_TOKEN: a refusal exits 1 with the server's message.
+    as_ci = {"MODELREG_TOKEN": trainer, "MODELREG_TOKEN_FILE": ""}
+    proc = run_cli("card", "set", "det", "1", "--status", "approved", address=sr.address, check=False, env=as_ci)
+    assert proc.returncode == 1 and "'promotions.approve'" in proc.stderr and "PERMISSION_DENIED" in proc.stderr
+    as_rita = {"MODELREG_TOKEN": releaser, "MODELREG_TOKEN_FILE": ""}
+    proc = run_cli("card", "set", "det", "1", "--status", "approved", address=sr.address, env=as_rita)
+    assert "approved" in proc.stdout and "rita" in proc.stdout
 
 
 def test_a_card_change_reaches_a_watcher_with_its_status(client):

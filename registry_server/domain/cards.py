@@ -53,6 +53,9 @@ CONTENT_FIELDS = (*TEXT_FIELDS, "extra")
 #: What an update mask may name.
 MASK_FIELDS = (*CONTENT_FIELDS, "status")
 
+#: A card write of any kind needs one of these (which one: `CardPlan.requirements`).
+WRITE_PERMISSIONS = (Permission.UPDATE_VERSION, Permission.APPROVE)
+
 MAX_TEXT_CHARS = 64 * 1024
 MAX_EXTRA_BYTES = 64 * 1024
 
@@ -190,7 +193,7 @@ def plan_update(current: ModelCard | None, edit: CardEdit) -> CardPlan:
     if approving:
         requirements.append((Permission.APPROVE,))
     if not requirements:
-        requirements.append((Permission.UPDATE_VERSION, Permission.APPROVE))
+        requirements.append(WRITE_PERMISSIONS)
     changed = current is None or content_changed or status is not old_status
     return CardPlan(
         content=after,

@@ -38,7 +38,10 @@ class Cards:
         """Applies `edit` to the version's card (creating it); returns the card as shown
         (with defaults) and the event sequence (0 when the edit changed nothing)."""
         dc.validate_edit(edit)
-        project = await self.access.require(caller, Permission.READ, model=ref.model)
+        # Any write needs one of the two card permissions, checked before anything about the
+        # version is revealed; the plan then says which the edit needs exactly.
+        project = await self.access.project_of(ref.model) if caller.authenticated else ""
+        self._require_any(caller, project, dc.WRITE_PERMISSIONS)
         version = await self._version(ref)
         sequence = 0
         async with self.outbox.transaction() as conn:
@@ -65,18 +68,23 @@ class Cards:
                 raise Aborted(f"the card of {ref} changed while it was written; retry")
         return dc.with_defaults(card, version.lineage, version.metrics), sequence
 
-    @staticmethod
-    def _authorize(caller: Caller, project: str, plan: dc.CardPlan) -> None:
-        """Each requirement needs one of its permissions; a denial says what to do instead."""
+    @classmethod
+    def _authorize(cls, caller: Caller, project: str, plan: dc.CardPlan) -> None:
+        """Each requirement needs one of its permissions."""
         for options in plan.requirements:
-            if any(caller.allows(p, project) for p in options):
-                continue
-            try:
-                caller.require(options[0], project)
-            except PermissionDenied as e:
-                e.message = f"{e.message}; {dc.permission_hint(options[0])}"
-                e.args = (e.message,)
-                raise
+            cls._require_any(caller, project, options)
+
+    @staticmethod
+    def _require_any(caller: Caller, project: str, options: tuple[Permission, ...]) -> None:
+        """One of `options`, or PermissionDenied naming the first and saying what to do."""
+        if any(caller.allows(p, project) for p in options):
+            return
+        try:
+            caller.require(options[0], project)
+        except PermissionDenied as e:
+            e.message = f"{e.message}; {dc.permission_hint(options[0])}"
+            e.args = (e.message,)
+            raise
 
     async def get(self, caller: Caller, ref: VersionRef) -> dc.ModelCard:
         """The version's card with training data and evaluation defaulted from it;
