@@ -21,6 +21,7 @@ from modelreg.v1 import event_service_pb2_grpc as es_grpc
 from modelreg.v1 import governance_pb2 as gov
 from modelreg.v1 import governance_service_pb2 as gs
 from modelreg.v1 import governance_service_pb2_grpc as gs_grpc
+from modelreg.v1 import resources_pb2 as res
 from registry_server.domain import cards as dc
 from registry_server.domain.access import Permission
 from registry_server.storage.cards import status_of
@@ -238,6 +239,25 @@ def test_editing_an_approved_card_sets_it_back_to_draft_unless_the_edit_names_a_
         ("approved", ["limitations", "status"]),
         ("draft", ["extra", "status"]),
     ]
+
+
+def test_an_edited_approved_card_falls_back_to_draft_and_blocks_a_require_card_gate(client):
+    _register(client)
+    client.set_gate_policy("det", "production", require_card=True)
+    with pytest.raises(errors.FailedPrecondition) as blocked:
+        client.promote("det", 1, "production")
+    assert "v1 has no model card; the policy requires an approved card" in blocked.value.message
+    client.set_card("det", 1, summary="People counter.", status="approved")
+    assert client.check_gates("det", 1).passed
+    client.set_card("det", 1, limitations="Poor at night.")
+    evaluation = client.check_gates("det", 1)
+    assert not evaluation.passed
+    assert [(c.type, c.passed, c.actual) for c in evaluation.checks] == [("require-card", False, "draft")]
+    with pytest.raises(errors.FailedPrecondition) as blocked:
+        client.promote("det", 1, "production")
+    assert "v1 has a draft model card; the policy requires an approved card" in blocked.value.message
+    client.set_card("det", 1, status="approved")
+    assert client.promote("det", 1, "production").model_version.stage == res.STAGE_PRODUCTION
 
 
 def test_a_gate_reading_the_status_holds_off_an_edit_until_its_transaction_ends(client, registry):
