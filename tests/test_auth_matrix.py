@@ -545,6 +545,42 @@ CASES.update(
 )
 
 
+def _card_of(w: World, p: str) -> Any:
+    """A version with a model card (written by the admin), for GetModelCard."""
+    card = gv.ModelCard(summary=f"{p} card")
+    w.admin("GovernanceService", "UpdateModelCard", gs.UpdateModelCardRequest(model_version=v(p, 1), card=card))
+    return gs.GetModelCardRequest(model_version=v(p, 1))
+
+
+def _card_summary_unchanged(w: World, request: Any) -> None:
+    """The denied edit's (fresh, unique) summary is not on the card, if there is a card."""
+    try:
+        got = w.admin("GovernanceService", "GetModelCard", gs.GetModelCardRequest(model_version=request.model_version))
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e.details()
+        return
+    assert got.card.summary != request.card.summary, "a denied card edit was written"
+
+
+CASES.update(
+    {
+        # A content edit needs versions.update (approving a card needs promotions.approve:
+        # tests/test_cards.py); reading one needs models.read.
+        "GovernanceService.UpdateModelCard": Case(
+            "versions.update",
+            lambda w, p: gs.UpdateModelCardRequest(
+                model_version=v(p, 2), card=gv.ModelCard(summary=w.fresh("summary")), update_mask=["summary"]
+            ),
+            check=that(lambda r, p: r.card.status == gv.MODEL_CARD_STATUS_DRAFT),
+            unchanged=_card_summary_unchanged,
+        ),
+        "GovernanceService.GetModelCard": Case(
+            "models.read", _card_of, check=that(lambda r, p: r.card.summary == f"{p} card")
+        ),
+    }
+)
+
+
 def expected_allowed(role: str, permission: str | None, project: str, scoped: bool) -> bool:
     """Issue 11's table: a role bound in `own` may do what its role has there; admin
     everything everywhere; a global permission is the admin's only."""

@@ -26,6 +26,7 @@ from google.protobuf import field_mask_pb2, struct_pb2
 
 from modelreg import errors, tracing
 from modelreg.access import AccessMixin
+from modelreg.cards import CardMixin
 from modelreg.credentials import Credentials, sync_channel
 from modelreg.deployments import DeploymentMixin
 from modelreg.gates import GateMixin
@@ -107,7 +108,7 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client(DeploymentMixin, AccessMixin, GateMixin):
+class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin):
     """A synchronous registry client. Thread-safe; reuse one per process.
 
     `credentials` wins over the individual `token`, `token_file`, `ca_cert`, `client_cert`

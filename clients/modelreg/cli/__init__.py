@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "modelreg.cli.deploy_cmds",
     "modelreg.cli.artifact_cmds",
     "modelreg.cli.access_cmds",
+    "modelreg.cli.card_cmds",
 )
 
 #: Printed under an UNAUTHENTICATED error.
