@@ -91,11 +91,12 @@ def _floats(metrics: Any) -> dict[str, float]:
 
 # The policy, and only when there is one, the facts it is evaluated on: the candidate's
 # metrics and card status, and the target's current holder (production; the newest staging
-# version; the alias's version) as [version, metrics].
+# version; the alias's version) as [version, metrics]. The card row is share-locked: an
+# edit in flight finishes before (or waits for) the promotion that read its status.
 _FACTS = """
 SELECT g.policy,
        (SELECT v.metrics FROM model_versions v WHERE v.model = $1 AND v.version = $2) AS metrics,
-       (SELECT c.status FROM model_cards c WHERE c.model = $1 AND c.version = $2) AS card,
+       (SELECT c.status FROM model_cards c WHERE c.model = $1 AND c.version = $2 FOR SHARE) AS card,
        CASE $3
          WHEN 'production' THEN (SELECT json_build_array(v.version, v.metrics) FROM model_versions v
                                  WHERE v.model = $1 AND v.stage = 'production' AND v.version <> $2)
