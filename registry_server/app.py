@@ -190,9 +190,9 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agent_store = AgentStore(pool)
     model_store = ModelStore(outbox, on_batch=metrics.group_commit_batch.labels("registrations").observe)
     models = Models(model_store, deployment_store, blobs, cache, access, metrics)
-    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, access, metrics)
+    gates = Gates(outbox, access, deployment_store, settings.promotion_request_ttl)
+    deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, access, gates, metrics)
     agents = Agents(agent_store, deployment_store, settings.agent_stale_after, access)
-    gates = Gates(outbox, access)
     cards = Cards(outbox, access)
     aliases = Aliases(outbox, access, gates, cache)
 
@@ -215,7 +215,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
     governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
-        GovernanceServicer(gates, cards, aliases),  # type: ignore[abstract]  # RPCs land part by part (issue 12)
+        GovernanceServicer(gates, cards, aliases, models),  # type: ignore[abstract]  # RPCs land part by part (issue 12)
         server,
     )
     health_servicer = health.aio.HealthServicer()

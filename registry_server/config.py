@@ -127,6 +127,9 @@ class Settings:
     # Where /metrics (Prometheus) is served, host:port; empty or `off` disables it and the
     # per-RPC metrics (MODELREG_METRICS_ADDRESS, --metrics-listen).
     metrics_address: str = ""
+    # A promotion request not approved within this time expires
+    # (MODELREG_PROMOTION_REQUEST_TTL_HOURS).
+    promotion_request_ttl: timedelta = timedelta(days=7)
     # Whether calls need a token (MODELREG_AUTH, --auth): `on`, `off`, or `auto` (off when
     # the server listens only on loopback, on otherwise).
     auth: str = "auto"
@@ -158,6 +161,7 @@ class Settings:
             agent_stale_after=timedelta(seconds=_float("MODELREG_AGENT_STALE_SECONDS", 30, above=True)),
             canary_stats_window=timedelta(seconds=_float("MODELREG_CANARY_STATS_WINDOW_SECONDS", 60, above=True)),
             metrics_address=env.get("MODELREG_METRICS_ADDRESS", ""),
+            promotion_request_ttl=timedelta(hours=_float("MODELREG_PROMOTION_REQUEST_TTL_HOURS", 24 * 7, above=True)),
             auth=(env.get("MODELREG_AUTH") or "auto").strip().lower(),
             tls_cert=env.get("MODELREG_TLS_CERT", ""),
             tls_key=env.get("MODELREG_TLS_KEY", ""),

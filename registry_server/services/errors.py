@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
 from registry_server import errors as e
+from registry_server.domain.gates import GateFailed
 from registry_server.storage.db import BACKEND_DOWN
 
 log = logging.getLogger("modelreg.errors")
@@ -49,8 +50,26 @@ def status_code(err: e.RegistryError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def to_status(code: grpc.StatusCode, message: str, reason: str = "", metadata: dict[str, str] | None = None):
+def to_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+    violations: list[tuple[str, str, str]] | None = None,
+):
+    """The google.rpc.Status: an ErrorInfo when there is a reason, a PreconditionFailure
+    with one (type, subject, description) violation each when there are violations."""
     details = []
+    if violations:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(type=t, subject=s, description=d)
+                for t, s, d in violations
+            ]
+        )
+        packed_failure = any_pb2.Any()
+        packed_failure.Pack(failure)
+        details.append(packed_failure)
     if reason:
         info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
         packed = any_pb2.Any()
@@ -64,6 +83,9 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status `exc` maps to. Always raises."""
     if isinstance(exc, e.RegistryError):
         code = status_code(exc)
+        if isinstance(exc, GateFailed):
+            violations = [(r.type.value, r.subject, r.description) for r in exc.results]
+            await context.abort_with_status(to_status(code, exc.message, exc.reason, exc.metadata, violations))
         if exc.reason:
             await context.abort_with_status(to_status(code, exc.message, exc.reason, exc.metadata))
         await context.abort(code, exc.message)

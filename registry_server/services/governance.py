@@ -10,10 +10,12 @@ from registry_server.services.gates import GateRpcs
 from registry_server.usecases.aliases import Aliases
 from registry_server.usecases.cards import Cards
 from registry_server.usecases.gates import Gates
+from registry_server.usecases.models import Models
 
 
 class GovernanceServicer(GateRpcs, CardRpcs, AliasRpcs, gv_grpc.GovernanceServiceServicer):
-    def __init__(self, gates: Gates, cards: Cards, aliases: Aliases):
+    def __init__(self, gates: Gates, cards: Cards, aliases: Aliases, models: Models):
         self.gates = gates
         self.cards = cards
         self.aliases = aliases
+        self.models = models

@@ -13,6 +13,7 @@ from registry_server.domain.names import parse_model_name, parse_version_name
 from registry_server.errors import InvalidArgument
 from registry_server.services import convert as cv
 from registry_server.services.auth import caller_of
+from registry_server.services.gates import request_to_proto
 from registry_server.usecases.deployments import Deployments
 from registry_server.usecases.models import Models
 
@@ -161,11 +162,12 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         if request.stage == res.STAGE_UNSPECIFIED:
             raise InvalidArgument("'stage' is required: STAGE_STAGING, STAGE_PRODUCTION or STAGE_ARCHIVED")
         stage = cv.stage_from_proto(request.stage)
-        version, archived, seq = await self.deployments.promote(caller_of(context), ref, stage, request.reason)
+        p = await self.deployments.promote(caller_of(context), ref, stage, request.reason)
         return rs.PromoteModelVersionResponse(
-            model_version=cv.version_to_proto(version),
-            archived_version=cv.version_to_proto(archived) if archived else None,
-            sequence=seq,
+            model_version=cv.version_to_proto(p.version),
+            archived_version=cv.version_to_proto(p.archived) if p.archived else None,
+            sequence=p.sequence,
+            promotion_request=request_to_proto(p.request) if p.request else None,
         )
 
     async def ListStageTransitions(

@@ -11,23 +11,39 @@ deployment, the history and the events never disagree.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from registry_server.domain import deployments as dd
 from registry_server.domain.access import Caller, Permission
+from registry_server.domain.gates import STAGE_TARGETS, GateFailed
 from registry_server.domain.models import ModelVersion, StageTransition
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
 from registry_server.metrics import RegistryMetrics
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore, DeploymentTx, HistoryEntry
+from registry_server.storage.gates import Request
 from registry_server.storage.models import version_from_row
 from registry_server.usecases.access import Access
+from registry_server.usecases.gates import Gates
 
 log = logging.getLogger("modelreg.deployments")
 
 JUDGE_ACTOR = "modelreg-canary-judge"
+JUDGE = Caller(principal=JUDGE_ACTOR)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What PromoteModelVersion did: the version (moved, or unmoved with `request`), the
+    production version it archived, the event sequence, and the promotion request created
+    instead of a move when the gate needs approvals."""
+
+    version: ModelVersion
+    archived: ModelVersion | None
+    sequence: int
+    request: Request | None = None
 
 
 class Deployments:
@@ -37,9 +53,12 @@ class Deployments:
         agents: AgentStore,
         stats_window: timedelta,
         access: Access,
+        gates: Gates,
         metrics: RegistryMetrics | None = None,
     ):
         self.access = access
+        self.gates = gates
+        self._blocked: set[tuple[str, int]] = set()  # canaries the judge found gated (logged once)
         self.metrics = metrics or RegistryMetrics()
         self.store = store
         self.agents = agents
@@ -63,22 +82,27 @@ class Deployments:
 
     # ------------------------------------------------------------------ writes
 
-    async def promote(
-        self, caller: Caller, ref: VersionRef, stage: Stage, reason: str
-    ) -> tuple[ModelVersion, ModelVersion | None, int]:
-        """Moves a version to `stage`. Returns (version, archived previous production or
-        None, sequence)."""
+    async def promote(self, caller: Caller, ref: VersionRef, stage: Stage, reason: str) -> Promotion:
+        """Moves a version to `stage` after its gate policy passes, or, when only approvals
+        are missing, creates a promotion request instead (`Promotion.request`)."""
         with self.metrics.outcome(self.metrics.promotions, stage=stage.value):
             await self.access.require(caller, Permission.PROMOTE, model=ref.model)
             return await self._promote(caller, ref, stage, reason)
 
-    async def _promote(
-        self, caller: Caller, ref: VersionRef, stage: Stage, reason: str
-    ) -> tuple[ModelVersion, ModelVersion | None, int]:
+    async def _promote(self, caller: Caller, ref: VersionRef, stage: Stage, reason: str) -> Promotion:
         actor = caller.name
         async with self.store.locked(ref.model, ref.number or 0) as tx:
             target = await tx.version(ref.number if ref.number is not None else (ref.alias or ""))
             plan = dd.plan_stage_move(tx.deployment, target, stage, reason, actor)
+            if stage.value in STAGE_TARGETS:
+                request = await self.gates.promote_or_request(
+                    tx.conn, caller, ref.model, target.version, stage.value, reason
+                )
+                if request is not None:
+                    row = await tx.conn.fetchrow(
+                        "SELECT * FROM model_versions WHERE model = $1 AND version = $2", ref.model, target.version
+                    )
+                    return Promotion(version_from_row(row), None, 0, request)
             seq, rows = await tx.persist(plan, actor, caller.token_name, caller.on_behalf_of)
         log.info(
             "moved models/%s/versions/%d to %s (event %d)",
@@ -89,7 +113,9 @@ class Deployments:
             extra={"principal": actor},
         )
         archived = next((m.version for m in plan.moves if m.replaced_by), 0)
-        return version_from_row(rows[target.version]), (version_from_row(rows[archived]) if archived else None), seq
+        return Promotion(
+            version_from_row(rows[target.version]), version_from_row(rows[archived]) if archived else None, seq
+        )
 
     async def set_canary(
         self, caller: Caller, model: str, version: int, weight: int, reason: str, etag: str = ""
@@ -98,6 +124,11 @@ class Deployments:
         async with self.store.locked(model, version) as tx:
             dd.check_etag(tx.deployment, etag)
             plan = dd.plan_set_canary(tx.deployment, await tx.version(version), weight, reason, caller.name)
+            # A canary serves production traffic: it passes production's gates (approvals
+            # apply when it is promoted).
+            await self.gates.enforce(
+                tx.conn, caller, model, version, "production", action="start a canary in", ignore_approvals=True
+            )
             return await self._apply(tx, plan, caller)
 
     async def promote_canary(
@@ -110,6 +141,7 @@ class Deployments:
             plan = dd.plan_promote_canary(
                 tx.deployment, await tx.version(canary.version), reason, caller.name, dd.Action.PROMOTE_CANARY
             )
+            await self.gates.enforce(tx.conn, caller, model, canary.version, "production")
             return await self._apply(tx, plan, caller)
 
     async def abort_canary(self, caller: Caller, model: str, reason: str, etag: str = "") -> tuple[dd.Deployment, int]:
@@ -126,7 +158,10 @@ class Deployments:
         async with self.store.locked(model, to_version) as tx:
             dd.check_etag(tx.deployment, etag)
             target = await tx.version(to_version) if to_version else await tx.previous_production()
-            return await self._apply(tx, dd.plan_rollback(tx.deployment, target, reason, caller.name), caller)
+            plan = dd.plan_rollback(tx.deployment, target, reason, caller.name)  # refuses a missing target
+            assert target is not None
+            await self.gates.enforce(tx.conn, caller, model, target.version, "production", rollback=True)
+            return await self._apply(tx, plan, caller)
 
     async def set_policy(self, caller: Caller, model: str, policy: dd.CanaryPolicy) -> dd.Deployment:
         await self.access.require(caller, Permission.SET_POLICY, model=model)
@@ -180,5 +215,12 @@ class Deployments:
                 plan = dd.plan_promote_canary(
                     tx.deployment, await tx.version(canary), reason, JUDGE_ACTOR, dd.Action.AUTO_PROMOTE
                 )
+                try:
+                    await self.gates.enforce(tx.conn, JUDGE, model, canary, "production", action="be auto-promoted to")
+                except GateFailed as e:
+                    if (model, canary) not in self._blocked:  # once per canary, not every pass
+                        self._blocked.add((model, canary))
+                        log.warning("%s; the canary keeps running", e.message, extra={"principal": JUDGE_ACTOR})
+                    return False
             await tx.persist(plan, JUDGE_ACTOR)
         return True

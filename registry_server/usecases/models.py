@@ -308,6 +308,10 @@ class Models:
         await self.access.require(caller, Permission.READ, model=ref.model)
         return await self._resolve(ref)
 
+    async def version_of(self, ref: VersionRef) -> dm.ModelVersion:
+        """A version by number or alias, for a use case that has authorized the caller."""
+        return await self._resolve(ref)
+
     async def _resolve(self, ref: VersionRef) -> dm.ModelVersion:
         key: int | str = ref.number if ref.number is not None else (ref.alias or "latest")
         cached = self.cache.get(ref.model, key)
