@@ -14,6 +14,7 @@ from auth_helpers import bearer
 
 from modelreg import Client, errors
 from modelreg.v1 import event_service_pb2 as es
+from modelreg.v1 import governance_pb2 as gv
 from modelreg.v1 import event_service_pb2_grpc as es_grpc
 from modelreg.v1 import governance_service_pb2 as gs
 from modelreg.v1 import governance_service_pb2_grpc as gs_grpc
@@ -278,3 +279,28 @@ def test_protected_aliases_need_the_releaser_role(secure_registry):
     )
     assert got.model_version.version == 3 and list(got.model_version.aliases) == ["champion"]
     assert gov.DeleteAlias(delete, metadata=bearer(releaser), timeout=10).version == 3
+
+
+def test_a_protected_alias_moves_only_past_its_gate_policy(client, registry):
+    low = client.register("gated", b"low", metrics={"map50": 0.52})
+    high = client.register("gated", b"high", metrics={"map50": 0.71})
+    client.set_alias("gated", "champion", high.version, protected=True)
+    client.set_alias("gated", "scratch", high.version)  # unprotected: no gate applies
+    gov = gs_grpc.GovernanceServiceStub(client._channel)
+    policy = gv.GatePolicy(
+        target="champion", checks=[gv.GateCheck(type=gv.GATE_CHECK_TYPE_MAX_DROP, metric="map50", value=0.02)]
+    )
+    gov.SetGatePolicy(gs.SetGatePolicyRequest(model="models/gated", policy=policy), timeout=10)
+
+    with pytest.raises(errors.FailedPrecondition) as info:
+        client.set_alias("gated", "champion", low.version, reason="cheaper")
+    message = info.value.message
+    assert "models/gated/versions/1 cannot become alias champion" in message
+    assert "map50" in message and "0.02" in message
+    assert client.get_version("gated@champion").version == high.version  # not moved
+    assert [h.to_version for h in client.alias_history("gated", "champion")] == [high.version]
+
+    assert client.set_alias("gated", "scratch", low.version).alias.version == low.version
+    # Unprotected, the policy no longer guards it.
+    client.set_alias("gated", "champion", high.version, protected=False)
+    assert client.set_alias("gated", "champion", low.version).alias.version == low.version

@@ -60,7 +60,7 @@ class Aliases:
                 return current, 0
             assert plan.after is not None
             if plan.after.protected and plan.moves:
-                await self.gates.enforce(conn, caller, model, version, alias)
+                await self.gates.enforce(conn, caller, model, version, alias, action="become alias")
             sequence, after = await self.store.persist(conn, plan, caller.name)
         assert after is not None
         log.info(
