@@ -14,8 +14,8 @@ from auth_helpers import bearer
 
 from modelreg import Client, errors
 from modelreg.v1 import event_service_pb2 as es
-from modelreg.v1 import governance_pb2 as gv
 from modelreg.v1 import event_service_pb2_grpc as es_grpc
+from modelreg.v1 import governance_pb2 as gv
 from modelreg.v1 import governance_service_pb2 as gs
 from modelreg.v1 import governance_service_pb2_grpc as gs_grpc
 from modelreg.v1 import registry_service_pb2 as rs

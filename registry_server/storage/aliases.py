@@ -93,7 +93,7 @@ class AliasStore:
         )
         return sequence, after
 
-    async def list(self, model: str) -> list[Alias]:
+    async def list_aliases(self, model: str) -> list[Alias]:
         rows = await self.pool.fetch("SELECT * FROM model_aliases WHERE model = $1 ORDER BY alias", model)
         if not rows:
             await require_model(self.pool, model)

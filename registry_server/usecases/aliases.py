@@ -95,7 +95,7 @@ class Aliases:
 
     async def list_aliases(self, caller: Caller, model: str) -> list[da.Alias]:
         await self.access.require(caller, Permission.READ, model=model)
-        return await self.store.list(model)
+        return await self.store.list_aliases(model)
 
     async def history(
         self, caller: Caller, model: str, alias: str, before_id: int, limit: int

@@ -15,7 +15,9 @@ DESCRIPTION = (
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("alias", parents=[common], help="set, move, delete and list named aliases", description=DESCRIPTION)
+    p = sub.add_parser(
+        "alias", parents=[common], help="set, move, delete and list named aliases", description=DESCRIPTION
+    )
     asub = p.add_subparsers(dest="alias_command", metavar="SUBCOMMAND")
     asub.required = True
 
@@ -98,7 +100,10 @@ def alias_list(args) -> int:
     else:
         out.table(
             ["alias", "version", "protected", "updated", "by"],
-            [[a.alias, a.version, "yes" if a.protected else "", out.when(a.update_time), a.updated_by] for a in aliases],
+            [
+                [a.alias, a.version, "yes" if a.protected else "", out.when(a.update_time), a.updated_by]
+                for a in aliases
+            ],
         )
     return 0
 
