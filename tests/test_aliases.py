@@ -75,6 +75,9 @@ def test_set_move_and_resolve_an_alias_in_get_list_and_download(client, tmp_path
     page = list(client.alias_history("det", page_size=1))  # pages through every row
     assert len(page) == 3
 
+    # A promotion may name its version by alias too.
+    assert client.promote("det", "champion", "staging", reason="on to staging").model_version.version == 2
+
     assert client.delete_alias("det", "champion", reason="retired") == 2
     with pytest.raises(errors.NotFound, match="has no alias 'champion'"):
         client.get_version("det@champion")

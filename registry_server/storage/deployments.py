@@ -21,7 +21,7 @@ from registry_server.domain import deployments as dd
 from registry_server.domain.models import StageTransition
 from registry_server.domain.stages import Stage
 from registry_server.errors import ModelNotFound, VersionNotFound
-from registry_server.storage.models import no_alias, require_model
+from registry_server.storage.models import no_alias, no_named_alias, require_model
 from registry_server.storage.outbox import Outbox
 
 # A model's deployment with its stable (production) and canary artifacts, from `models m`.
@@ -127,7 +127,8 @@ class DeploymentTx:
         self._known = {v.version: v for v in known}
 
     async def version(self, ref: int | str) -> dd.VersionInfo:
-        """A version of the locked model by number or alias (production, staging, latest)."""
+        """A version of the locked model by number or alias (production, staging, latest, or a
+        named alias)."""
         model, d = self.deployment.model, self.deployment
         if ref == "production":
             if d.stable is None:
@@ -146,6 +147,15 @@ class DeploymentTx:
             )
             if row is None:
                 raise no_alias(model, "staging", "in staging")
+        elif isinstance(ref, str):  # a named alias (champion)
+            row = await self.conn.fetchrow(
+                "SELECT v.* FROM model_aliases a JOIN model_versions v ON v.model = a.model AND v.version = a.version"
+                " WHERE a.model = $1 AND a.alias = $2",
+                model,
+                ref,
+            )
+            if row is None:
+                raise no_named_alias(model, ref)
         else:
             row = await self.conn.fetchrow("SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref)
             if row is None:
