@@ -199,6 +199,11 @@ def test_cli_alias_commands_and_model_at_alias(client, cli, tmp_path):
     assert bad.returncode == 1 and "modelreg promote" in bad.stderr and "INVALID_ARGUMENT" in bad.stderr
     usage = cli("alias", "set", "cl", "champion", "two", check=False)
     assert usage.returncode == 2 and "VERSION must be a version number" in usage.stderr
+    promoted = json.loads(cli("promote", "cl@champion", "staging", "--reason", "r", "-o", "json").stdout)
+    assert promoted["modelVersion"]["name"] == "models/cl/versions/3"
+    assert promoted["modelVersion"]["stage"] == "STAGE_STAGING"
+    no_stage = cli("promote", "cl", "3", check=False)
+    assert no_stage.returncode == 2 and "give the stage" in no_stage.stderr
     deleted = json.loads(cli("alias", "delete", "cl", "champion", "-o", "json").stdout)
     assert deleted == {"alias": "champion", "version": "3"}
     missing = cli("alias", "delete", "cl", "champion", check=False)

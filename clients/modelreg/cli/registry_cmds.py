@@ -120,10 +120,15 @@ def register(sub, common) -> None:
     p.add_argument("version", nargs="?", help="a number, production, staging, latest or an alias (default: latest)")
     p.set_defaults(func=get_version)
 
-    p = sub.add_parser("promote", parents=[common], help="move a version to another stage")
-    p.add_argument("name")
-    p.add_argument("version")
-    p.add_argument("stage", help="staging, production or archived")
+    p = sub.add_parser(
+        "promote",
+        parents=[common],
+        help="move a version to another stage",
+        description="modelreg promote NAME VERSION STAGE | modelreg promote NAME@ALIAS STAGE",
+    )
+    p.add_argument("name", help="model name, or MODEL@ALIAS")
+    p.add_argument("version", help="a number, stage or alias (left out after MODEL@ALIAS)")
+    p.add_argument("stage", nargs="?", help="staging, production or archived")
     p.add_argument("--reason", default="")
     p.set_defaults(func=promote)
 
@@ -332,8 +337,13 @@ def get_version(args) -> int:
 
 
 def promote(args) -> int:
+    version, stage = args.version, args.stage
+    if stage is None:
+        if "@" not in args.name:
+            raise UsageError("give the stage: modelreg promote NAME VERSION STAGE (or NAME@ALIAS STAGE)")
+        version, stage = split_alias(args.name)[1], version
     with _client(args) as c:
-        resp = c.promote(args.name, args.version, args.stage, reason=args.reason)
+        resp = c.promote(args.name, version, stage, reason=args.reason)
     if args.output == "json":
         out.print_json(resp)
     else:
