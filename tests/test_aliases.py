@@ -205,6 +205,12 @@ def test_cli_alias_commands_and_model_at_alias(client, cli, tmp_path):
     no_stage = cli("promote", "cl", "3", check=False)
     assert no_stage.returncode == 2 and "give the stage" in no_stage.stderr
     deleted = json.loads(cli("alias", "delete", "cl", "champion", "-o", "json").stdout)
+    lines = cli("events", "cl", "--type", "alias_changed").stdout.splitlines()
+    assert [line.split("  ")[3] for line in lines] == [
+        "models/cl@champion - -> v2",
+        "models/cl@champion v2 -> v3",
+        "models/cl@champion v3 -> -",
+    ]
     assert deleted == {"alias": "champion", "version": "3"}
     missing = cli("alias", "delete", "cl", "champion", check=False)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
