@@ -21,6 +21,7 @@ MODULES = [
     "benchmarks.bench_read_latency",
     "benchmarks.bench_history",
     "benchmarks.bench_promotion",
+    "benchmarks.bench_gates",
     "benchmarks.bench_registration",
     "benchmarks.bench_events",
     "benchmarks.bench_transfer",

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,44 @@ def _read_pem(path: str, variable: str) -> bytes:
         raise ConfigError(f"cannot read {variable}={path!r}: {e.strerror or e}; point it at a PEM file") from None
 
 
+def _check_tls_files(settings: Settings) -> None:
+    """Parses the certificate, key and client CA as OpenSSL will, so that a bad one is a
+    ConfigError naming its flag before any I/O. gRPC itself accepts any bytes here and
+    fails only in add_secure_port, with nothing better than "cannot listen"."""
+
+    def check(variable: str, path: str, what: str, load: Callable[[], object]) -> None:
+        try:
+            load()
+        except (ssl.SSLError, ValueError) as e:
+            reason = getattr(e, "reason", None) or "no usable PEM data"
+            raise ConfigError(f"{variable}={path!r} is not {what} ({reason}); point it at one") from None
+
+    def no_password() -> bytes:
+        return b""  # an encrypted key fails to load instead of prompting on the terminal
+
+    check(
+        "MODELREG_TLS_CERT (--tls-cert)",
+        settings.tls_cert,
+        "a PEM certificate chain",
+        lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=settings.tls_cert),
+    )
+    check(
+        "MODELREG_TLS_KEY (--tls-key)",
+        settings.tls_key,
+        "the unencrypted PEM private key of the certificate in --tls-cert",
+        lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            settings.tls_cert, settings.tls_key, password=no_password
+        ),
+    )
+    if settings.tls_client_ca:
+        check(
+            "MODELREG_TLS_CLIENT_CA (--tls-client-ca)",
+            settings.tls_client_ca,
+            "a PEM file of CA certificates",
+            lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=settings.tls_client_ca),
+        )
+
+
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS (and mTLS with a client CA) from the settings, or None for plaintext."""
     if not settings.tls:
@@ -100,6 +139,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         if settings.tls_client_ca
         else None
     )
+    _check_tls_files(settings)
     try:
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
     except (ValueError, TypeError) as e:

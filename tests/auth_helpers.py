@@ -3,6 +3,10 @@ token, and principals with roles and tokens created through the real AuthService
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import pytest
 
 from modelreg.v1 import auth_service_pb2 as au
 from modelreg.v1 import auth_service_pb2_grpc as au_grpc
+from modelreg.v1 import registry_service_pb2 as rs
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -68,3 +73,41 @@ def secure_registry(make_registry, tmp_path):
     channel = grpc.insecure_channel(reg.address)
     yield SecureRegistry(reg, reg.address, admin_token_of(tmp_path / "data"), channel)
     channel.close()
+
+
+@contextlib.contextmanager
+def registry_on_a_new_database(postgres, root: Path, **overrides) -> Iterator[object]:
+    """A threaded registry on a database of its own, for module-scoped fixtures (the
+    function-scoped `make_registry` builds the same thing per test). Its data directory is
+    `root/data`, its artifacts `root/artifacts`."""
+    from conftest import ThreadedRegistry, _admin
+
+    from registry_server.config import Settings
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    _admin(postgres, f'CREATE DATABASE "{name}"')
+    params: dict = dict(
+        address="127.0.0.1:0",
+        database_url=postgres.url_for(name),
+        data_dir=root / "data",
+        artifacts=str(root / "artifacts"),
+        bookmark_interval=1.0,
+        shutdown_grace=0.5,
+    )
+    params.update(overrides)
+    reg = ThreadedRegistry(Settings(**params))
+    try:
+        yield reg
+    finally:
+        with contextlib.suppress(Exception):
+            reg.stop()
+        with contextlib.suppress(Exception):
+            _admin(postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def registration(parent: str, data: bytes, filename: str = "model.onnx") -> list[rs.RegisterModelVersionRequest]:
+    """The client stream of RegisterModelVersion: a header, then the bytes in one chunk."""
+    header = rs.RegisterModelVersionHeader(
+        parent=parent, filename=filename, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+    return [rs.RegisterModelVersionRequest(header=header), rs.RegisterModelVersionRequest(chunk=data)]

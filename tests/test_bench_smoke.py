@@ -18,6 +18,7 @@ MEASURED = {
     "read_latency",
     "history",
     "promotion",
+    "gates",
     "registration",
     "events",
     "transfer",

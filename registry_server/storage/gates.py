@@ -85,6 +85,31 @@ def _request(r: asyncpg.Record, approvals: tuple[Approval, ...] = ()) -> Request
     )
 
 
+def _floats(metrics: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in (metrics or {}).items()}
+
+
+# The policy, and only when there is one, the facts it is evaluated on: the candidate's
+# metrics and card status, and the target's current holder (production; the newest staging
+# version; the alias's version) as [version, metrics].
+_FACTS = """
+SELECT g.policy,
+       (SELECT v.metrics FROM model_versions v WHERE v.model = $1 AND v.version = $2) AS metrics,
+       (SELECT c.status FROM model_cards c WHERE c.model = $1 AND c.version = $2) AS card,
+       CASE $3
+         WHEN 'production' THEN (SELECT json_build_array(v.version, v.metrics) FROM model_versions v
+                                 WHERE v.model = $1 AND v.stage = 'production' AND v.version <> $2)
+         WHEN 'staging' THEN (SELECT json_build_array(v.version, v.metrics) FROM model_versions v
+                              WHERE v.model = $1 AND v.stage = 'staging' AND v.version <> $2
+                              ORDER BY v.version DESC LIMIT 1)
+         ELSE (SELECT json_build_array(v.version, v.metrics) FROM model_aliases a JOIN model_versions v
+               ON v.model = a.model AND v.version = a.version
+               WHERE a.model = $1 AND a.alias = $3 AND v.version <> $2)
+       END AS holder
+FROM gate_policies g WHERE g.model = $1 AND g.target = $3
+"""
+
+
 class GateStore:
     def __init__(self, outbox: Outbox):
         self.outbox = outbox
@@ -146,39 +171,20 @@ class GateStore:
 
     # ---------------------------------------------------------------- facts for an evaluation
 
-    async def metrics(self, conn: Conn, model: str, versions: list[int]) -> dict[int, dict[str, float]]:
-        rows = await conn.fetch(
-            "SELECT version, metrics FROM model_versions WHERE model = $1 AND version = ANY($2::bigint[])",
-            model,
-            versions,
-        )
-        return {r["version"]: {k: float(v) for k, v in (r["metrics"] or {}).items()} for r in rows}
-
-    async def holder(self, conn: Conn, model: str, target: str, exclude: int) -> Holder | None:
-        """The version holding `target` now (production; the newest staging version; the
-        alias's version), other than `exclude`, with its metrics."""
-        if target == "production":
-            sql = "SELECT version, metrics FROM model_versions WHERE model = $1 AND stage = 'production'"
-        elif target == "staging":
-            sql = (
-                "SELECT version, metrics FROM model_versions WHERE model = $1 AND stage = 'staging'"
-                " AND version <> $2 ORDER BY version DESC LIMIT 1"
-            )
-        else:
-            sql = (
-                "SELECT v.version, v.metrics FROM model_aliases a JOIN model_versions v"
-                " ON v.model = a.model AND v.version = a.version"
-                " WHERE a.model = $1 AND v.version <> $2 AND a.alias = $3"
-            )
-        args: list[Any] = [model]
-        if target != "production":
-            args.append(exclude)
-        if target not in STAGE_TARGETS:
-            args.append(target)
-        row = await conn.fetchrow(sql, *args)
-        if row is None or row["version"] == exclude:
+    async def facts(
+        self, conn: Conn, model: str, version: int, target: str
+    ) -> tuple[GatePolicy, dict[str, float], str | None, Holder | None] | None:
+        """In one round trip: the target's policy, the version's metrics and card status,
+        and the holder of the target now (other than `version`) with its metrics. None
+        without a policy (then nothing else is read)."""
+        row = await conn.fetchrow(_FACTS, model, version, target)
+        if row is None:
             return None
-        return Holder(row["version"], {k: float(v) for k, v in (row["metrics"] or {}).items()})
+        holder = None
+        if row["holder"] is not None:
+            number, metrics = row["holder"]
+            holder = Holder(int(number), _floats(metrics))
+        return GatePolicy.from_dict(row["policy"]), _floats(row["metrics"]), row["card"], holder
 
     async def once_held(self, conn: Conn, model: str, version: int, target: str) -> bool:
         if target in STAGE_TARGETS:
@@ -186,9 +192,6 @@ class GateStore:
         else:
             sql = "SELECT 1 FROM alias_history WHERE model = $1 AND to_version = $2 AND alias = $3 LIMIT 1"
         return await conn.fetchval(sql, model, version, target) is not None
-
-    async def card_status(self, conn: Conn, model: str, version: int) -> str | None:
-        return await conn.fetchval("SELECT status FROM model_cards WHERE model = $1 AND version = $2", model, version)
 
     # ---------------------------------------------------------------- requests
 

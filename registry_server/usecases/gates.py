@@ -118,12 +118,10 @@ class Gates:
         """The target's policy against a version (an empty, passing evaluation without a
         policy: one query). Approvals count the pending request for this version, excluding
         `requester`."""
-        policy = await self.store.policy(conn, model, target)
-        if policy is None:
+        facts = await self.store.facts(conn, model, version, target)
+        if facts is None:
             return Evaluation(model, version, target)
-        holder = await self.store.holder(conn, model, target, exclude=version)
-        metrics = (await self.store.metrics(conn, model, [version])).get(version, {})
-        card = await self.store.card_status(conn, model, version) if _needs(policy, CheckType.REQUIRE_CARD) else None
+        policy, metrics, card, holder = facts
         approvals = 0
         if policy.approvals:
             pending = await self.store.pending(conn, model, target, lock=False)
@@ -268,7 +266,3 @@ class Gates:
             extra={"principal": caller.name},
         )
         return request, version_from_row(rows[version]), seq
-
-
-def _needs(policy: GatePolicy, kind: CheckType) -> bool:
-    return any(c.type == kind for c in policy.checks)

@@ -22,7 +22,14 @@ from registry_server.domain.access import (
     check_role,
     validate_id,
 )
-from registry_server.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound, PermissionDenied
+from registry_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+    StartupError,
+)
 from registry_server.storage.access import AccessStore, Principal, Project, Token
 from registry_server.usecases.access import Access, digest, new_secret
 
@@ -217,12 +224,16 @@ class Identity:
     async def bootstrap(self, data_dir: Path) -> Path | None:
         """With auth on and no admin yet: creates principal `admin` with one token and writes
         the secret to `<data_dir>/admin.token` (mode 0600). Once in the database's life.
-        Returns the file's path when it did, else None."""
+        Returns the file's path when it did, else None.
+
+        The secret is written to a hidden file before the commit (a failure to write it
+        leaves nothing done) and renamed to `admin.token` after it, so THE FILE APPEARS ONLY
+        ONCE ITS TOKEN IS VALID: a script waiting for the file never gets "unknown token"."""
         path = data_dir / TOKEN_FILE
         tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
         secret = new_secret()
 
-        def keep_secret() -> None:  # before the commit: a failure here creates nothing
+        def keep_secret() -> None:
             data_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -234,12 +245,18 @@ class Identity:
 
         try:
             done = await self.store.bootstrap_admin(BOOTSTRAP_PRINCIPAL, BOOTSTRAP_TOKEN, digest(secret), keep_secret)
-            if done:  # committed: the file appears only once its token works
-                os.replace(tmp, path)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
         if not done:
             return None
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StartupError(
+                f"created principal 'admin' but could not move its token file {tmp} to {path} ({e.strerror or e}); "
+                "move it there by hand"
+            ) from None
         self.access.invalidate()
         return path
 
