@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from registry_server.domain.access import Permission
 from registry_server.domain.events import EventDraft
@@ -156,13 +156,15 @@ def plan_set(
 
 def plan_delete(model: str, alias: str, current: Alias | None, reason: str) -> AliasPlan:
     if current is None:
-        raise_no_alias(model, alias)
+        raise alias_not_found(model, alias)
     return AliasPlan(current, None, reason)
 
 
-def raise_no_alias(model: str, alias: str) -> NoReturn:
-    raise NotFound(
-        f"model 'models/{model}' has no alias {alias!r}; list its aliases with 'modelreg alias list {model}'"
+def alias_not_found(model: str, alias: str) -> NotFound:
+    """NOT_FOUND for a named alias the model does not have (the model exists)."""
+    return NotFound(
+        f"model 'models/{model}' has no alias {alias!r}; list its aliases with 'modelreg alias list {model}', "
+        f"or set it with 'modelreg alias set {model} {alias} VERSION'"
     )
 
 

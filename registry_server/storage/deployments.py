@@ -18,10 +18,11 @@ from typing import Any
 import asyncpg
 
 from registry_server.domain import deployments as dd
+from registry_server.domain.aliases import alias_not_found
 from registry_server.domain.models import StageTransition
 from registry_server.domain.stages import Stage
 from registry_server.errors import ModelNotFound, VersionNotFound
-from registry_server.storage.models import no_alias, no_named_alias, require_model
+from registry_server.storage.models import no_alias, require_model
 from registry_server.storage.outbox import Outbox
 
 # A model's deployment with its stable (production) and canary artifacts, from `models m`.
@@ -155,7 +156,7 @@ class DeploymentTx:
                 ref,
             )
             if row is None:
-                raise no_named_alias(model, ref)
+                raise alias_not_found(model, ref)
         else:
             row = await self.conn.fetchrow("SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref)
             if row is None:

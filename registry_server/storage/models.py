@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from registry_server.domain.aliases import alias_not_found
 from registry_server.domain.events import EventDraft
 from registry_server.domain.models import (
     ArtifactFormat,
@@ -413,7 +414,7 @@ class ModelStore:
             if isinstance(ref, str):
                 stage = {"production": "in production", "staging": "in staging", "latest": "registered"}.get(ref)
                 if stage is None:
-                    raise no_named_alias(model, ref)
+                    raise alias_not_found(model, ref)
                 raise no_alias(model, ref, stage)
             raise VersionNotFound(model, ref)
         return version_from_row(row)
@@ -498,16 +499,6 @@ async def require_model(conn: asyncpg.Pool | asyncpg.Connection, model: str) -> 
     """Raises ModelNotFound unless the model exists (the error for an empty result)."""
     if not await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model):
         raise ModelNotFound(model)
-
-
-def no_named_alias(model: str, alias: str) -> VersionNotFound:
-    err = VersionNotFound(model, alias)
-    err.message = (
-        f"model 'models/{model}' has no alias {alias!r}; list its aliases with 'modelreg alias list {model}', "
-        f"or set it with 'modelreg alias set {model} {alias} VERSION'"
-    )
-    err.args = (err.message,)
-    return err
 
 
 def no_alias(model: str, alias: str, what: str) -> VersionNotFound:

@@ -84,8 +84,8 @@ def _event_line(e: es.Event) -> str:
         stable, canary = describe(e.deployment)
         what += f" stable={stable} canary={canary}"
     if e.type == es.EVENT_TYPE_ALIAS_CHANGED:  # models/det@champion v1 -> v2 ('-': created or deleted)
-        d = dict(e.details)
-        ends = [f"v{int(n)}" if n else "-" for n in (d.get("from_version"), d.get("to_version"))]
+        d = out.to_dict(e.details)
+        ends = [f"v{int(d[k])}" if d.get(k) else "-" for k in ("from_version", "to_version")]
         what = f"{e.model}@{d.get('alias', '?')} {ends[0]} -> {ends[1]}"
     line = f"#{e.sequence}  {when}  {event_type_name(e.type)}  {what}  by {e.actor}"
     if e.reason:
