@@ -318,3 +318,52 @@ def test_a_protected_alias_moves_only_past_its_gate_policy(client, registry):
     # Unprotected, the policy no longer guards it.
     client.set_alias("gated", "champion", high.version, protected=False)
     assert client.set_alias("gated", "champion", low.version).alias.version == low.version
+
+
+def test_concurrent_moves_leave_one_consistent_history(client):
+    """Moves of one alias serialize on the model's row lock: the history is a chain (each
+    move starts where the one before ended) and ends where the alias points."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(4):
+        client.register("race", f"w{i}".encode())
+    client.set_alias("race", "champion", 1)
+    rng = random.Random(12)
+    targets = [rng.randint(1, 4) for _ in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: client.set_alias("race", "champion", n, reason=f"to {n}"), targets))
+    chain = list(reversed(list(client.alias_history("race", "champion"))))
+    assert chain[0].from_version == 0
+    for before, after in zip(chain, chain[1:], strict=False):
+        assert after.from_version == before.to_version and after.from_version != after.to_version
+        assert after.sequence > before.sequence
+    assert chain[-1].to_version == client.get_version("race@champion").version
+
+
+def test_alias_rules_as_pure_functions():
+    from registry_server.domain import aliases as da
+    from registry_server.domain.access import Permission
+    from registry_server.errors import NotFound
+
+    assert da.normalize_alias(" Champion ") == "champion"
+    assert da.is_alias("eu-prod_2") and not da.is_alias("v12") and not da.is_alias("staging")
+    protected = da.Alias("m", "champion", 3, protected=True)
+    plain = da.Alias("m", "scratch", 3)
+    # Anything that touches a protected alias, or makes one, needs the releaser's permission.
+    assert da.required_permission(None, False) is Permission.SET_ALIAS
+    assert da.required_permission(plain, False) is Permission.SET_ALIAS
+    assert da.required_permission(plain, True) is Permission.PROMOTE
+    assert da.required_permission(protected, False) is Permission.PROMOTE
+    # A set that changes nothing is not a change; protecting in place is, without a move.
+    same = da.plan_set("m", "scratch", 3, plain, None, "", "a", None)
+    assert not same.changed and not same.moves
+    guard = da.plan_set("m", "scratch", 3, plain, True, "", "a", None)
+    assert guard.changed and not guard.moves and guard.event().details["protected"] is True
+    move = da.plan_set("m", "champion", 4, protected, None, "r", "a", {"version": 4})
+    assert move.moves and move.after is not None and move.after.protected  # None keeps the protection
+    assert move.event().version == 4 and move.event().details["artifact"] == {"version": 4}
+    gone = da.plan_delete("m", "champion", protected, "bye")
+    assert gone.event().version == 0 and gone.event().details["to_version"] == 0
+    with pytest.raises(NotFound, match="has no alias 'ghost'"):
+        da.plan_delete("m", "ghost", None, "")

@@ -35,17 +35,14 @@ class AliasStore:
         self.transaction = outbox.transaction
 
     async def lock(self, conn: asyncpg.Connection, model: str, alias: str) -> Alias | None:
-        """Locks the model's row (ModelNotFound when missing) and returns the alias, or None."""
-        row = await conn.fetchrow(
-            "SELECT m.name, a.model, a.alias, a.version, a.protected, a.updated_by, a.updated_at"
-            " FROM models m LEFT JOIN model_aliases a ON a.model = m.name AND a.alias = $2"
-            " WHERE m.name = $1 FOR UPDATE OF m",
-            model,
-            alias,
-        )
-        if row is None:
+        """Locks the model's row (ModelNotFound when missing), then returns the alias or None.
+        Two statements ON PURPOSE: under READ COMMITTED a statement that waited for the lock
+        re-checks only the locked row, and a row it joined would be the one its snapshot saw
+        before the other writer committed (a stale alias, two moves from the same version)."""
+        if await conn.fetchval("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", model) is None:
             raise ModelNotFound(model)
-        return alias_from_row(row) if row["alias"] is not None else None
+        row = await conn.fetchrow("SELECT * FROM model_aliases WHERE model = $1 AND alias = $2", model, alias)
+        return alias_from_row(row) if row is not None else None
 
     async def version(self, conn: asyncpg.Connection, model: str, version: int) -> ModelVersion:
         """The version an alias is about to point at (the model row is locked already, so it
