@@ -8,6 +8,11 @@ inference gRPC server (`modelreg agent`).
     result = await agent.predict("fraud", {"x": np.ones((1, 4), np.float32)})
     result.model_version, result.outputs["y"]
     await agent.stop()
+
+Against a registry with auth on and TLS, pass its credentials (a token file is re-read
+when it changes): AgentConfig(..., credentials=Credentials(token_file=Path("agent.token"),
+ca_cert=Path("ca.pem"))), or `serving_agent.security.registry_credentials()` for the flags'
+environment variables.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from modelreg.credentials import Credentials, aio_channel
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from modelreg_runtime import tracing
@@ -35,6 +41,7 @@ from serving_agent.loaders import Detections, RuntimeOptions
 from serving_agent.manager import Backoff, ManagerHooks, ModelManager
 from serving_agent.metrics import Metrics
 from serving_agent.policy import State
+from serving_agent.security import describe_registry
 from serving_agent.source import RegistrySource
 from serving_agent.spec import Desired
 
@@ -70,6 +77,9 @@ class AgentConfig:
     """Everything an agent needs; `modelreg agent` builds it from flags and the environment."""
 
     registry: str = "127.0.0.1:50051"
+    # how the agent proves who it is to the registry (a token, a token file re-read when it
+    # changes, TLS, mTLS): every call on its one channel carries it. Default: none, plaintext.
+    credentials: Credentials = field(default_factory=Credentials)
     models: tuple[str, ...] = ()
     cache_dir: Path = Path(".modelreg-agent")
     cache_max_bytes: int = 10 * 1024**3
@@ -90,6 +100,7 @@ class AgentConfig:
     def describe(self) -> list[tuple[str, str]]:
         return [
             ("registry", self.registry),
+            *describe_registry(self.credentials),
             ("models", ", ".join(self.models)),
             ("cache dir", str(self.cache_dir)),
             ("cache max bytes", str(self.cache_max_bytes)),
@@ -133,6 +144,7 @@ class Agent:
         self._ready = asyncio.Event()
         self._listeners: list = []  # called with (ready: bool) on every change
         self._stopping = False
+        self._report_refused: grpc.StatusCode | None = None  # why reports are refused, once logged
 
     # ------------------------------------------------------------ lifecycle
 
@@ -140,8 +152,9 @@ class Agent:
         c = self.config
         c.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache = BlobCache(c.cache_dir, c.cache_max_bytes)
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = aio_channel(  # the token on every call: the watch, downloads, reports
             c.registry,
+            c.credentials,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.initial_reconnect_backoff_ms", 200),
@@ -349,10 +362,21 @@ class Agent:
                 metadata=(("x-modelreg-actor", f"agent:{self.agent_id}"),),
                 timeout=5,
             )
+            self._report_refused = None
             return True
         except grpc.aio.AioRpcError as e:
             if not final:
-                log.debug("status report failed: %s %s", e.code().name, e.details())
+                refused = e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+                if refused and e.code() != self._report_refused:  # once per change, not every interval
+                    log.warning(
+                        "the registry refuses the agent's status reports (%s: %s); check --token-file and the "
+                        "agent role of its principal",
+                        e.code().name,
+                        e.details(),
+                    )
+                else:
+                    log.debug("status report failed: %s %s", e.code().name, e.details())
+                self._report_refused = e.code() if refused else None
             return False
 
     async def _report_loop(self) -> None:

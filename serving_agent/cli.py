@@ -103,11 +103,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="first retry delay after a failed load, doubling up to --retry-max (default: 1)",
     )
     p.add_argument("--retry-max", type=float, default=30.0, help="longest retry delay in seconds (default: 30)")
+    security = p.add_argument_group("identity and TLS")
+    # The `modelreg` command line may give every command --token-file and --ca-cert: then the
+    # agent reads the same ones (the same dest), so they are added here only when missing.
+    _add_once(
+        security,
+        p,
+        "--token-file",
+        metavar="FILE",
+        help="bearer token for the registry, re-read when the file changes, so a rotated token needs "
+        "no restart (default: $MODELREG_TOKEN_FILE, else the token in $MODELREG_TOKEN)",
+    )
+    _add_once(
+        security,
+        p,
+        "--ca-cert",
+        metavar="FILE",
+        help="CA that signed the registry's certificate; implies TLS to the registry (default: "
+        "$MODELREG_CA_CERT; $MODELREG_CLIENT_CERT and $MODELREG_CLIENT_KEY add a client certificate)",
+    )
+    security.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve the inference API over TLS with this certificate chain (PEM, with --tls-key; default: "
+        "$MODELREG_TLS_CERT)",
+    )
+    security.add_argument(
+        "--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM; default: $MODELREG_TLS_KEY)"
+    )
+    security.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require every inference client to present a certificate signed by this CA (mTLS; default: "
+        "$MODELREG_TLS_CLIENT_CA)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     p.add_argument(
         "--log-format", choices=("text", "json"), default=None, help="log lines (default: $MODELREG_LOG_FORMAT or text)"
     )
     p.set_defaults(func=run_agent, command=COMMAND)
+
+
+def _add_once(group: Any, parser: argparse.ArgumentParser, flag: str, **kw: Any) -> None:
+    if flag not in parser._option_string_actions:
+        group.add_argument(flag, default=None, **kw)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -130,6 +169,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from modelreg_runtime import logs, tracing
     from serving_agent.agent import AgentConfig, keep_warm_from_env
     from serving_agent.errors import StartupError
+    from serving_agent.security import InferenceTLS, registry_credentials
     from serving_agent.server import listen_address, serve
 
     try:
@@ -152,8 +192,22 @@ def run_agent(args: argparse.Namespace) -> int:
         keep_warm = args.keep_warm if args.keep_warm is not None else keep_warm_from_env()
     except ValueError as e:
         raise UsageError(str(e)) from None
+    env = os.environ
+    try:
+        credentials = registry_credentials(
+            token_file=getattr(args, "token_file", None), ca_cert=getattr(args, "ca_cert", None)
+        )
+        tls = InferenceTLS.from_flags(
+            args.tls_cert or env.get("MODELREG_TLS_CERT"),
+            args.tls_key or env.get("MODELREG_TLS_KEY"),
+            args.tls_client_ca or env.get("MODELREG_TLS_CLIENT_CA"),
+        )
+    except StartupError as e:
+        print(f"modelreg agent: {e.message}", file=sys.stderr)
+        return e.exit_code
     config = AgentConfig(
         registry=args.registry or args.address,
+        credentials=credentials,
         keep_warm=keep_warm,
         models=models,
         cache_dir=Path(args.cache_dir or os.environ.get("MODELREG_AGENT_CACHE_DIR") or ".modelreg-agent"),
@@ -168,12 +222,12 @@ def run_agent(args: argparse.Namespace) -> int:
     )
     try:
         metrics, default = metrics_address(args)
-        asyncio.run(serve(config, listen, metrics, metrics_optional=default))
+        asyncio.run(serve(config, listen, metrics, metrics_optional=default, tls=tls))
     except KeyboardInterrupt:
         pass
     except StartupError as e:
         print(f"modelreg agent: {e.message}", file=sys.stderr)
-        return 1
+        return e.exit_code
     return 0
 
 

@@ -43,8 +43,17 @@ class FetchError(AgentError):
 
 class StartupError(Exception):
     """The agent cannot start (its inference or metrics address cannot be bound). Not a
-    caller's error: only the command line turns it into one line on stderr and exit 1."""
+    caller's error: only the command line turns it into one line on stderr and `exit_code`."""
+
+    exit_code = 1
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class AgentConfigError(StartupError):
+    """A setting the agent cannot use: a TLS certificate without its key, a token, CA or
+    certificate file that cannot be read. Exit 2, as for any other bad setting."""
+
+    exit_code = 2

@@ -22,6 +22,7 @@ from modelreg_runtime.metrics_http import MetricsServer
 from modelreg_runtime.process import keep_freed_memory
 from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
 from serving_agent.errors import AgentError, BadInput, StartupError
+from serving_agent.security import InferenceTLS
 
 # The agent process keeps blocks up to 32 MiB in the heap and 128 MiB free at its top
 # (see modelreg_runtime.process.keep_freed_memory): image-sized tensors in and out of every Predict.
@@ -118,10 +119,14 @@ async def serve(
     metrics: tuple[str, int] | None,
     ready_line: bool = True,
     metrics_optional: bool = False,
+    tls: InferenceTLS | None = None,
 ) -> None:
     """Runs an agent with its inference server until SIGTERM/SIGINT. `metrics` is the
     (host, port) of /metrics, None for none; a busy metrics address ends the process unless
-    `metrics_optional` (the default address: a second agent on the host runs without)."""
+    `metrics_optional` (the default address: a second agent on the host runs without).
+    With `tls` the inference port speaks only TLS (mTLS with its client CA): a plaintext
+    client's connection fails its handshake, it is never served."""
+    server_credentials = tls.server_credentials() if tls is not None else None  # files read before binding
     keep_freed_memory(**AGENT_MALLOC)
     agent = Agent(config)
     server = grpc.aio.server(
@@ -139,7 +144,10 @@ async def serve(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(listen)
+        if server_credentials is not None:
+            port = server.add_secure_port(listen, server_credentials)
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError:  # grpc raises instead of returning 0 for an address in use
         port = 0
     if port == 0 and not listen.startswith("unix:"):
@@ -179,7 +187,8 @@ async def serve(
         width = max(len(k) for k, _ in agent.config.describe())
         lines = ["modelreg serving agent", "settings:"]
         lines += [f"  {k.ljust(width)}  {v}" for k, v in agent.config.describe()]
-        lines.append(f"inference API on {listen} (InferenceService, grpc.health.v1, reflection)")
+        transport = tls.describe() if tls is not None else "plaintext"
+        lines.append(f"inference API on {listen} over {transport} (InferenceService, grpc.health.v1, reflection)")
         if metrics_server is not None:
             lines.append(f"metrics on {metrics_server.url}")
         print("\n".join(lines), flush=True)

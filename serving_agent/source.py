@@ -43,7 +43,7 @@ from modelreg.v1 import event_service_pb2 as ev
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
-from modelreg.watch import RESYNC_REQUIRED, AsyncWatcher
+from modelreg.watch import RESYNC_REQUIRED, AsyncWatcher, backoff_delay
 from serving_agent.cache import StateFile
 from serving_agent.metrics import Metrics
 from serving_agent.spec import Desired, VersionSpec
@@ -62,7 +62,14 @@ WATCHED_TYPES = (ev.EVENT_TYPE_DEPLOYMENT_CHANGED, ev.EVENT_TYPE_MODEL_DELETED)
 # lost its registry should pick up a promotion within seconds of the registry's return.
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 2.0
-FATAL_RETRY = 5.0  # seconds before watching again after an error retrying cannot fix
+# An error the SDK's watcher will not retry (the registry refuses the watch: a revoked or
+# rotated token, a missing role) ends the watcher; a new one starts after a jittered backoff
+# from FATAL_RETRY_FIRST doubling to FATAL_RETRY_MAX seconds, reset by the next message. The
+# new watcher's calls carry the token as it is then (a token file is re-read when it
+# changes), so a rotation heals without a restart.
+FATAL_RETRY_FIRST = 1.0
+FATAL_RETRY_MAX = 30.0
+REFUSED = (errors.Unauthenticated, errors.PermissionDenied)
 
 
 def model_of(deployment_name: str) -> str:
@@ -169,9 +176,11 @@ class RegistrySource:
             self.on_desired(model, desired)
 
     async def run(self) -> None:
-        """Follows the registry until cancelled. Only an error that retrying cannot fix
+        """Follows the registry until cancelled. Only an error the watcher does not retry
         (say the registry refuses the watch) or a bug ends a watcher; then a new one starts
-        after FATAL_RETRY seconds, resuming from the persisted cursor."""
+        after a backoff (FATAL_RETRY_FIRST doubling to FATAL_RETRY_MAX), resuming from the
+        persisted cursor."""
+        failures = 0
         while True:
             self.watcher = AsyncWatcher(
                 self.channel,
@@ -188,18 +197,31 @@ class RegistrySource:
             )
             try:
                 async for msg in self.watcher:
+                    failures = 0
                     self.apply(msg)
                     if self.aliases and msg.WhichOneof("payload") == "snapshot":
                         await self._resolve_aliases(msg.snapshot)
                     await self._persist()
             except errors.ModelregError as e:
-                log.error("the registry refuses the watch (%s); retrying in %.0fs", e, FATAL_RETRY)
-                self._lost = f"refused: {e}"
-                await asyncio.sleep(FATAL_RETRY)
+                delay = backoff_delay(failures, FATAL_RETRY_FIRST, FATAL_RETRY_MAX)
+                lost = f"refused: {e}"
+                if lost != self._lost:  # one line per change, not one per attempt
+                    hint = "; check --token-file and the agent role of its principal" if isinstance(e, REFUSED) else ""
+                    log.error(
+                        "the registry refuses the watch (%s)%s; retrying (every %.0fs at most)",
+                        e,
+                        hint,
+                        FATAL_RETRY_MAX,
+                    )
+                self._lost = lost
+                failures += 1
+                await asyncio.sleep(delay)
             except Exception:  # noqa: BLE001 - the source must outlive a bug in one message
-                log.exception("source error; watching again in %.0fs", FATAL_RETRY)
+                delay = backoff_delay(failures, FATAL_RETRY_FIRST, FATAL_RETRY_MAX)
+                log.exception("source error; watching again in %.1fs", delay)
                 self._lost = "source error"
-                await asyncio.sleep(FATAL_RETRY)
+                failures += 1
+                await asyncio.sleep(delay)
 
     def apply(self, msg: ev.WatchEventsResponse) -> None:
         """Declares what one message says; records nothing but the snapshot's coverage."""

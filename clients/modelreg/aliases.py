@@ -42,7 +42,7 @@ class AliasMixin:
         _call: Callable[..., Any]
 
     @cached_property
-    def governance_stub(self) -> gs_grpc.GovernanceServiceStub:
+    def _aliases_stub(self) -> gs_grpc.GovernanceServiceStub:
         return gs_grpc.GovernanceServiceStub(self._channel)
 
     def set_alias(
@@ -54,15 +54,15 @@ class AliasMixin:
         req = gs.SetAliasRequest(model=_model(model), alias=alias, version=int(version), reason=reason)
         if protected is not None:
             req.protected = protected
-        return self._call(self.governance_stub.SetAlias, req)
+        return self._call(self._aliases_stub.SetAlias, req)
 
     def delete_alias(self, model: str, alias: str, *, reason: str = "") -> int:
         """Deletes an alias; returns the version it pointed at."""
         req = gs.DeleteAliasRequest(model=_model(model), alias=alias, reason=reason)
-        return self._call(self.governance_stub.DeleteAlias, req).version
+        return self._call(self._aliases_stub.DeleteAlias, req).version
 
     def list_aliases(self, model: str) -> list[gv.ModelAlias]:
-        resp = self._call(self.governance_stub.ListAliases, gs.ListAliasesRequest(model=_model(model)))
+        resp = self._call(self._aliases_stub.ListAliases, gs.ListAliasesRequest(model=_model(model)))
         return list(resp.aliases)
 
     def alias_history(self, model: str, alias: str = "", *, page_size: int = 0) -> Iterator[gv.AliasChange]:
@@ -70,7 +70,7 @@ class AliasMixin:
         token = ""
         while True:
             req = gs.ListAliasHistoryRequest(model=_model(model), alias=alias, page_size=page_size, page_token=token)
-            resp = self._call(self.governance_stub.ListAliasHistory, req)
+            resp = self._call(self._aliases_stub.ListAliasHistory, req)
             yield from resp.changes
             token = resp.next_page_token
             if not token:

@@ -6,7 +6,10 @@
     reg.promote("detector", v.version, "production", reason="beats v3")
     path = reg.download("detector", "production", dest="weights/")
 
-Errors are `modelreg.errors.ModelregError` subclasses carrying the server's message.
+Credentials (a bearer token or token file, TLS, mTLS) come from the keyword arguments or
+MODELREG_TOKEN, MODELREG_TOKEN_FILE, MODELREG_CA_CERT, MODELREG_CLIENT_CERT and
+MODELREG_CLIENT_KEY (`modelreg.credentials`). Errors are `modelreg.errors.ModelregError`
+subclasses carrying the server's message (`Unauthenticated`, `PermissionDenied`, ...).
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from modelreg import errors, tracing
+from modelreg.access import AccessMixin
 from modelreg.aliases import AliasMixin, split_alias
+from modelreg.credentials import Credentials, sync_channel
 from modelreg.deployments import DeploymentMixin
+from modelreg.gates import GateMixin
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from modelreg.v1 import registry_service_pb2 as rs
@@ -112,8 +118,13 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client(DeploymentMixin, AliasMixin):
-    """A synchronous registry client. Thread-safe; reuse one per process."""
+class Client(DeploymentMixin, AccessMixin, GateMixin, AliasMixin):
+    """A synchronous registry client. Thread-safe; reuse one per process.
+
+    `credentials` wins over the individual `token`, `token_file`, `ca_cert`, `client_cert`
+    and `client_key` arguments, which win over the environment; a given `channel` is used
+    as it is (it carries its own credentials). `actor` is sent as `x-modelreg-actor`: the
+    identity with auth off, "on behalf of" text with auth on."""
 
     def __init__(
         self,
@@ -122,21 +133,25 @@ class Client(DeploymentMixin, AliasMixin):
         actor: str | None = None,
         channel: grpc.Channel | None = None,
         timeout: float | None = 60.0,
+        token: str | None = None,
+        token_file: str | os.PathLike | None = None,
+        ca_cert: str | os.PathLike | None = None,
+        client_cert: str | os.PathLike | None = None,
+        client_key: str | os.PathLike | None = None,
+        credentials: Credentials | None = None,
     ):
         self.address = address or os.environ.get("MODELREG_ADDRESS") or DEFAULT_ADDRESS
         self.actor = actor or default_actor()
         self.timeout = timeout
-        # With opentelemetry installed, calls carry the app's trace context (modelreg.tracing).
-        self._channel = tracing.traced(
-            channel
-            or grpc.insecure_channel(
-                self.address,
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE),
-                    ("grpc.max_send_message_length", MAX_MESSAGE),
-                ],
+        self.credentials: Credentials | None = None
+        if channel is None:
+            self.credentials = credentials or Credentials.from_env(
+                token=token, token_file=token_file, ca_cert=ca_cert, client_cert=client_cert, client_key=client_key
             )
-        )
+            options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+            channel = sync_channel(self.address, self.credentials, options)
+        # With opentelemetry installed, calls carry the app's trace context (modelreg.tracing).
+        self._channel = tracing.traced(channel)
         self.stub = rs_grpc.RegistryServiceStub(self._channel)
         self.agents = ag_grpc.AgentServiceStub(self._channel)
         self._metadata = (("x-modelreg-actor", self.actor),)
@@ -155,6 +170,15 @@ class Client(DeploymentMixin, AliasMixin):
             return method(request, metadata=self._metadata, timeout=self.timeout if timeout == -1.0 else timeout)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e) from None
+
+    def _pages(self, method, request, field: str) -> Iterator[Any]:
+        """Every item of a paged List call's `field`, following `next_page_token` to the end."""
+        while True:
+            resp = self._call(method, request)
+            yield from getattr(resp, field)
+            if not resp.next_page_token:
+                return
+            request.page_token = resp.next_page_token
 
     # ------------------------------------------------------------------ models
 
@@ -182,15 +206,7 @@ class Client(DeploymentMixin, AliasMixin):
         return self._call(self.stub.GetModel, rs.GetModelRequest(name=model_name(name))).model
 
     def list_models(self, *, project: str = "", page_size: int = 0) -> Iterator[res.Model]:
-        token = ""
-        while True:
-            resp = self._call(
-                self.stub.ListModels, rs.ListModelsRequest(page_size=page_size, page_token=token, project=project)
-            )
-            yield from resp.models
-            token = resp.next_page_token
-            if not token:
-                return
+        return self._pages(self.stub.ListModels, rs.ListModelsRequest(page_size=page_size, project=project), "models")
 
     def update_model(
         self,
@@ -244,6 +260,7 @@ class Client(DeploymentMixin, AliasMixin):
         filename: str = "",
         sha256: str = "",
         create_model: bool = True,
+        project: str = "",
         progress: Progress | None = None,
         timeout: float | None = None,
     ) -> res.ModelVersion:
@@ -251,6 +268,7 @@ class Client(DeploymentMixin, AliasMixin):
 
         The sha256 is computed locally first and sent in the header, so the server rejects
         bytes damaged on the way. A directory is packed into a deterministic bundle first.
+        `project` is the project of the model `create_model` creates (empty: `default`).
         """
         return self.register_full(**{k: v for k, v in locals().items() if k != "self"}).model_version
 
@@ -317,6 +335,7 @@ class Client(DeploymentMixin, AliasMixin):
             sha256=digest,
             size_bytes=size,
             request_id=kw.get("request_id", ""),
+            project=kw.get("project", ""),
         )
 
         def requests() -> Iterator[rs.RegisterModelVersionRequest]:
@@ -341,19 +360,12 @@ class Client(DeploymentMixin, AliasMixin):
         ).model_version
 
     def list_versions(self, model: str, *, stage: str | None = None, page_size: int = 0) -> Iterator[res.ModelVersion]:
-        token = ""
-        while True:
-            req = rs.ListModelVersionsRequest(
-                parent=model_name(model),
-                page_size=page_size,
-                page_token=token,
-                stage=stage_enum(stage) if stage else res.STAGE_UNSPECIFIED,
-            )
-            resp = self._call(self.stub.ListModelVersions, req)
-            yield from resp.model_versions
-            token = resp.next_page_token
-            if not token:
-                return
+        req = rs.ListModelVersionsRequest(
+            parent=model_name(model),
+            page_size=page_size,
+            stage=stage_enum(stage) if stage else res.STAGE_UNSPECIFIED,
+        )
+        return self._pages(self.stub.ListModelVersions, req, "model_versions")
 
     def update_version(
         self, model: str, version: int, *, description: str | None = None, tags: dict[str, str] | None = None
@@ -383,14 +395,8 @@ class Client(DeploymentMixin, AliasMixin):
         return self._call(self.stub.PromoteModelVersion, req)
 
     def history(self, model: str, *, page_size: int = 0) -> Iterator[res.StageTransition]:
-        token = ""
-        while True:
-            req = rs.ListStageTransitionsRequest(parent=model_name(model), page_size=page_size, page_token=token)
-            resp = self._call(self.stub.ListStageTransitions, req)
-            yield from resp.transitions
-            token = resp.next_page_token
-            if not token:
-                return
+        req = rs.ListStageTransitionsRequest(parent=model_name(model), page_size=page_size)
+        return self._pages(self.stub.ListStageTransitions, req, "transitions")
 
     def watch(
         self,
@@ -485,19 +491,10 @@ class Client(DeploymentMixin, AliasMixin):
         return self._call(self.agents.GetRolloutStatus, ag.GetRolloutStatusRequest(model=model_name(model)))
 
     def list_agents(self, *, model: str = "", include_stale: bool = False, page_size: int = 0) -> Iterator[ag.Agent]:
-        token = ""
-        while True:
-            req = ag.ListAgentsRequest(
-                page_size=page_size,
-                page_token=token,
-                model=model_name(model) if model else "",
-                include_stale=include_stale,
-            )
-            resp = self._call(self.agents.ListAgents, req)
-            yield from resp.agents
-            token = resp.next_page_token
-            if not token:
-                return
+        req = ag.ListAgentsRequest(
+            page_size=page_size, model=model_name(model) if model else "", include_stale=include_stale
+        )
+        return self._pages(self.agents.ListAgents, req, "agents")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import NamedTuple, cast
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 
-class ModelregError(Exception):
-    """A failed call. `code` is the gRPC status code, `message` the server's message and
-    `reason` the google.rpc.ErrorInfo reason when the server attached one."""
+class Violation(NamedTuple):
+    """One google.rpc.PreconditionFailure violation: for a refused gate, one failing check
+    (`type` such as `max-drop`, `subject` the metric or '', a sentence for people)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str = ""):
+    type: str
+    subject: str
+    description: str
+
+
+class ModelregError(Exception):
+    """A failed call. `code` is the gRPC status code, `message` the server's message,
+    `reason` the google.rpc.ErrorInfo reason when the server attached one, and `violations`
+    the google.rpc.PreconditionFailure violations (a gate's failing checks), in order."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str = "", violations: list[Violation] | None = None
+    ):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.reason = reason
+        self.violations: list[Violation] = list(violations or [])
 
 
 class NotFound(ModelregError):
@@ -76,16 +89,19 @@ _BY_CODE = {
 }
 
 
-def error_reason(err: grpc.RpcError) -> str:
-    """The google.rpc.ErrorInfo reason attached to a status, or ''."""
+def _status_details(err: grpc.RpcError) -> list:
+    """The google.rpc.Status details attached to a failed call (packed Any messages)."""
     try:
         # Every RpcError grpc raises (sync or aio) is also a Call; the stubs only say RpcError.
         status = rpc_status.from_call(cast(grpc.Call, err))
     except Exception:  # noqa: BLE001 - a status without details
-        return ""
-    if status is None:
-        return ""
-    for detail in status.details:
+        return []
+    return list(status.details) if status is not None else []
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    """The google.rpc.ErrorInfo reason attached to a status, or ''."""
+    for detail in _status_details(err):
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
@@ -93,12 +109,45 @@ def error_reason(err: grpc.RpcError) -> str:
     return ""
 
 
+def error_violations(err: grpc.RpcError) -> list[Violation]:
+    """The google.rpc.PreconditionFailure violations attached to a status, in order."""
+    found = []
+    for detail in _status_details(err):
+        if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            found += [Violation(v.type, v.subject, v.description) for v in failure.violations]
+    return found
+
+
+def _connect_hint(details: str) -> str:
+    """What to change for a connection that failed below gRPC (TCP or TLS)."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "the registry's certificate is not signed by the CA given: set --ca-cert or MODELREG_CA_CERT to the CA "
+            "that signed it"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return "the registry does not speak TLS there: drop --ca-cert / MODELREG_CA_CERT, or start it with --tls-cert"
+    if "handshake" in details.lower():
+        return "the TLS handshake failed: check --ca-cert / MODELREG_CA_CERT and MODELREG_CLIENT_CERT / _KEY"
+    if "socket closed" in details.lower():
+        return (
+            "is it running? set MODELREG_ADDRESS or --address; if it uses TLS, set --ca-cert or MODELREG_CA_CERT, "
+            "and if it requires a client certificate, MODELREG_CLIENT_CERT and MODELREG_CLIENT_KEY"
+        )
+    return "is it running? set MODELREG_ADDRESS or --address"
+
+
 def from_rpc_error(err: grpc.RpcError) -> ModelregError:
+    """The error class for the status code. A connection failure (UNAVAILABLE below gRPC)
+    says what to check; every other status keeps the server's message as it is."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
+    lowered = (details or "").lower()
     if code == grpc.StatusCode.UNAVAILABLE and (
-        not details or "failed to connect" in details.lower() or "connection refused" in details.lower()
+        not details or "failed to connect" in lowered or "connection refused" in lowered
     ):
-        details = f"cannot reach the registry ({details}); is it running? set MODELREG_ADDRESS or --address"
+        details = f"cannot reach the registry ({details}); {_connect_hint(details or '')}"
     cls = _BY_CODE.get(code, ModelregError)
-    return cls(code, details or code.name, error_reason(err))
+    return cls(code, details or code.name, error_reason(err), error_violations(err))

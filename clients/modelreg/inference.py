@@ -6,12 +6,25 @@ r = agent.predict("fraud", {"x": np.ones((1, 4), np.float32)})
 r.model_version, r.outputs["y"]
 d = agent.detect("detector", open("street.jpg", "rb").read())
 for box in d.detections: box.class_name, box.confidence, box.xyxy
+
+An agent started with --tls-cert/--tls-key serves TLS: pass the CA that signed its
+certificate, and with --tls-client-ca a client certificate too (mTLS):
+
+agent = InferenceClient("node-7:50052", ca_cert="ca.pem", client_cert="app.pem", client_key="app-key.pem")
+
+The keywords win over MODELREG_AGENT_CA_CERT, MODELREG_AGENT_CLIENT_CERT and
+MODELREG_AGENT_CLIENT_KEY. These are the AGENT's: MODELREG_CA_CERT and friends are the
+registry's, and a node may well reach a TLS registry and a plaintext agent on localhost.
+No bearer token is sent: the inference port authenticates with certificates only, and the
+registry's token stays with the registry.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,6 +32,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelreg import errors, tracing
+from modelreg.credentials import ConfigError, Credentials, sync_channel
 from modelreg.tensors import add_tensor, tensor_to_array
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import inference_service_pb2 as inf
@@ -53,14 +67,53 @@ def _model(name: str) -> str:
     return name if name.startswith("models/") else f"models/{name}"
 
 
+def agent_credentials(
+    ca_cert: str | os.PathLike | None = None,
+    client_cert: str | os.PathLike | None = None,
+    client_key: str | os.PathLike | None = None,
+) -> Credentials:
+    """TLS to an agent's inference port: the arguments, else MODELREG_AGENT_CA_CERT,
+    MODELREG_AGENT_CLIENT_CERT and MODELREG_AGENT_CLIENT_KEY; none of them: plaintext."""
+    env = os.environ
+
+    def path(value: str | os.PathLike | None, keyword: str, variable: str) -> Path | None:
+        chosen = value if value not in (None, "") else env.get(variable) or None
+        if chosen is None:
+            return None
+        p = Path(chosen)
+        if not os.access(p, os.R_OK):  # say which setting, in the agent's names
+            raise ConfigError(f"cannot read {str(p)!r}: fix {keyword}= (or {variable})")
+        return p
+
+    ca = path(ca_cert, "ca_cert", "MODELREG_AGENT_CA_CERT")
+    cert = path(client_cert, "client_cert", "MODELREG_AGENT_CLIENT_CERT")
+    key = path(client_key, "client_key", "MODELREG_AGENT_CLIENT_KEY")
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            "a client certificate needs its key: pass client_cert= and client_key= together "
+            "(or MODELREG_AGENT_CLIENT_CERT and MODELREG_AGENT_CLIENT_KEY)"
+        )
+    return Credentials(ca_cert=ca, client_cert=cert, client_key=key)
+
+
 class InferenceClient:
-    def __init__(self, address: str = "127.0.0.1:50052", *, timeout: float | None = 30.0):
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50052",
+        *,
+        timeout: float | None = 30.0,
+        ca_cert: str | os.PathLike | None = None,
+        client_cert: str | os.PathLike | None = None,
+        client_key: str | os.PathLike | None = None,
+    ):
         self.address = address
         self.timeout = timeout
+        self.credentials = agent_credentials(ca_cert, client_cert, client_key)
         # With opentelemetry installed, calls carry the app's trace context (modelreg.tracing).
         self.channel = tracing.traced(
-            grpc.insecure_channel(
+            sync_channel(
                 address,
+                self.credentials,
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE),
                     ("grpc.max_send_message_length", MAX_MESSAGE),

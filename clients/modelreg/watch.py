@@ -15,6 +15,11 @@ out and drops duplicates, so the caller sees each event once. When the server an
 RESYNC_REQUIRED (the cursor is older than the retained history) it watches again without a
 cursor and yields a fresh snapshot: re-read your state from it.
 
+Given a target string ("host:port") instead of a channel, a watcher opens (and closes) its
+own channel with `credentials` (default `Credentials.from_env()`: MODELREG_TOKEN or
+MODELREG_TOKEN_FILE, MODELREG_CA_CERT, ...). UNAUTHENTICATED and PERMISSION_DENIED are
+not retried: they are raised as `modelreg.errors.Unauthenticated` / `PermissionDenied`.
+
 `AsyncWatcher` is the same over grpc.aio, for `async for`. Both report each reconnect to
 an optional `on_retry(error, delay)` callback and expose `connected` (a stream is open and
 has answered) and `last_error` (why the last stream ended), so a long-running client can
@@ -31,6 +36,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 import grpc
 
 from modelreg import errors
+from modelreg.credentials import Credentials, aio_channel, sync_channel
 from modelreg.v1 import event_service_pb2 as es
 from modelreg.v1 import event_service_pb2_grpc as es_grpc
 
@@ -183,11 +189,12 @@ class Watcher(_Progress):
     """A resuming iterator over WatchEvents. Stop it with `close()` (from any thread) or by
     leaving the `for` loop. `last_sequence` is the resume point it has reached.
     `on_retry(error, delay)` is called before each reconnect (error is None when the server
-    ended the stream without one; delay is 0 for a resync)."""
+    ended the stream without one; delay is 0 for a resync). A channel passed in stays open
+    after `close()`; one made from a target string (with `credentials`) is closed."""
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        channel: str | grpc.Channel,
         *,
         models: Iterable[str] = (),
         types: Iterable[str | int] = (),
@@ -199,7 +206,11 @@ class Watcher(_Progress):
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
         on_retry: Callable[[grpc.RpcError | None, float], None] | None = None,
+        credentials: Credentials | None = None,
     ):
+        self._own_channel: grpc.Channel | None = None
+        if isinstance(channel, str):
+            channel = self._own_channel = sync_channel(channel, credentials or Credentials.from_env())
         self._stub = es_grpc.EventServiceStub(channel)
         self._on_retry = on_retry
         self._cursor = _Cursor(models, types, after_sequence, snapshot, snapshot_on_resume, bookmark_interval)
@@ -214,6 +225,8 @@ class Watcher(_Progress):
         call = self._call
         if call is not None:
             call.cancel()
+        if self._own_channel is not None:
+            self._own_channel.close()
 
     def __enter__(self) -> Watcher:
         return self
@@ -269,7 +282,7 @@ class AsyncWatcher(_Progress):
     Stop it with `await close()` or by leaving the loop. `on_retry(error, delay)` is called
     before each reconnect, as for `Watcher` (error None: the server ended the stream without
     one; delay 0: a resync, the next item is a fresh snapshot). A channel passed in stays
-    open after `close()`; one made from a target string is closed."""
+    open after `close()`; one made from a target string (with `credentials`) is closed."""
 
     def __init__(
         self,
@@ -285,9 +298,12 @@ class AsyncWatcher(_Progress):
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
         on_retry: Callable[[grpc.RpcError | None, float], None] | None = None,
+        credentials: Credentials | None = None,
     ):
         self._own_channel = isinstance(target, str)
-        self._channel = grpc.aio.insecure_channel(target) if isinstance(target, str) else target
+        self._channel = (
+            aio_channel(target, credentials or Credentials.from_env()) if isinstance(target, str) else target
+        )
         self._stub = es_grpc.EventServiceStub(self._channel)
         self._on_retry = on_retry
         self._cursor = _Cursor(models, types, after_sequence, snapshot, snapshot_on_resume, bookmark_interval)

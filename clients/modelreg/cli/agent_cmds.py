@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from modelreg.cli import connect
 from modelreg.cli import output as out
-from modelreg.client import Client
 from modelreg.deployments import describe
 from modelreg.v1 import agent_service_pb2 as ag
 
@@ -50,7 +50,7 @@ def _versions(vs: Iterable[ag.ServedVersion]) -> str:
 
 
 def run_status(args) -> int:
-    with Client(args.address) as c:
+    with connect(args) as c:
         st = c.rollout_status(args.name)
     if args.output == "json":
         out.print_json(st)
@@ -84,7 +84,7 @@ def run_status(args) -> int:
 
 
 def run_agents_list(args) -> int:
-    with Client(args.address) as c:
+    with connect(args) as c:
         agents = list(c.list_agents(model=args.model, include_stale=args.all))
     if args.output == "json":
         out.print_json({"agents": [out.to_dict(a) for a in agents]})

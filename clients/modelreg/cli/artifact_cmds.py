@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from modelreg.cli import UsageError
+from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
-from modelreg.client import Client
 
 MAX_EXPIRES = 7 * 24 * 3600
 
@@ -38,7 +37,7 @@ def register(sub, common) -> None:
 def url(args) -> int:
     if not 1 <= args.expires <= MAX_EXPIRES:
         raise UsageError(f"--expires must be 1..{MAX_EXPIRES} seconds (7 days); got {args.expires}")
-    with Client(args.address) as c:
+    with connect(args) as c:
         resp = c.artifact_url(args.name, args.version, expires_in=args.expires)
     if args.output == "json":
         out.print_json(resp)

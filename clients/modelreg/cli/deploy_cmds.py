@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from modelreg.cli import UsageError
+from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
-from modelreg.client import Client
 from modelreg.deployments import describe
 from modelreg.v1 import resources_pb2 as res
 
@@ -108,7 +107,7 @@ def canary(args) -> int:
     modes = sum([args.promote, args.abort, args.version is not None])
     if modes != 1:
         raise UsageError("give either VERSION --weight W, or --promote, or --abort")
-    with Client(args.address) as c:
+    with connect(args) as c:
         if args.promote:
             return _show_change(
                 args, c.promote_canary(args.name, reason=args.reason, etag=args.etag), "canary promoted"
@@ -122,7 +121,7 @@ def canary(args) -> int:
 
 
 def rollback(args) -> int:
-    with Client(args.address) as c:
+    with connect(args) as c:
         resp = c.rollback(args.name, to_version=args.to, reason=args.reason, etag=args.etag)
     return _show_change(args, resp, f"rolled back to v{resp.deployment.stable.version_number}")
 
@@ -135,7 +134,7 @@ def deployment(args) -> int:
         return _policy(args, words[1])
     if len(words) != 1:
         raise UsageError("usage: modelreg deployment NAME | deployment history NAME | deployment policy NAME [flags]")
-    with Client(args.address) as c:
+    with connect(args) as c:
         d = c.get_deployment(words[0])
         rollout = c.rollout_status(words[0])
     if args.output == "json":
@@ -178,7 +177,7 @@ def _print_rollout(rollout) -> None:
 
 
 def _history(args, model: str) -> int:
-    with Client(args.address) as c:
+    with connect(args) as c:
         entries = list(c.deployment_history(model))
     if args.output == "json":
         out.print_json({"entries": [out.to_dict(e) for e in entries]})
@@ -193,7 +192,7 @@ def _history(args, model: str) -> int:
     out.table(
         ["time", "action", "before", "after", "actor", "reason"],
         [
-            [out.when(e.create_time), ACTION_NAMES[e.action], state(e.before), state(e.after), e.actor, e.reason]
+            [out.when(e.create_time), ACTION_NAMES[e.action], state(e.before), state(e.after), out.actor(e), e.reason]
             for e in entries
         ],
     )
@@ -201,7 +200,7 @@ def _history(args, model: str) -> int:
 
 
 def _policy(args, model: str) -> int:
-    with Client(args.address) as c:
+    with connect(args) as c:
         d = c.set_canary_policy(
             model,
             max_error_rate=args.max_error_rate,

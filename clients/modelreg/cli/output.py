@@ -15,13 +15,15 @@ STAGE_NAMES = {0: "", 1: "none", 2: "staging", 3: "production", 4: "archived"}
 FORMAT_NAMES = {0: "", 1: "onnx", 2: "ultralytics_pt", 3: "bundle", 4: "other"}
 
 
-def to_dict(msg: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(msg, always_print_fields_with_no_presence=False)
+def to_dict(msg: Message, defaults: bool = False) -> dict[str, Any]:
+    """The proto JSON of a message; `defaults` also prints fields at their zero value
+    (`"allowed": false`), for programs that index fields."""
+    return json_format.MessageToDict(msg, always_print_fields_with_no_presence=defaults)
 
 
-def print_json(value: Message | dict | list) -> None:
+def print_json(value: Message | dict | list, defaults: bool = False) -> None:
     if isinstance(value, Message):
-        value = to_dict(value)
+        value = to_dict(value, defaults)
     json.dump(value, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -73,3 +75,12 @@ def kv(pairs: Sequence[tuple[str, Any]]) -> None:
 
 def fmt_map(m) -> str:
     return ", ".join(f"{k}={number(v) if isinstance(v, float) else v}" for k, v in sorted(dict(m).items()))
+
+
+def actor(row) -> str:
+    """A history row's who: `ana`, `ana (token ci-1)`, `ana (token ci-1, for bob)`. The
+    principal is the authenticated one; `on_behalf_of` is only the caller's own text."""
+    extra = [f"token {row.token_name.removeprefix('tokens/')}"] if row.token_name else []
+    if row.on_behalf_of and row.on_behalf_of != row.actor:
+        extra.append(f"for {row.on_behalf_of}")
+    return f"{row.actor} ({', '.join(extra)})" if extra else row.actor

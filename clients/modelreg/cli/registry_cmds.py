@@ -8,15 +8,16 @@ from pathlib import Path
 
 from modelreg.aliases import split_alias
 from modelreg.bundles import extract_bundle
-from modelreg.cli import UsageError
+from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
+from modelreg.cli.gate_cmds import print_request
 from modelreg.client import Client
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import resources_pb2 as res
 
 
 def _client(args) -> Client:
-    return Client(args.address)
+    return connect(args)
 
 
 def _json_arg(value: str | None, flag: str) -> dict | None:
@@ -69,7 +70,7 @@ def register(sub, common) -> None:
     p.add_argument("--description", default="")
     p.add_argument("--model-type", default="", help="architecture, e.g. yolov8n")
     p.add_argument("--default-config", help="JSON object merged under every version's config")
-    p.add_argument("--project", default="")
+    p.add_argument("--project", default="", help="the project that owns it (default: default)")
     p.add_argument("--tag", action="append", metavar="K=V")
     p.set_defaults(func=models_create)
     p = msub.add_parser("list", parents=[common], help="list models")
@@ -94,6 +95,7 @@ def register(sub, common) -> None:
     )
     p.add_argument("name", help="model name (created if missing)")
     p.add_argument("path", help="artifact file, or a directory to pack into a bundle")
+    p.add_argument("--project", default="", help="the project of a model this creates (default: default)")
     p.add_argument("--format", help="onnx, ultralytics_pt, bundle or other (default: from the file name)")
     p.add_argument("--model-type", default="")
     p.add_argument("--metrics", help="JSON object of numbers, e.g. '{\"map50\": 0.71}'")
@@ -283,6 +285,7 @@ def register_version(args) -> int:
                 description=args.description,
                 tags=_tags(args.tag),
                 request_id=args.request_id,
+                project=args.project,
                 progress=update,
             )
     finally:
@@ -346,6 +349,8 @@ def promote(args) -> int:
         resp = c.promote(args.name, version, stage, reason=args.reason)
     if args.output == "json":
         out.print_json(resp)
+    elif resp.HasField("promotion_request"):  # the gate needs approvals: nothing moved yet
+        print_request(resp.promotion_request)
     else:
         v = resp.model_version
         print(f"{v.name} is now in {out.STAGE_NAMES[v.stage]}")
@@ -368,7 +373,7 @@ def history(args) -> int:
                     t.model_version.rsplit("/", 1)[-1],
                     out.STAGE_NAMES[t.from_stage],
                     out.STAGE_NAMES[t.to_stage],
-                    t.actor,
+                    out.actor(t),
                     t.reason,
                 ]
                 for t in items

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 from modelreg import errors
-from modelreg.cli import UsageError
+from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
-from modelreg.client import Client
 from modelreg.deployments import describe
 from modelreg.v1 import event_service_pb2 as es
 from modelreg.watch import event_type_enum, event_type_name, list_events
@@ -80,13 +79,17 @@ def _event_line(e: es.Event) -> str:
     what = f"{e.model} v{e.model_version.rsplit('/', 1)[-1]}" if e.model_version else e.model
     if e.type == es.EVENT_TYPE_STAGE_CHANGED:
         what += f" {out.STAGE_NAMES.get(e.from_stage, '?')} -> {out.STAGE_NAMES.get(e.to_stage, '?')}"
+    if e.type == es.EVENT_TYPE_ACCESS_CHANGED:
+        d = dict(e.details)
+        kind = d.pop("kind", "changed")
+        what = " ".join([str(kind), *(f"{k}={v}" for k, v in sorted(d.items()))])
     if e.HasField("deployment"):
         stable, canary = describe(e.deployment)
         what += f" stable={stable} canary={canary}"
     if e.type == es.EVENT_TYPE_ALIAS_CHANGED:  # models/det@champion v1 -> v2 ('-': created or deleted)
-        d = out.to_dict(e.details)
-        ends = [f"v{int(d[k])}" if d.get(k) else "-" for k in ("from_version", "to_version")]
-        what = f"{e.model}@{d.get('alias', '?')} {ends[0]} -> {ends[1]}"
+        info = out.to_dict(e.details)
+        ends = [f"v{int(info[k])}" if info.get(k) else "-" for k in ("from_version", "to_version")]
+        what = f"{e.model}@{info.get('alias', '?')} {ends[0]} -> {ends[1]}"
     line = f"#{e.sequence}  {when}  {event_type_name(e.type)}  {what}  by {e.actor}"
     if e.reason:
         line += f"  ({e.reason})"
@@ -114,7 +117,7 @@ def watch(args) -> int:
         raise UsageError("--count must be 0 (run until Ctrl-C) or more")
     if args.snapshot_only and args.no_snapshot:
         raise UsageError("--snapshot-only and --no-snapshot contradict each other; pick one")
-    client = Client(args.address, timeout=None)
+    client = connect(args, timeout=None)
 
     def on_retry(err, delay: float) -> None:
         why = f"{err.code().name}: {err.details()}" if err is not None else "the server ended the stream"
@@ -158,7 +161,7 @@ def events(args) -> int:
     _check_sequence(args.after_sequence)
     if args.limit < 0:
         raise UsageError("--limit must be 0 (all) or more")
-    client = Client(args.address)
+    client = connect(args)
     got: list[es.Event] = []
     try:
         for e in list_events(
