@@ -294,6 +294,28 @@ class BenchEnv:
         summary["extra"] = extra
         return summary
 
+    def load_interleaved(self, spec: dict, timeout: float = 600) -> list[dict]:
+        """Runs one load generator that measures `spec["sides"]` in turns (see
+        load_grpc.interleaved); returns one summary per side, with `slice_throughput`, the
+        calls per second of each of its turns (the i-th turns of two sides are adjacent)."""
+        out = subprocess.run(
+            [PY, "-m", "benchmarks.load_grpc", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(REPO),
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"load generator failed (interleaved {spec['op']}): {out.stderr[-2000:]}")
+        summaries = []
+        for side in json.loads(out.stdout)["sides"]:
+            elapsed = sum(s for _, s in side["slices"])
+            summary = stats.summarize(side["latencies"], elapsed, side["errors"])
+            summary["error_samples"] = side["error_samples"]
+            summary["slice_throughput"] = [c / s if s > 0 else 0.0 for c, s in side["slices"]]
+            summaries.append(summary)
+        return summaries
+
     # ------------------------------------------------------------------ teardown
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ Run as a subprocess by the harness: `python -m benchmarks.load_grpc SPEC_JSON`. 
 one JSON object: raw latencies (seconds), errors, elapsed, plus op-specific extras.
 
 Spec keys: op, target, concurrency, and either duration (seconds, measured from
-start_at, an epoch time shared by sibling processes) or count (calls per worker).
+start_at, an epoch time shared by sibling processes) or count (calls per worker); token
+(optional) is sent as `authorization: Bearer <token>` on every registry call.
 Ops:
   get       GetModelVersion on `names` (cycled)
   promote   PromoteModelVersion to production, alternating over `names` (use concurrency 1)
@@ -14,6 +15,9 @@ Ops:
   lookup    the floor server's asyncpg primary-key lookup
   predict   a serving agent's Predict on `model` with zeros of float32 `input` = [name, shape]
             (default ["x", [1, 4]])
+
+With `sides` (a list of spec overrides), the targets are measured in turns from this one
+process (`interleaved`): see there.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class Worker:
         self.sink = self.channel.stream_unary(
             "/bench.Floor/Sink", request_serializer=_identity, response_deserializer=_identity
         )
+        self.metadata = METADATA
+        if spec.get("token"):
+            self.metadata = (*METADATA, ("authorization", f"Bearer {spec['token']}"))
         self.i = 0
         self.extra: dict = {}
         if spec["op"] == "predict":
@@ -82,7 +89,7 @@ class Worker:
         if op == "get":
             names = self.spec["names"]
             await self.stub.GetModelVersion(
-                rs.GetModelVersionRequest(name=names[(self.index + self.i) % len(names)]), metadata=METADATA
+                rs.GetModelVersionRequest(name=names[(self.index + self.i) % len(names)]), metadata=self.metadata
             )
         elif op == "promote":
             names = self.spec["names"]
@@ -90,7 +97,7 @@ class Worker:
                 rs.PromoteModelVersionRequest(
                     name=names[self.i % len(names)], stage=res.STAGE_PRODUCTION, reason="bench"
                 ),
-                metadata=METADATA,
+                metadata=self.metadata,
             )
         elif op == "register":
             await self._register()
@@ -132,7 +139,7 @@ class Worker:
             for m in messages:
                 yield m
 
-        resp = await self.stub.RegisterModelVersion(requests(), metadata=METADATA)
+        resp = await self.stub.RegisterModelVersion(requests(), metadata=self.metadata)
         self.extra.setdefault("versions", []).append(resp.model_version.version)
 
     async def _sink(self) -> None:
@@ -148,7 +155,7 @@ class Worker:
     async def _download(self) -> None:
         moved = 0
         req = rs.DownloadArtifactRequest(name=self.spec["name"], chunk_size=self.spec.get("chunk_size", 1 << 20))
-        async for msg in self.stub.DownloadArtifact(req, metadata=METADATA):
+        async for msg in self.stub.DownloadArtifact(req, metadata=self.metadata):
             if msg.WhichOneof("payload") == "chunk":
                 moved += len(msg.chunk)
         self.extra["bytes"] = self.extra.get("bytes", 0) + moved
@@ -173,7 +180,8 @@ async def _run_worker(w: Worker, spec: dict, deadline: float | None, latencies: 
         done += 1
 
 
-async def main(spec: dict) -> dict:
+async def _connect(spec: dict) -> list[Worker]:
+    """`concurrency` workers, connected and warmed up."""
     workers = [Worker(spec, i) for i in range(spec.get("concurrency", 1))]
     for w in workers:
         await w.channel.channel_ready()
@@ -182,7 +190,7 @@ async def main(spec: dict) -> dict:
         names = spec["names"]
         model = names[0].split("/versions/")[0]
         current = await workers[0].stub.GetModelVersion(
-            rs.GetModelVersionRequest(name=f"{model}/versions/production"), metadata=METADATA
+            rs.GetModelVersionRequest(name=f"{model}/versions/production"), metadata=workers[0].metadata
         )
         now = f"{model}/versions/{current.model_version.version}"
         for w in workers:
@@ -192,6 +200,11 @@ async def main(spec: dict) -> dict:
         await asyncio.gather(*(w.call() for w in workers))
     for w in workers:
         w.extra.clear()
+    return workers
+
+
+async def main(spec: dict) -> dict:
+    workers = await _connect(spec)
     start_at = spec.get("start_at") or time.time()
     delay = start_at - time.time()
     if delay > 0:
@@ -220,6 +233,49 @@ async def main(spec: dict) -> dict:
     }
 
 
+async def interleaved(spec: dict) -> dict:
+    """Two (or more) targets measured in turns from one process, so that whatever else the
+    machine does at a moment falls on both: `sides` is a list of spec overrides (target,
+    token, names, ...), each gets its own `concurrency` workers, connected and warmed up
+    first; then `slices` turns per side, in ABBA order (A B B A A B ..., A B C C B A ...), each turn
+    `slice_s` seconds or `slice_calls` calls per worker, with only that side's workers
+    running. Prints per side: latencies, each turn's [calls, seconds], errors."""
+    sides = [dict(spec, **side) for side in spec["sides"]]
+    groups = [await _connect(s) for s in sides]
+    out = [{"latencies": [], "slices": [], "errors": []} for _ in sides]
+    order = [*range(len(sides)), *reversed(range(len(sides)))]
+    turn = dict(spec)
+    for k in ("duration", "count", "sides"):
+        turn.pop(k, None)
+    if spec.get("slice_calls"):
+        turn["count"] = spec["slice_calls"]
+    for i in range(spec["slices"] * len(sides)):
+        side = order[i % len(order)]
+        deadline = time.time() + spec["slice_s"] if spec.get("slice_s") else None
+        before = len(out[side]["latencies"]) + len(out[side]["errors"])
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(_run_worker(w, turn, deadline, out[side]["latencies"], out[side]["errors"]) for w in groups[side])
+        )
+        calls = len(out[side]["latencies"]) + len(out[side]["errors"]) - before
+        out[side]["slices"].append([calls, time.perf_counter() - t0])
+    for group in groups:
+        for w in group:
+            await w.channel.close()
+    return {
+        "sides": [
+            {
+                "latencies": o["latencies"],
+                "slices": o["slices"],
+                "errors": len(o["errors"]),
+                "error_samples": sorted(set(o["errors"]))[:5],
+            }
+            for o in out
+        ]
+    }
+
+
 if __name__ == "__main__":
-    result = asyncio.run(main(json.loads(sys.argv[1])))
+    spec = json.loads(sys.argv[1])
+    result = asyncio.run(interleaved(spec) if "sides" in spec else main(spec))
     json.dump(result, sys.stdout)

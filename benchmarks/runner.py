@@ -31,6 +31,7 @@ MODULES = [
     "benchmarks.bench_router",
     "benchmarks.bench_metrics",
     "benchmarks.bench_tracing",
+    "benchmarks.bench_auth",
 ]
 
 

@@ -220,11 +220,9 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     metrics.watch_pool(pool)
     metrics_listen = settings.metrics_listen
 
-    def on_change(models: set[str]) -> None:
-        cache.invalidate_models(models)
-        access.forget_models(models)
-
-    outbox.on_change = on_change
+    # A model's project never changes: MODEL_CREATED/MODEL_DELETED drop it from the access
+    # cache (the use cases for this process's commits, the event hub for every replica's).
+    outbox.on_change = cache.invalidate_models
     outbox.on_committed = cache.committed_own
     deployment_store = DeploymentStore(outbox)
     agent_store = AgentStore(pool)
@@ -255,7 +253,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
     governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
-        GovernanceServicer(gates, cards, aliases, models),  # type: ignore[abstract]  # RPCs land part by part (issue 12)
+        GovernanceServicer(gates, cards, aliases, models),
         server,
     )
     health_servicer = health.aio.HealthServicer()

@@ -558,6 +558,23 @@ def _check_alias_still_there(world: World, request: Any) -> None:
     assert request.alias in [a.alias for a in listed.aliases]
 
 
+def _card_of(w: World, p: str) -> Any:
+    """A version with a model card (written by the admin), for GetModelCard."""
+    card = gv.ModelCard(summary=f"{p} card")
+    w.admin("GovernanceService", "UpdateModelCard", gs.UpdateModelCardRequest(model_version=v(p, 1), card=card))
+    return gs.GetModelCardRequest(model_version=v(p, 1))
+
+
+def _card_summary_unchanged(w: World, request: Any) -> None:
+    """The denied edit's (fresh, unique) summary is not on the card, if there is a card."""
+    try:
+        got = w.admin("GovernanceService", "GetModelCard", gs.GetModelCardRequest(model_version=request.model_version))
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e.details()
+        return
+    assert got.card.summary != request.card.summary, "a denied card edit was written"
+
+
 CASES.update(
     {
         # Unprotected aliases (a protected one needs versions.promote: tests/test_aliases.py).
@@ -577,6 +594,19 @@ CASES.update(
         ),
         "GovernanceService.ListAliasHistory": Case(
             "models.read", lambda w, p: gs.ListAliasHistoryRequest(model=f"models/{main(p)}")
+        ),
+        # A content edit needs versions.update (approving a card needs promotions.approve:
+        # tests/test_cards.py); reading one needs models.read.
+        "GovernanceService.UpdateModelCard": Case(
+            "versions.update",
+            lambda w, p: gs.UpdateModelCardRequest(
+                model_version=v(p, 2), card=gv.ModelCard(summary=w.fresh("summary")), update_mask=["summary"]
+            ),
+            check=that(lambda r, p: r.card.status == gv.MODEL_CARD_STATUS_DRAFT),
+            unchanged=_card_summary_unchanged,
+        ),
+        "GovernanceService.GetModelCard": Case(
+            "models.read", _card_of, check=that(lambda r, p: r.card.summary == f"{p} card")
         ),
     }
 )

@@ -27,6 +27,7 @@ MEASURED = {
     "swaps",
     "router",
     "metrics",
+    "auth",
 }
 
 

@@ -27,6 +27,7 @@ from google.protobuf import field_mask_pb2, struct_pb2
 from modelreg import errors, tracing
 from modelreg.access import AccessMixin
 from modelreg.aliases import AliasMixin, split_alias
+from modelreg.cards import CardMixin
 from modelreg.credentials import Credentials, sync_channel
 from modelreg.deployments import DeploymentMixin
 from modelreg.gates import GateMixin
@@ -118,7 +119,7 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client(DeploymentMixin, AccessMixin, GateMixin, AliasMixin):
+class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin):
     """A synchronous registry client. Thread-safe; reuse one per process.
 
     `credentials` wins over the individual `token`, `token_file`, `ca_cert`, `client_cert`

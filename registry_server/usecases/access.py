@@ -80,7 +80,8 @@ class Access:
         self.pool: asyncpg.Pool = store.pool
         self.enabled = enabled
         self._generation = 0
-        self._tokens: dict[str, Token | None] = {}
+        self._tokens: dict[str, Token] = {}
+        self._unknown: set[str] = set()  # digests no token has: bounded apart, so junk cannot evict good ones
         self._loaded: _Loaded | None = None
         self._load_lock = asyncio.Lock()
         self._projects: dict[str, str] = {}
@@ -156,14 +157,19 @@ class Access:
         )
 
     async def _token(self, d: str) -> Token | None:
-        if d in self._tokens:
-            return self._tokens[d]
+        token = self._tokens.get(d)
+        if token is not None or d in self._unknown:
+            return token
         generation = self._generation
         token = await self.store.token_by_hash(d)
         if generation == self._generation:
-            if len(self._tokens) >= MAX_CACHED_TOKENS:
-                self._tokens.clear()
-            self._tokens[d] = token
+            cache: dict[str, Token] | set[str] = self._tokens if token is not None else self._unknown
+            if len(cache) >= MAX_CACHED_TOKENS:
+                cache.clear()
+            if token is not None:
+                self._tokens[d] = token
+            else:
+                self._unknown.add(d)
         return token
 
     async def _load(self) -> _Loaded:
@@ -254,6 +260,7 @@ class Access:
         """Drops cached tokens and bindings and re-checks every open stream."""
         self._generation += 1
         self._tokens = {}
+        self._unknown = set()
         self._loaded = None
         self._wake.set()
 

@@ -66,7 +66,10 @@ class Models:
         model = replace(model, project=project_of(model.project))
         await self.access.require(caller, Permission.CREATE_MODEL, project=model.project)
         dm.validate_tags(model.tags, "model.tags")
-        return await self.store.create_model(model, caller.name, create_project=not caller.authenticated)
+        try:
+            return await self.store.create_model(model, caller.name, create_project=not caller.authenticated)
+        finally:
+            self.access.forget_models([model.name])
 
     async def get_model(self, caller: Caller, name: str) -> dm.Model:
         model = await self.store.get_model(name)
@@ -197,6 +200,7 @@ class Models:
         async with self.store.transaction() as conn:
             dm.check_deletable_model(await self.store.lock_model(conn, name))
             count, orphans = await self.store.delete_model(conn, name, caller.name)
+        self.access.forget_models([name])
         for sha in orphans:
             await self._remove_if_unreferenced(sha)
         return count

@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "modelreg.cli.alias_cmds",
     "modelreg.cli.artifact_cmds",
     "modelreg.cli.access_cmds",
+    "modelreg.cli.card_cmds",
 )
 
 #: Printed under an UNAUTHENTICATED error.
