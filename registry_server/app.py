@@ -253,7 +253,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agents), server)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
     governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
-        GovernanceServicer(gates, cards, aliases, models),  # type: ignore[abstract]  # RPCs land part by part (issue 12)
+        GovernanceServicer(gates, cards, aliases, models),
         server,
     )
     health_servicer = health.aio.HealthServicer()

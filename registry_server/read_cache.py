@@ -1,10 +1,12 @@
 """Hot read cache: versions and alias pointers kept in memory, invalidated by the registry's
 own event stream.
 
-Reads of `models/{m}/versions/{n|production|staging|latest}` are the hot path of every
-agent and CI job. A version's artifact, config, metrics and lineage never change once it is
-READY, and everything that can change (stage, description, tags, which version an alias
-points at) emits an event in the same transaction. So a cached entry stays valid until an
+Reads of `models/{m}/versions/{n|production|staging|latest|alias}` are the hot path of
+every agent and CI job. A version's artifact, config, metrics and lineage never change once
+it is READY, and everything that can change (stage, description, tags, which version a stage
+or named alias points at, the named aliases a cached version lists) emits an event for its
+model in the same transaction: ALIAS_CHANGED for a named alias, so that event drops the
+model's entries, the `champion` pointer and every version that lists it alike. So a cached entry stays valid until an
 event for its model arrives: this process's writes invalidate synchronously (read your
 writes), other replicas' writes through the event hub within milliseconds.
 

@@ -126,7 +126,8 @@ class Detection:
 
 
 def model_id(model: str) -> str:
-    return model.removeprefix("models/")
+    """'models/m' or 'm@alias' (a model followed through a named alias) -> 'm'."""
+    return model.removeprefix("models/").partition("@")[0]
 
 
 class Agent:
@@ -174,7 +175,7 @@ class Agent:
             self.metrics.follow(model_id(m))
         self.source = RegistrySource(
             self.channel,
-            list(self.models),
+            list(c.models),  # MODEL@ALIAS entries follow that alias
             StateFile(c.cache_dir / "state.json"),
             self._declare,
             actor=f"agent:{self.agent_id}",

@@ -21,17 +21,25 @@ from modelreg_runtime.extras import MissingExtra, require
 COMMAND = "agent"
 DEFAULT_METRICS = "127.0.0.1:9464"
 MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # the registry's rule (domain/aliases.py)
+NOT_ALIASES = ("none", "staging", "archived", "latest")
 DESCRIPTION = (
     "Run a serving agent beside an application: it follows each model's production version "
-    "through WatchEvents, downloads, verifies, loads and warms it up, swaps it in with zero failed "
-    "requests, and serves Predict/Detect on localhost or a Unix socket."
+    "(or, with --model NAME@ALIAS, the version a named alias points at) through WatchEvents, "
+    "downloads, verifies, loads and warms it up, swaps it in with zero failed requests, and serves "
+    "Predict/Detect on localhost or a Unix socket."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry address (default: --address, $MODELREG_ADDRESS or 127.0.0.1:50051)")
     p.add_argument(
-        "--model", action="append", required=True, metavar="NAME", help="a model to serve (repeat for several)"
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME[@ALIAS]",
+        help="a model to serve (repeat for several): its production version, or with @ALIAS "
+        "(detector@champion) the version that alias points at",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -173,13 +181,7 @@ def run_agent(args: argparse.Namespace) -> int:
         raise UsageError("--intra-op-threads must not be negative; 0 means onnxruntime's default")
     if args.report_interval <= 0:
         raise UsageError("--report-interval must be positive")
-    models = tuple(dict.fromkeys(m.removeprefix("models/") for m in args.model))
-    for m in models:
-        if not MODEL_ID.match(m):
-            raise UsageError(
-                f"--model {m!r} is not a model id: use 1 to 63 lowercase letters, digits, '-', '_' and '.', "
-                "starting and ending with a letter or digit (for example --model fraud-detector)"
-            )
+    models = followed_models(args.model)
     listen = listen_address(args.listen or os.environ.get("MODELREG_AGENT_LISTEN") or "127.0.0.1:50052", args.uds)
     if args.uds:
         Path(args.uds).parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +229,29 @@ def run_agent(args: argparse.Namespace) -> int:
         print(f"modelreg agent: {e.message}", file=sys.stderr)
         return e.exit_code
     return 0
+
+
+def followed_models(values: list[str]) -> tuple[str, ...]:
+    """The --model values as `model` or `model@alias` (`@production` is the default)."""
+    follow: dict[str, str] = {}
+    for value in values:
+        m, sep, alias = value.removeprefix("models/").partition("@")
+        alias = alias.lower()
+        if not MODEL_ID.match(m):
+            raise UsageError(
+                f"--model {m!r} is not a model id: use 1 to 63 lowercase letters, digits, '-', '_' and '.', "
+                "starting and ending with a letter or digit (for example --model fraud-detector)"
+            )
+        if sep and alias != "production" and (not ALIAS.match(alias) or alias in NOT_ALIASES):
+            raise UsageError(
+                f"--model {value!r}: {alias!r} is not an alias an agent can follow; use NAME (production) or "
+                "NAME@ALIAS with a named alias like detector@champion"
+            )
+        entry = f"{m}@{alias}" if sep and alias != "production" else m
+        if follow.get(m, entry) != entry:
+            raise UsageError(f"--model {m!r} is given twice ({follow[m]} and {entry}); an agent serves a model once")
+        follow[m] = entry
+    return tuple(follow.values())
 
 
 def metrics_address(args: argparse.Namespace) -> tuple[tuple[str, int] | None, bool]:

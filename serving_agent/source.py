@@ -10,12 +10,22 @@ backoff). The source turns what the watcher yields into `Desired` and nothing el
 - EVENT_TYPE_DEPLOYMENT_CHANGED declares the complete `Deployment` the event carries;
 - EVENT_TYPE_MODEL_DELETED declares the model empty.
 
-It makes NO OTHER CALL to learn what to serve: the messages carry the digests, formats and
-configs (downloads are the fetcher's). Events a snapshot already covers (sequence at or
-below the snapshot's, replayed after a resume) are skipped, so a reconnect never declares
-an older state on its way to the current one. The resume point (`watcher.last_sequence`)
-and the desired state are persisted to state.json off the event loop, and `restore()`
-declares them at start-up so the agent serves before the registry answers.
+A model followed through a named alias (`--model detector@champion`) is declared from the
+alias instead of the production deployment: on every snapshot from one
+GetModelVersion(`models/detector/versions/champion`) (NOT_FOUND: nothing to serve), then
+from each EVENT_TYPE_ALIAS_CHANGED of that alias, whose details carry the target's artifact
+(`details.artifact`, the registry's ArtifactRef) or a deletion (`to_version` 0: declared
+empty). Its DEPLOYMENT_CHANGED events are not its business.
+
+Apart from that one read per snapshot of an alias, it makes NO OTHER CALL to learn what to
+serve: the messages carry the digests, formats and configs (downloads are the fetcher's).
+Events a snapshot already covers (sequence at or below the snapshot's, replayed after a
+resume) are skipped, so a reconnect never declares an older state on its way to the
+current one (an alias read just after its snapshot may be newer than the events that
+follow; those then pass through in order and end at the same, current, target). The
+resume point (`watcher.last_sequence`) and the desired state are persisted to state.json
+off the event loop, and `restore()` declares them at start-up so the agent serves before
+the registry answers.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from google.protobuf import json_format
 
 from modelreg import errors
 from modelreg.v1 import event_service_pb2 as ev
+from modelreg.v1 import registry_service_pb2 as rs
+from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
 from modelreg.watch import RESYNC_REQUIRED, AsyncWatcher, backoff_delay
 from serving_agent.cache import StateFile
@@ -78,6 +90,39 @@ def spec_from_ref(model: str, ref: res.ArtifactRef) -> VersionSpec:
     )
 
 
+def split_follow(entry: str) -> tuple[str, str | None]:
+    """'models/detector@champion' -> ('detector', 'champion'); 'detector' -> ('detector', None)."""
+    model, sep, alias = entry.removeprefix("models/").partition("@")
+    return model, (alias.lower() if sep and alias.lower() != "production" else None)
+
+
+def spec_from_version(model: str, mv: res.ModelVersion) -> VersionSpec:
+    """The spec of a version as GetModelVersion returns it."""
+    return VersionSpec(
+        model=model,
+        version=mv.version,
+        sha256=mv.artifact.sha256,
+        format=FORMATS.get(mv.format, "other"),
+        size_bytes=mv.artifact.size_bytes,
+        filename=mv.artifact.download_filename,
+        config=json_format.MessageToDict(mv.config) if mv.HasField("config") else {},
+    )
+
+
+def spec_from_artifact(model: str, d: dict) -> VersionSpec:
+    """The spec of an ALIAS_CHANGED event's `details.artifact` (ArtifactRef.as_dict on the
+    registry; numbers arrive as floats through the Struct)."""
+    return VersionSpec(
+        model=model,
+        version=int(d["version"]),
+        sha256=str(d["sha256"]),
+        format=str(d.get("format") or "other"),
+        size_bytes=int(d.get("size_bytes") or 0),
+        filename=str(d.get("filename") or ""),
+        config=dict(d.get("config") or {}),
+    )
+
+
 def desired_from_deployment(model: str, d: res.Deployment) -> Desired:
     """What a Deployment asks one agent to serve (no canary: weight 0)."""
     stable = spec_from_ref(model, d.stable) if d.HasField("stable") else None
@@ -101,7 +146,10 @@ class RegistrySource:
     ):
         self.metrics = metrics or Metrics()
         self.channel = channel
-        self.models = models
+        # Each entry is a model id, or MODEL@ALIAS to follow a named alias, not production.
+        follow = dict(split_follow(m) for m in models)
+        self.models = list(follow)
+        self.aliases = {m: a for m, a in follow.items() if a is not None}
         self.state = state
         self.on_desired = on_desired
         self.metadata = (("x-modelreg-actor", actor),)
@@ -110,7 +158,7 @@ class RegistrySource:
         saved = state.load()
         self.sequence: int | None = saved.get("sequence")  # the resume point state.json holds
         self.desired: dict[str, Desired] = {
-            m: Desired.from_dict(d) for m, d in (saved.get("models") or {}).items() if m in models
+            m: Desired.from_dict(d) for m, d in (saved.get("models") or {}).items() if m in follow
         }
         self.watcher: AsyncWatcher | None = None
         self._covered = 0  # the last snapshot's sequence: events up to it are in the snapshot
@@ -137,7 +185,7 @@ class RegistrySource:
             self.watcher = AsyncWatcher(
                 self.channel,
                 models=[f"models/{m}" for m in self.models],
-                types=WATCHED_TYPES,
+                types=WATCHED_TYPES + ((ev.EVENT_TYPE_ALIAS_CHANGED,) if self.aliases else ()),
                 after_sequence=self.sequence,
                 snapshot=True,
                 snapshot_on_resume=True,  # every connection re-reads the desired state
@@ -151,6 +199,8 @@ class RegistrySource:
                 async for msg in self.watcher:
                     failures = 0
                     self.apply(msg)
+                    if self.aliases and msg.WhichOneof("payload") == "snapshot":
+                        await self._resolve_aliases(msg.snapshot)
                     await self._persist()
             except errors.ModelregError as e:
                 delay = backoff_delay(failures, FATAL_RETRY_FIRST, FATAL_RETRY_MAX)
@@ -184,7 +234,10 @@ class RegistrySource:
             present = {model_of(d.name): d for d in msg.snapshot.deployments}
             for model in self.models:
                 d = present.get(model)
-                self._declare(model, desired_from_deployment(model, d) if d is not None else Desired())
+                if d is None:
+                    self._declare(model, Desired())
+                elif model not in self.aliases:  # an alias is read after the snapshot
+                    self._declare(model, desired_from_deployment(model, d))
         elif kind == "event":
             e = msg.event
             model = e.model.removeprefix("models/")
@@ -193,11 +246,49 @@ class RegistrySource:
             self.metrics.watch_lag.observe(max(0.0, time.time() - e.create_time.ToNanoseconds() / 1e9))
             if e.type == ev.EVENT_TYPE_MODEL_DELETED:
                 self._declare(model, Desired())
+            elif model in self.aliases:
+                if e.type == ev.EVENT_TYPE_ALIAS_CHANGED:
+                    self._apply_alias_event(model, self.aliases[model], e)
             elif e.type == ev.EVENT_TYPE_DEPLOYMENT_CHANGED:
                 if not e.HasField("deployment"):
                     log.warning("event %d (DEPLOYMENT_CHANGED) carries no deployment; ignored", e.sequence)
                     return
                 self._declare(model, desired_from_deployment(model, e.deployment))
+
+    def _apply_alias_event(self, model: str, alias: str, e: ev.Event) -> None:
+        details = json_format.MessageToDict(e.details) if e.HasField("details") else {}
+        if details.get("alias") != alias:
+            return
+        if not int(details.get("to_version") or 0):
+            self._declare(model, Desired())  # the alias was deleted: nothing to serve
+        elif isinstance(details.get("artifact"), dict):
+            self._declare(model, Desired(stable=spec_from_artifact(model, details["artifact"])))
+        else:
+            log.warning("event %d (ALIAS_CHANGED) carries no artifact; ignored", e.sequence)
+
+    async def _resolve_aliases(self, snapshot: ev.Snapshot) -> None:
+        """Declares each alias-followed model that exists from the version its alias points
+        at now (NOT_FOUND: no such alias, nothing to serve). Another error ends this watcher,
+        and the next one's snapshot reads again."""
+        present = {model_of(d.name) for d in snapshot.deployments}
+        stub = rs_grpc.RegistryServiceStub(self.channel)
+        for model, alias in self.aliases.items():
+            if model not in present:
+                continue
+            try:
+                resp = await stub.GetModelVersion(
+                    rs.GetModelVersionRequest(name=f"models/{model}/versions/{alias}"),
+                    metadata=self.metadata,
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise errors.from_rpc_error(err) from None
+                if self.desired.get(model) != Desired():
+                    log.warning("models/%s has no alias %r (%s); nothing to serve", model, alias, err.details())
+                self._declare(model, Desired())
+                continue
+            self._declare(model, Desired(stable=spec_from_version(model, resp.model_version)))
 
     def _declare(self, model: str, desired: Desired) -> None:
         if self.desired.get(model) != desired:
@@ -239,7 +330,7 @@ class RegistrySource:
 
 
 def _describe(d: Desired) -> str:
-    parts = [f"stable v{d.stable.version} ({d.stable.sha256[:12]})" if d.stable else "no production version"]
+    parts = [f"stable v{d.stable.version} ({d.stable.sha256[:12]})" if d.stable else "nothing to serve"]
     if d.canary:
         parts.append(f"canary v{d.canary.version} at {d.weight}%")
     return ", ".join(parts)

@@ -545,6 +545,19 @@ CASES.update(
 )
 
 
+def _alias_to_delete(w: World, p: str) -> Any:
+    """A fresh unprotected alias of the shared model, set by the admin."""
+    alias = w.fresh("gone")
+    req = gs.SetAliasRequest(model=f"models/{main(p)}", alias=alias, version=1)
+    w.admin("GovernanceService", "SetAlias", req)
+    return gs.DeleteAliasRequest(model=f"models/{main(p)}", alias=alias, reason="matrix")
+
+
+def _check_alias_still_there(world: World, request: Any) -> None:
+    listed = world.admin("GovernanceService", "ListAliases", gs.ListAliasesRequest(model=request.model))
+    assert request.alias in [a.alias for a in listed.aliases]
+
+
 def _card_of(w: World, p: str) -> Any:
     """A version with a model card (written by the admin), for GetModelCard."""
     card = gv.ModelCard(summary=f"{p} card")
@@ -564,6 +577,24 @@ def _card_summary_unchanged(w: World, request: Any) -> None:
 
 CASES.update(
     {
+        # Unprotected aliases (a protected one needs versions.promote: tests/test_aliases.py).
+        "GovernanceService.SetAlias": Case(
+            "aliases.set",
+            lambda w, p: gs.SetAliasRequest(model=f"models/{main(p)}", alias=w.fresh("set"), version=1),
+            check=that(lambda r, p: r.alias.version == 1 and not r.alias.protected),
+        ),
+        "GovernanceService.DeleteAlias": Case(
+            "aliases.set",
+            _alias_to_delete,
+            check=that(lambda r, p: r.version == 1),
+            unchanged=_check_alias_still_there,
+        ),
+        "GovernanceService.ListAliases": Case(
+            "models.read", lambda w, p: gs.ListAliasesRequest(model=f"models/{main(p)}")
+        ),
+        "GovernanceService.ListAliasHistory": Case(
+            "models.read", lambda w, p: gs.ListAliasHistoryRequest(model=f"models/{main(p)}")
+        ),
         # A content edit needs versions.update (approving a card needs promotions.approve:
         # tests/test_cards.py); reading one needs models.read.
         "GovernanceService.UpdateModelCard": Case(

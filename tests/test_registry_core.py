@@ -273,7 +273,9 @@ def test_unknown_version_and_model_are_not_found(client):
     with pytest.raises(errors.NotFound, match="models/nobody"):
         client.get_version("nobody", 1)
     with pytest.raises(errors.InvalidArgument, match="invalid version"):
-        client.get_version("nf", "zero")
+        client.get_version("nf", "0")
+    with pytest.raises(errors.NotFound, match="has no alias 'zero'"):
+        client.get_version("nf", "zero")  # a name that is not a number or a stage is an alias
 
 
 # ---------------------------------------------------------------------- stages

@@ -26,6 +26,7 @@ from google.protobuf import field_mask_pb2, struct_pb2
 
 from modelreg import errors, tracing
 from modelreg.access import AccessMixin
+from modelreg.aliases import AliasMixin, split_alias
 from modelreg.cards import CardMixin
 from modelreg.credentials import Credentials, sync_channel
 from modelreg.deployments import DeploymentMixin
@@ -96,8 +97,18 @@ def model_name(model: str) -> str:
     return model if model.startswith("models/") else f"models/{model}"
 
 
-def version_name(model: str, version: int | str) -> str:
-    return f"{model_name(model)}/versions/{version}"
+def version_name(model: str, version: int | str | None = None, default: str = "latest") -> str:
+    """`models/{model}/versions/{version}`; `MODEL@ALIAS` names the version itself (then
+    `version` is left out, or the same alias). `default` stands for a missing version."""
+    name, alias = split_alias(model)
+    if alias is not None:
+        if version is not None and str(version) != alias:
+            raise errors.InvalidArgument(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{model!r} already names version {alias!r}; leave out the version {version!r}, or the '@{alias}'",
+            )
+        version = alias
+    return f"{model_name(name)}/versions/{default if version is None else version}"
 
 
 def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
@@ -108,7 +119,7 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin):
+class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin):
     """A synchronous registry client. Thread-safe; reuse one per process.
 
     `credentials` wins over the individual `token`, `token_file`, `ca_cert`, `client_cert`
@@ -343,7 +354,8 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin):
             if cleanup is not None:
                 cleanup.unlink(missing_ok=True)
 
-    def get_version(self, model: str, version: int | str = "latest") -> res.ModelVersion:
+    def get_version(self, model: str, version: int | str | None = None) -> res.ModelVersion:
+        """By number, stage, `latest` (the default) or alias; `get_version("detector@champion")`."""
         return self._call(
             self.stub.GetModelVersion, rs.GetModelVersionRequest(name=version_name(model, version))
         ).model_version
@@ -411,7 +423,7 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin):
     def download(
         self,
         model: str,
-        version: int | str = "production",
+        version: int | str | None = None,
         *,
         dest: str | os.PathLike = ".",
         filename: str | None = None,
@@ -421,11 +433,12 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin):
     ) -> Path:
         """Downloads a version's artifact into `dest` under its self-describing name and
         verifies its sha256. A cut download leaves `<name>.part`; the next call resumes it
-        from where it stopped. Returns the file's path."""
+        from where it stopped. `version` defaults to production; `download("detector@champion")`
+        fetches what the alias points at. Returns the file's path."""
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         # Resolve first so an alias (production) cannot move between resumed attempts.
-        mv = self.get_version(model, version)
+        mv = self.get_version(model, "production" if version is None and "@" not in model else version)
         target = dest / (filename or mv.artifact.download_filename)
         part = target.with_name(target.name + ".part")
         offset = part.stat().st_size if resume and part.exists() else 0
@@ -467,9 +480,9 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin):
         return target
 
     def artifact_url(
-        self, model: str, version: int | str = "production", *, expires_in: int = 3600
+        self, model: str, version: int | str | None = None, *, expires_in: int = 3600
     ) -> rs.GetArtifactUrlResponse:
-        req = rs.GetArtifactUrlRequest(name=version_name(model, version), expires_in_seconds=expires_in)
+        req = rs.GetArtifactUrlRequest(name=version_name(model, version, "production"), expires_in_seconds=expires_in)
         return self._call(self.stub.GetArtifactUrl, req)
 
     # ------------------------------------------------------------------ agents

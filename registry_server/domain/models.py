@@ -83,6 +83,8 @@ class ModelVersion:
     size_bytes: int = 0
     filename: str = ""
     request_id: str = ""
+    # The named aliases pointing at it (`champion`), by name; empty where not loaded.
+    aliases: tuple[str, ...] = ()
 
     @property
     def download_filename(self) -> str:

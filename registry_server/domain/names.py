@@ -1,10 +1,13 @@
-"""Resource names: `models/{model}` and `models/{model}/versions/{version}`."""
+"""Resource names: `models/{model}` and `models/{model}/versions/{version}`, where the
+version is a number, a stage alias (production, staging, latest) or a named alias
+(`champion`, see domain/aliases.py)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from registry_server.domain.aliases import ALIAS_RULE, is_alias
 from registry_server.errors import InvalidArgument
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -35,7 +38,7 @@ def parse_model_name(name: str, field: str = "name") -> str:
 
 @dataclass(frozen=True)
 class VersionRef:
-    """A version addressed by number or alias."""
+    """A version addressed by number or alias (a stage alias or a named one, lowercase)."""
 
     model: str
     number: int | None = None
@@ -46,24 +49,31 @@ class VersionRef:
 
 
 def parse_version_ref(value: str) -> int | str:
-    """A version number (1, 2, ...) or an alias (production, staging, latest)."""
+    """A version number (1, 2, ...), a stage alias (production, staging, latest) or a named
+    alias (champion), lowercase. Numbers and stage aliases are checked first: the hot path."""
     v = (value or "").strip().lower()
     if v in VERSION_ALIASES:
         return v
     if v.isdigit() and int(v) >= 1:
         return int(v)
-    raise InvalidArgument(f"invalid version {value!r}: use a positive number or one of {', '.join(VERSION_ALIASES)}")
+    if is_alias(v):
+        return v
+    raise InvalidArgument(
+        f"invalid version {value!r}: use a positive number, one of {', '.join(VERSION_ALIASES)}, "
+        f"or an alias name ({ALIAS_RULE})"
+    )
 
 
 def parse_version_name(name: str, field: str = "name") -> VersionRef:
-    """`models/{model}/versions/{n|production|staging|latest}` -> VersionRef."""
+    """`models/{model}/versions/{n|production|staging|latest|alias}` -> VersionRef."""
     if not name:
         raise InvalidArgument(f"'{field}' is required: give a version name like 'models/fraud-detector/versions/3'")
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "models" or parts[2] != "versions":
         raise InvalidArgument(
             f"invalid {field} {name!r}: expected 'models/{{model}}/versions/{{version}}', "
-            "for example 'models/fraud-detector/versions/3' or 'models/fraud-detector/versions/production'"
+            "for example 'models/fraud-detector/versions/3', 'models/fraud-detector/versions/production' "
+            "or 'models/fraud-detector/versions/champion'"
         )
     model = validate_model_id(parts[1])
     ref = parse_version_ref(parts[3])

@@ -121,6 +121,7 @@ def version_to_proto(v: dm.ModelVersion) -> res.ModelVersion:
             download_filename=v.download_filename,
         ),
         request_id=v.request_id,
+        aliases=v.aliases,
     )
 
 

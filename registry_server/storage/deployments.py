@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from registry_server.domain import deployments as dd
+from registry_server.domain.aliases import alias_not_found
 from registry_server.domain.models import StageTransition
 from registry_server.domain.stages import Stage
 from registry_server.errors import ModelNotFound, VersionNotFound
@@ -127,7 +128,8 @@ class DeploymentTx:
         self._known = {v.version: v for v in known}
 
     async def version(self, ref: int | str) -> dd.VersionInfo:
-        """A version of the locked model by number or alias (production, staging, latest)."""
+        """A version of the locked model by number or alias (production, staging, latest, or a
+        named alias)."""
         model, d = self.deployment.model, self.deployment
         if ref == "production":
             if d.stable is None:
@@ -146,6 +148,15 @@ class DeploymentTx:
             )
             if row is None:
                 raise no_alias(model, "staging", "in staging")
+        elif isinstance(ref, str):  # a named alias (champion)
+            row = await self.conn.fetchrow(
+                "SELECT v.* FROM model_aliases a JOIN model_versions v ON v.model = a.model AND v.version = a.version"
+                " WHERE a.model = $1 AND a.alias = $2",
+                model,
+                ref,
+            )
+            if row is None:
+                raise alias_not_found(model, ref)
         else:
             row = await self.conn.fetchrow("SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref)
             if row is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from registry_server.domain.aliases import alias_not_found
 from registry_server.domain.events import EventDraft
 from registry_server.domain.models import (
     ArtifactFormat,
@@ -98,7 +99,16 @@ def version_from_row(row: asyncpg.Record) -> ModelVersion:
         size_bytes=row["size_bytes"],
         filename=row["filename"],
         request_id=row["request_id"] or "",
+        aliases=tuple(row.get("aliases") or ()),
     )
+
+
+# The named aliases of version row `v`, for reads that return versions to callers: one probe
+# of the index model_aliases_version per row.
+WITH_ALIASES = (
+    "v.*, (SELECT coalesce(array_agg(a.alias ORDER BY a.alias), '{}') FROM model_aliases a"
+    " WHERE a.model = v.model AND a.version = v.version) AS aliases"
+)
 
 
 class ModelStore:
@@ -200,6 +210,10 @@ class ModelStore:
         """Deletes a locked model and its versions. Returns (versions deleted, blobs now
         unreferenced); the caller deletes those blobs from the store while holding their
         locks (see `blob_lock`)."""
+        # Its aliases first: they reference its versions (their history goes with the model).
+        await conn.execute(
+            "WITH h AS (DELETE FROM alias_history WHERE model = $1) DELETE FROM model_aliases WHERE model = $1", name
+        )
         shas = [
             r["sha256"] for r in await conn.fetch("DELETE FROM model_versions WHERE model = $1 RETURNING sha256", name)
         ]
@@ -364,43 +378,60 @@ class ModelStore:
                 await conn.execute("SELECT pg_advisory_unlock($1)", blob_lock_key(sha256))
 
     async def get_version(self, model: str, ref: int | str) -> ModelVersion:
+        """A version by number, stage alias (production, staging, latest) or named alias,
+        with its named aliases. Numbers and stage aliases are tried first (the hot path);
+        any other string is a named alias."""
         if isinstance(ref, int):
-            row = await self.pool.fetchrow("SELECT * FROM model_versions WHERE model = $1 AND version = $2", model, ref)
+            row = await self.pool.fetchrow(
+                f"SELECT {WITH_ALIASES} FROM model_versions v WHERE v.model = $1 AND v.version = $2", model, ref
+            )
         elif ref == "production":
             row = await self.pool.fetchrow(
-                "SELECT v.* FROM models m JOIN model_versions v"
+                f"SELECT {WITH_ALIASES} FROM models m JOIN model_versions v"
                 " ON v.model = m.name AND v.version = m.production_version WHERE m.name = $1",
                 model,
             )
         elif ref == "staging":
             row = await self.pool.fetchrow(
-                "SELECT * FROM model_versions WHERE model = $1 AND stage = 'staging' ORDER BY version DESC LIMIT 1",
+                f"SELECT {WITH_ALIASES} FROM model_versions v WHERE v.model = $1 AND v.stage = 'staging'"
+                " ORDER BY v.version DESC LIMIT 1",
                 model,
             )
-        else:  # latest
+        elif ref == "latest":
             row = await self.pool.fetchrow(
-                "SELECT * FROM model_versions WHERE model = $1 ORDER BY version DESC LIMIT 1", model
+                f"SELECT {WITH_ALIASES} FROM model_versions v WHERE v.model = $1 ORDER BY v.version DESC LIMIT 1",
+                model,
+            )
+        else:  # a named alias
+            row = await self.pool.fetchrow(
+                f"SELECT {WITH_ALIASES} FROM model_aliases n JOIN model_versions v"
+                " ON v.model = n.model AND v.version = n.version WHERE n.model = $1 AND n.alias = $2",
+                model,
+                ref,
             )
         if row is None:
             await self.require_model(model)
             if isinstance(ref, str):
-                what = {"production": "in production", "staging": "in staging", "latest": "registered"}[ref]
-                raise no_alias(model, ref, what)
+                stage = {"production": "in production", "staging": "in staging", "latest": "registered"}.get(ref)
+                if stage is None:
+                    raise alias_not_found(model, ref)
+                raise no_alias(model, ref, stage)
             raise VersionNotFound(model, ref)
         return version_from_row(row)
 
     async def list_versions(self, model: str, stage: Stage | None, before: int, limit: int) -> list[ModelVersion]:
         if stage is None:
             rows = await self.pool.fetch(
-                "SELECT * FROM model_versions WHERE model = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
+                f"SELECT {WITH_ALIASES} FROM model_versions v WHERE v.model = $1 AND v.version < $2"
+                " ORDER BY v.version DESC LIMIT $3",
                 model,
                 before,
                 limit,
             )
         else:
             rows = await self.pool.fetch(
-                "SELECT * FROM model_versions WHERE model = $1 AND stage = $2 AND version < $3"
-                " ORDER BY version DESC LIMIT $4",
+                f"SELECT {WITH_ALIASES} FROM model_versions v WHERE v.model = $1 AND v.stage = $2 AND v.version < $3"
+                " ORDER BY v.version DESC LIMIT $4",
                 model,
                 stage.value,
                 before,
@@ -423,8 +454,8 @@ class ModelStore:
         async with self.transaction() as conn:
             sets = ", ".join(f"{k} = ${i + 3}" for i, k in enumerate(changes))
             row = await conn.fetchrow(
-                f"UPDATE model_versions SET {sets}{',' if sets else ''} updated_at = now()"
-                " WHERE model = $1 AND version = $2 RETURNING *",
+                f"UPDATE model_versions v SET {sets}{',' if sets else ''} updated_at = now()"
+                f" WHERE v.model = $1 AND v.version = $2 RETURNING {WITH_ALIASES}",
                 model,
                 version,
                 *changes.values(),

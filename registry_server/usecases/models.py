@@ -15,6 +15,7 @@ from typing import Any
 
 from modelreg_runtime import tracing
 from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUpload
+from registry_server.domain import aliases as da
 from registry_server.domain import deployments as dd
 from registry_server.domain import models as dm
 from registry_server.domain.access import Caller, Permission, project_of
@@ -23,6 +24,7 @@ from registry_server.domain.stages import Stage
 from registry_server.errors import DataLoss, InvalidArgument, ModelNotFound, RegistryError, Unavailable
 from registry_server.metrics import RegistryMetrics
 from registry_server.read_cache import VersionCache
+from registry_server.storage.aliases import aliases_of
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore, RequestIdTaken
 from registry_server.usecases.access import Access
@@ -209,6 +211,8 @@ class Models:
             await self.store.lock_model(conn, model)  # stage moves hold it: none can interleave
             v = await self.store.lock_version(conn, model, version)
             dd.check_deletable_version(await self.deployments.load(conn, model), version, v.stage)
+            # An alias holds its version (set_alias takes the model lock too: no race).
+            da.check_deletable(model, version, await aliases_of(conn, model, version))
             orphans = await self.store.delete_version(conn, v, caller.name)
         removed = False
         for sha in orphans:

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "serving_agent.cli",  # agent (needs modelreg[agent])
     "modelreg.cli.agent_cmds",
     "modelreg.cli.deploy_cmds",
+    "modelreg.cli.alias_cmds",
     "modelreg.cli.artifact_cmds",
     "modelreg.cli.access_cmds",
     "modelreg.cli.card_cmds",

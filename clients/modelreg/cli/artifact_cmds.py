@@ -22,8 +22,8 @@ def register(sub, common) -> None:
             "FAILED_PRECONDITION; use 'modelreg download' there."
         ),
     )
-    p.add_argument("name", help="model name")
-    p.add_argument("version", nargs="?", default="production", help="number or stage (default: production)")
+    p.add_argument("name", help="model name, or MODEL@ALIAS")
+    p.add_argument("version", nargs="?", help="number, stage or alias (default: production)")
     p.add_argument(
         "--expires",
         type=int,

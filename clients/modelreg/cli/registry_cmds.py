@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from modelreg.aliases import split_alias
 from modelreg.bundles import extract_bundle
 from modelreg.cli import UsageError, connect
 from modelreg.cli import output as out
@@ -116,15 +117,20 @@ def register(sub, common) -> None:
     p.add_argument("--stage", help="only versions in this stage")
     p.set_defaults(func=list_versions)
 
-    p = sub.add_parser("get", parents=[common], help="show a version (by number or stage)")
-    p.add_argument("name")
-    p.add_argument("version", help="a number, production, staging or latest")
+    p = sub.add_parser("get", parents=[common], help="show a version (by number, stage or alias)")
+    p.add_argument("name", help="model name, or MODEL@ALIAS")
+    p.add_argument("version", nargs="?", help="a number, production, staging, latest or an alias (default: latest)")
     p.set_defaults(func=get_version)
 
-    p = sub.add_parser("promote", parents=[common], help="move a version to another stage")
-    p.add_argument("name")
-    p.add_argument("version")
-    p.add_argument("stage", help="staging, production or archived")
+    p = sub.add_parser(
+        "promote",
+        parents=[common],
+        help="move a version to another stage",
+        description="modelreg promote NAME VERSION STAGE | modelreg promote NAME@ALIAS STAGE",
+    )
+    p.add_argument("name", help="model name, or MODEL@ALIAS")
+    p.add_argument("version", help="a number, stage or alias (left out after MODEL@ALIAS)")
+    p.add_argument("stage", nargs="?", help="staging, production or archived")
     p.add_argument("--reason", default="")
     p.set_defaults(func=promote)
 
@@ -138,8 +144,8 @@ def register(sub, common) -> None:
     p.set_defaults(func=compare)
 
     p = sub.add_parser("download", parents=[common], help="download a version's artifact (verified)")
-    p.add_argument("name")
-    p.add_argument("version", nargs="?", default="production", help="number or stage (default: production)")
+    p.add_argument("name", help="model name, or MODEL@ALIAS")
+    p.add_argument("version", nargs="?", help="number, stage or alias (default: production)")
     p.add_argument("--dest", default=".", help="directory to write into (default: .)")
     p.add_argument("--extract", action="store_true", help="unpack a directory bundle into DEST")
     p.set_defaults(func=download)
@@ -316,6 +322,7 @@ def get_version(args) -> int:
         [
             ("name", v.name),
             ("stage", out.STAGE_NAMES[v.stage]),
+            ("aliases", ", ".join(v.aliases)),
             ("format", out.FORMAT_NAMES[v.format]),
             ("model type", v.model_type),
             ("artifact", f"{v.artifact.download_filename} ({out.human_size(v.artifact.size_bytes)})"),
@@ -333,8 +340,13 @@ def get_version(args) -> int:
 
 
 def promote(args) -> int:
+    version, stage = args.version, args.stage
+    if stage is None:
+        if "@" not in args.name:
+            raise UsageError("give the stage: modelreg promote NAME VERSION STAGE (or NAME@ALIAS STAGE)")
+        version, stage = split_alias(args.name)[1], version
     with _client(args) as c:
-        resp = c.promote(args.name, args.version, args.stage, reason=args.reason)
+        resp = c.promote(args.name, version, stage, reason=args.reason)
     if args.output == "json":
         out.print_json(resp)
     elif resp.HasField("promotion_request"):  # the gate needs approvals: nothing moved yet
@@ -399,7 +411,8 @@ def compare(args) -> int:
 def download(args) -> int:
     with _client(args) as c:
         # Resolve once: an alias (production) cannot move between the check and the bytes.
-        v = c.get_version(args.name, args.version)
+        default = "production" if args.version is None and "@" not in args.name else args.version
+        v = c.get_version(args.name, default)
         if args.extract and v.format != res.ARTIFACT_FORMAT_BUNDLE:
             kind = out.FORMAT_NAMES.get(v.format) or "single-file"
             raise UsageError(
@@ -408,7 +421,7 @@ def download(args) -> int:
             )
         update, close = _progress_bar("downloading")
         try:
-            path = c.download(args.name, v.version, dest=args.dest, progress=update)
+            path = c.download(split_alias(args.name)[0], v.version, dest=args.dest, progress=update)
         finally:
             close()
     extracted = None

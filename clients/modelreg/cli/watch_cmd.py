@@ -86,6 +86,10 @@ def _event_line(e: es.Event) -> str:
     if e.HasField("deployment"):
         stable, canary = describe(e.deployment)
         what += f" stable={stable} canary={canary}"
+    if e.type == es.EVENT_TYPE_ALIAS_CHANGED:  # models/det@champion v1 -> v2 ('-': created or deleted)
+        info = out.to_dict(e.details)
+        ends = [f"v{int(info[k])}" if info.get(k) else "-" for k in ("from_version", "to_version")]
+        what = f"{e.model}@{info.get('alias', '?')} {ends[0]} -> {ends[1]}"
     line = f"#{e.sequence}  {when}  {event_type_name(e.type)}  {what}  by {e.actor}"
     if e.reason:
         line += f"  ({e.reason})"
