@@ -299,3 +299,29 @@ def test_two_approvals_and_a_competing_promotion_race_to_exactly_one_outcome(tea
         assert states == {str(v1): gv.PROMOTION_REQUEST_STATE_SUPERSEDED, str(v2): gv.PROMOTION_REQUEST_STATE_PENDING}
     history = e.reg.ListStageTransitions(rs.ListStageTransitionsRequest(parent="models/race"), metadata=e.md)
     assert len(history.transitions) == len(production)
+
+
+def test_a_protected_alias_under_an_approvals_gate_moves_only_once_approved(team):
+    e, tok, _ = team
+    v1 = e.register("champ", {"auc": 0.9}, b"w1")
+    v2 = e.register("champ", {"auc": 0.91}, b"w2")
+    rita, ravi = e.as_(tok["rita"]), e.as_(tok["ravi"])
+
+    def set_alias(env: Env, version: int):
+        req = gs.SetAliasRequest(model="models/champ", alias="champion", version=version, reason="best", protected=True)
+        return env.gov.SetAlias(req, metadata=env.md, timeout=30)
+
+    set_alias(rita, v1)
+    rita.gate("champ", check(T.GATE_CHECK_TYPE_APPROVALS, value=1), target="champion")
+    pending = set_alias(rita, v2)
+    assert pending.sequence == 0 and pending.alias.version == v1
+    assert pending.promotion_request.target == "champion" and pending.promotion_request.requester == "rita"
+    req = gs.ApprovePromotionRequest(model_version=f"models/champ/versions/{v2}", target="champion", reason="ok")
+    assert failed(lambda: rita.gov.ApprovePromotion(req, metadata=rita.md)).code() == grpc.StatusCode.PERMISSION_DENIED
+    done = ravi.gov.ApprovePromotion(req, metadata=ravi.md, timeout=30)
+    assert done.request.state == gv.PROMOTION_REQUEST_STATE_APPROVED and done.model_version.version == v2
+    got = e.reg.GetModelVersion(rs.GetModelVersionRequest(name="models/champ/versions/champion"), metadata=e.md)
+    assert got.model_version.version == v2
+    history = e.gov.ListAliasHistory(gs.ListAliasHistoryRequest(model="models/champ", alias="champion"), metadata=e.md)
+    assert history.changes[0].to_version == v2 and history.changes[0].actor == "ravi"
+    assert "requested by rita, approved by ravi" in history.changes[0].reason

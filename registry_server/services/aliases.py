@@ -8,6 +8,7 @@ from registry_server.domain import aliases as da
 from registry_server.domain.names import parse_model_name
 from registry_server.services import convert as cv
 from registry_server.services.auth import caller_of
+from registry_server.services.gates import request_to_proto
 from registry_server.usecases.aliases import Aliases
 
 
@@ -40,10 +41,14 @@ class AliasRpcs:
     async def SetAlias(self, request: gs.SetAliasRequest, context) -> gs.SetAliasResponse:
         model = parse_model_name(request.model, "model")
         protected = request.protected if request.HasField("protected") else None
-        alias, sequence = await self.aliases.set_alias(
+        alias, sequence, pending = await self.aliases.set_alias(
             caller_of(context), model, request.alias, request.version, request.reason, protected
         )
-        return gs.SetAliasResponse(alias=alias_to_proto(alias), sequence=sequence)
+        return gs.SetAliasResponse(
+            alias=alias_to_proto(alias),
+            sequence=sequence,
+            promotion_request=request_to_proto(pending) if pending else None,
+        )
 
     async def DeleteAlias(self, request: gs.DeleteAliasRequest, context) -> gs.DeleteAliasResponse:
         model = parse_model_name(request.model, "model")

@@ -16,9 +16,10 @@ import logging
 from registry_server.domain import aliases as da
 from registry_server.domain.access import Caller, Permission
 from registry_server.domain.deployments import ArtifactRef
-from registry_server.errors import InvalidArgument, PermissionDenied
+from registry_server.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from registry_server.read_cache import VersionCache
 from registry_server.storage.aliases import AliasStore
+from registry_server.storage.gates import Request
 from registry_server.storage.outbox import Outbox
 from registry_server.usecases.access import Access
 from registry_server.usecases.gates import Gates
@@ -37,9 +38,11 @@ class Aliases:
 
     async def set_alias(
         self, caller: Caller, model: str, alias: str, version: int, reason: str, protected: bool | None = None
-    ) -> tuple[da.Alias, int]:
+    ) -> tuple[da.Alias, int, Request | None]:
         """Points `alias` at `version`, creating it or moving it; `protected` None keeps the
-        current setting. Returns (the alias, the event's sequence; 0 when nothing changed)."""
+        current setting. Moving a protected alias passes its gate policy first; when only
+        approvals are missing, a promotion request is created instead of the move. Returns
+        (the alias, the event's sequence, 0 when nothing changed; the request or None)."""
         alias = da.normalize_alias(alias)
         if version < 1:
             raise InvalidArgument(
@@ -57,10 +60,19 @@ class Aliases:
             )
             if not plan.changed:
                 assert current is not None
-                return current, 0
+                return current, 0, None
             assert plan.after is not None
             if plan.after.protected and plan.moves:
-                await self.gates.enforce(conn, caller, model, version, alias, action="become alias")
+                request = await self.gates.promote_or_request(
+                    conn, caller, model, version, alias, reason, action="become alias"
+                )
+                if request is not None:
+                    if current is None:  # a new protected alias waits for its approvals unborn
+                        raise FailedPrecondition(
+                            f"alias {alias!r} of models/{model} does not exist yet and its gate policy needs "
+                            "approvals: create it unprotected first, or clear the approvals check"
+                        )
+                    return current, 0, request
             sequence, after = await self.store.persist(conn, plan, caller.name)
         assert after is not None
         log.info(
@@ -72,7 +84,7 @@ class Aliases:
             sequence,
             extra={"principal": caller.name},
         )
-        return after, sequence
+        return after, sequence, None
 
     async def delete_alias(self, caller: Caller, model: str, alias: str, reason: str) -> tuple[int, int]:
         """Deletes an alias. Returns (the version it pointed at, the event's sequence)."""

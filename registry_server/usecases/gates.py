@@ -23,6 +23,8 @@ import asyncpg
 
 from registry_server.domain import deployments as dd
 from registry_server.domain.access import Caller, Permission
+from registry_server.domain.aliases import plan_set as plan_alias
+from registry_server.domain.deployments import ArtifactRef
 from registry_server.domain.gates import (
     STAGE_TARGETS,
     Candidate,
@@ -36,6 +38,7 @@ from registry_server.domain.models import ModelVersion
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
 from registry_server.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound, PermissionDenied
+from registry_server.storage.aliases import AliasStore
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.gates import GateStore, Request, StoredPolicy
 from registry_server.storage.models import version_from_row
@@ -69,6 +72,7 @@ class Gates:
         self.pool = outbox.pool
         self.access = access
         self.store = GateStore(outbox)
+        self.aliases = AliasStore(outbox)
         self.deployments = deployments or DeploymentStore(outbox)
         self.request_ttl = request_ttl
 
@@ -159,7 +163,8 @@ class Gates:
                 f"; approvals are given to a promotion request: 'modelreg promote {model} {version} {target}' "
                 "creates one"
                 if target in STAGE_TARGETS
-                else "; approvals are not supported for aliases yet: remove the check"
+                else f"; approvals are given to a promotion request: 'modelreg alias set {model} {target} {version}' "
+                "creates one"
             )
             failing = [
                 replace(r, description=r.description + hint) if r.type == CheckType.APPROVALS else r for r in failing
@@ -168,15 +173,23 @@ class Gates:
         return ev
 
     async def promote_or_request(
-        self, conn: asyncpg.Connection, caller: Caller, model: str, version: int, target: str, reason: str
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        model: str,
+        version: int,
+        target: str,
+        reason: str,
+        action: str = "enter",
     ) -> Request | None:
-        """PromoteModelVersion's gate: None to go ahead; a new promotion request when only
-        approvals are missing; GateFailed otherwise."""
+        """The gate of PromoteModelVersion (a stage) and of moving a protected alias: None to
+        go ahead; a new promotion request when only approvals are missing; GateFailed
+        otherwise."""
         ev = await self.evaluate_in(conn, model, version, target, requester=caller.name)
         if ev.passed:
             return None
         if not ev.only_approvals_missing:
-            raise GateFailed(ev, ev.failing())
+            raise GateFailed(ev, ev.failing(), action)
         policy = await self.store.policy(conn, model, target)
         assert policy is not None
         request, superseded = await self.store.create_request(
@@ -212,8 +225,6 @@ class Gates:
         version or None, the event sequence)."""
         await self.access.require(caller, Permission.APPROVE, model=model)
         target = check_target(target)
-        if target not in STAGE_TARGETS:
-            raise InvalidArgument("promotion requests are for stages: production or staging")
         if not approve and not reason.strip():
             raise InvalidArgument("a rejection needs a reason: say what to change (--reason)")
         async with self.deployments.locked(model, version) as tx:
@@ -251,11 +262,16 @@ class Gates:
             failing = ev.failing(ignore=(CheckType.APPROVALS,))
             if failing:
                 raise GateFailed(ev, failing, action="be approved into")
-            target_info = await tx.version(version)
             why = f"{request.reason} (requested by {request.requester}, approved by {', '.join(request.approvers)})"
-            plan = dd.plan_stage_move(tx.deployment, target_info, Stage(target), why.strip(), caller.name)
             request = await self.store.close(conn, request, "approved")
-            seq, rows = await tx.persist(plan, caller.name, caller.token_name, caller.on_behalf_of)
+            if target in STAGE_TARGETS:
+                plan = dd.plan_stage_move(
+                    tx.deployment, await tx.version(version), Stage(target), why.strip(), caller.name
+                )
+                seq, rows = await tx.persist(plan, caller.name, caller.token_name, caller.on_behalf_of)
+                moved = version_from_row(rows[version])
+            else:
+                seq, moved = await self._move_alias(conn, model, target, version, why.strip(), caller)
             await self.outbox.emit(conn, caller.name, [self.store.request_event(request, "approved")])
         log.info(
             "models/%s: request %d approved; v%d moved to %s",
@@ -265,4 +281,17 @@ class Gates:
             target,
             extra={"principal": caller.name},
         )
-        return request, version_from_row(rows[version]), seq
+        return request, moved, seq
+
+    async def _move_alias(
+        self, conn: asyncpg.Connection, model: str, alias: str, version: int, reason: str, caller: Caller
+    ) -> tuple[int, ModelVersion]:
+        """An approved request's alias move, in the approval's transaction (the model row is
+        locked already). Returns (sequence, the version the alias now points at)."""
+        current = await self.aliases.lock(conn, model, alias)
+        if current is None:
+            raise FailedPrecondition(f"alias {alias!r} of models/{model} was deleted while its request was pending")
+        target = await self.aliases.version(conn, model, version)
+        plan = plan_alias(model, alias, version, current, None, reason, caller.name, ArtifactRef.of(target).as_dict())
+        seq, _ = await self.aliases.persist(conn, plan, caller.name)
+        return seq, target

@@ -73,6 +73,11 @@ def alias_set(args) -> int:
     if args.output == "json":
         out.print_json(resp)
         return 0
+    if resp.HasField("promotion_request"):  # the protected alias's gate needs approvals: nothing moved
+        from modelreg.cli.gate_cmds import print_request
+
+        print_request(resp.promotion_request)
+        return 0
     a = resp.alias
     flag = " (protected)" if a.protected else ""
     if resp.sequence:

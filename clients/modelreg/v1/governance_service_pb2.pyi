@@ -555,21 +555,29 @@ class SetAliasResponse(_message.Message):
 
     ALIAS_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    PROMOTION_REQUEST_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """The event sequence number."""
+    """The event sequence number; 0 when nothing changed."""
     @_builtins.property
     def alias(self) -> _governance_pb2.ModelAlias:
-        """The alias after the change."""
+        """The alias after the change (unchanged when a promotion request was created instead)."""
+
+    @_builtins.property
+    def promotion_request(self) -> _governance_pb2.PromotionRequest:
+        """Set instead of a move when the protected alias's gate policy needs approvals: the
+        pending request (approve it with ApprovePromotion, target = the alias).
+        """
 
     def __init__(
         self,
         *,
         alias: _governance_pb2.ModelAlias | None = ...,
         sequence: _builtins.int = ...,
+        promotion_request: _governance_pb2.PromotionRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "promotion_request", b"promotion_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "promotion_request", b"promotion_request", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

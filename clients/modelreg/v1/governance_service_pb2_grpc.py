@@ -186,7 +186,9 @@ class GovernanceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAlias(self, request, context):
-        """Points an alias at a version, creating it or moving it, with a reason.
+        """Points an alias at a version, creating it or moving it, with a reason. Moving a
+        protected alias is evaluated against its gate policy like a promotion; with an
+        `approvals` check it creates a promotion request instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -67,7 +67,10 @@ class GovernanceServiceStub:
     GetModelCard: _grpc.UnaryUnaryMultiCallable[_governance_service_pb2.GetModelCardRequest, _governance_service_pb2.GetModelCardResponse]
     """Gets a version's model card; NOT_FOUND when it has none."""
     SetAlias: _grpc.UnaryUnaryMultiCallable[_governance_service_pb2.SetAliasRequest, _governance_service_pb2.SetAliasResponse]
-    """Points an alias at a version, creating it or moving it, with a reason."""
+    """Points an alias at a version, creating it or moving it, with a reason. Moving a
+    protected alias is evaluated against its gate policy like a promotion; with an
+    `approvals` check it creates a promotion request instead.
+    """
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_governance_service_pb2.DeleteAliasRequest, _governance_service_pb2.DeleteAliasResponse]
     """Deletes an alias."""
     ListAliases: _grpc.UnaryUnaryMultiCallable[_governance_service_pb2.ListAliasesRequest, _governance_service_pb2.ListAliasesResponse]
@@ -114,7 +117,10 @@ class GovernanceServiceAsyncStub(GovernanceServiceStub):
     GetModelCard: _aio.UnaryUnaryMultiCallable[_governance_service_pb2.GetModelCardRequest, _governance_service_pb2.GetModelCardResponse]  # type: ignore[assignment]
     """Gets a version's model card; NOT_FOUND when it has none."""
     SetAlias: _aio.UnaryUnaryMultiCallable[_governance_service_pb2.SetAliasRequest, _governance_service_pb2.SetAliasResponse]  # type: ignore[assignment]
-    """Points an alias at a version, creating it or moving it, with a reason."""
+    """Points an alias at a version, creating it or moving it, with a reason. Moving a
+    protected alias is evaluated against its gate policy like a promotion; with an
+    `approvals` check it creates a promotion request instead.
+    """
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_governance_service_pb2.DeleteAliasRequest, _governance_service_pb2.DeleteAliasResponse]  # type: ignore[assignment]
     """Deletes an alias."""
     ListAliases: _aio.UnaryUnaryMultiCallable[_governance_service_pb2.ListAliasesRequest, _governance_service_pb2.ListAliasesResponse]  # type: ignore[assignment]
@@ -218,7 +224,10 @@ class GovernanceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _governance_service_pb2.SetAliasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_governance_service_pb2.SetAliasResponse, _abc.Awaitable[_governance_service_pb2.SetAliasResponse]]:
-        """Points an alias at a version, creating it or moving it, with a reason."""
+        """Points an alias at a version, creating it or moving it, with a reason. Moving a
+        protected alias is evaluated against its gate policy like a promotion; with an
+        `approvals` check it creates a promotion request instead.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAlias(
