@@ -7,7 +7,6 @@ server; the rest drive the CLI as a subprocess against a real registry."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -180,20 +179,26 @@ def test_ca_cert_against_a_plaintext_registry_says_it_does_not_speak_tls(registr
     assert "does not speak TLS" in proc.stderr
 
 
-def test_watchers_given_an_address_open_and_close_their_own_channel(registry):
-    from modelreg.watch import AsyncWatcher, Watcher
+def test_a_watcher_given_an_address_opens_and_closes_its_own_channel(registry):
+    from modelreg.watch import Watcher
 
     creds = credentials.Credentials(token="mr_sent_but_unchecked_with_auth_off")
     with Watcher(registry.address, credentials=creds) as w:
         first = next(iter(w))
     assert first.WhichOneof("payload") == "snapshot"
 
-    async def first_async():
-        async with AsyncWatcher(registry.address, credentials=creds) as aw:
-            async for item in aw:
-                return item
 
-    assert asyncio.run(first_async()).WhichOneof("payload") == "snapshot"
+async def test_an_async_watcher_given_an_address_opens_and_closes_its_own_channel(registry):
+    from modelreg.watch import AsyncWatcher
+
+    creds = credentials.Credentials(token="mr_sent_but_unchecked_with_auth_off")
+    async with AsyncWatcher(registry.address, credentials=creds) as aw:
+        items = aw.__aiter__()
+        first = await anext(items)
+        # Closed inside the loop, as the SDK's docs show: a stream abandoned to the loop's
+        # shutdown leaves grpc's poller a callback on a closed loop.
+        await items.aclose()
+    assert first.WhichOneof("payload") == "snapshot"
 
 
 # ---------------------------------------------------------------------- end to end, auth on
