@@ -385,8 +385,11 @@ def _banner(settings: Settings, running: RunningServer) -> str:
     if grpcurl:
         flags = "-cacert ca.pem" if settings.tls else "-plaintext"
         if settings.auth_enabled:
-            flags += ' -H "authorization: Bearer $TOKEN"'
-        lines.append(f"  {grpcurl} {flags} {running.address} list")
+            token_file = running.admin_token_file or settings.data_dir / "admin.token"
+            flags += f' -H "authorization: Bearer $(cat {token_file})"'
+            lines.append(f"  {grpcurl} {flags} {running.address} modelreg.v1.AuthService/WhoAmI")
+        else:
+            lines.append(f"  {grpcurl} {flags} {running.address} list")
     if running.metrics_server is not None:
         lines.insert(lines.index("try:"), f"metrics on {running.metrics_server.url} (Prometheus)")
     return "\n".join(lines)
