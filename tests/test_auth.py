@@ -282,3 +282,19 @@ def test_a_model_without_project_lands_in_default(client):
     assert m.project == "default"
     assert client.create_model("vis", project="vision").project == "vision"  # auth off: created on first use
     assert [m.name for m in client.list_models(project="vision")] == ["models/vis"]
+
+
+def test_a_tokens_last_use_is_recorded_and_its_secret_is_never_listed(secure_registry):
+    sr = secure_registry
+    token = sr.principal("lu", ("viewer", "default"))
+    listed = sr.admin("ListTokens", au.ListTokensRequest(principal="lu"))
+    assert [t.token_id for t in listed.tokens] == ["lu-token"] and not listed.tokens[0].HasField("last_use_time")
+    rs_grpc.RegistryServiceStub(sr.channel).ListModels(rs.ListModelsRequest(), metadata=bearer(token), timeout=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # written in the background, at most once a minute per token
+        listed = sr.admin("ListTokens", au.ListTokensRequest(principal="lu"))
+        if listed.tokens[0].HasField("last_use_time"):
+            break
+        time.sleep(0.1)
+    assert listed.tokens[0].HasField("last_use_time")
+    assert token not in str(listed) and token[3:] not in str(listed)
