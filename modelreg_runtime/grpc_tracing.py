@@ -18,14 +18,14 @@ import asyncio
 import inspect
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor, rebuild
 
 # Server-side codes that mean the server failed (OpenTelemetry's RPC conventions).
 SERVER_ERRORS = {
@@ -96,19 +96,7 @@ class TracingInterceptor(WrappingInterceptor):
         name = method.lstrip("/")
         service, _, rpc = name.partition("/")
         attrs = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
-        kw: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(name, attrs, handler.unary_unary), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._unary(name, attrs, handler.stream_unary), **kw)
-        if handler.unary_stream:
-            fn = cast(Any, handler.unary_stream)
-            return grpc.unary_stream_rpc_method_handler(self._stream(name, attrs, fn), **kw)
-        fn = cast(Any, handler.stream_stream)
-        return grpc.stream_stream_rpc_method_handler(self._stream(name, attrs, fn), **kw)
+        return rebuild(handler, lambda fn: self._unary(name, attrs, fn), lambda fn: self._stream(name, attrs, fn))
 
     def _start(self, name: str, attrs: dict[str, str], context: grpc.aio.ServicerContext) -> trace.Span:
         parent, actor = _incoming(context)

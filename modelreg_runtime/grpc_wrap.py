@@ -6,11 +6,32 @@ the project."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import grpc
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in grpc's stubs only
+Behaviour: TypeAlias = Callable[..., Any]
+
+
+def rebuild(
+    handler: Handler, unary: Callable[[Behaviour], Behaviour], streaming: Callable[[Behaviour], Behaviour]
+) -> Handler:
+    """The same method with its behaviour wrapped: `unary(fn)` for a single response
+    (unary and client-streaming calls), `streaming(fn)` for a response stream. (grpc's
+    stubs type behaviours as sync functions; ours are coroutines and async generators,
+    hence the casts.)"""
+    kw: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming(cast(Any, handler.unary_stream)), **kw)
+    return grpc.stream_stream_rpc_method_handler(streaming(cast(Any, handler.stream_stream)), **kw)
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):

@@ -262,11 +262,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     def on_events(rows) -> None:
         cache.on_events(rows)
         metrics.count_events(rows)
-        if rows is None:  # events may have been missed: forget everything cached
-            access.invalidate()
-            access.forget_models(list(access._projects))
-        else:
-            access.on_events(rows)
+        access.on_events(rows)
 
     extra_closers = [
         await attach_event_service(

@@ -130,6 +130,7 @@ class Evaluation:
     version: int
     target: str
     results: list[Result] = field(default_factory=list)
+    policy: GatePolicy | None = None  # what was evaluated; None: no policy applies
 
     @property
     def passed(self) -> bool:
@@ -151,7 +152,7 @@ def num(x: float) -> str:
 
 def evaluate(policy: GatePolicy | None, c: Candidate, holder: Holder | None, *, rollback: bool = False) -> Evaluation:
     """Every check of `policy` against `c`; an empty evaluation (passed) without a policy."""
-    ev = Evaluation(c.model, c.version, policy.target if policy else "")
+    ev = Evaluation(c.model, c.version, policy.target if policy else "", policy=policy)
     if policy is None:
         return ev
     target = policy.target

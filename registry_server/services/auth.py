@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
-from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor, rebuild
 from registry_server.domain.access import ANONYMOUS, Caller, anonymous
 from registry_server.errors import Unauthenticated
 from registry_server.usecases.access import Access
@@ -113,14 +113,4 @@ class AuthInterceptor(WrappingInterceptor):
         return call
 
     def wrap(self, handler: Handler, method: str) -> Handler:
-        kw: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._streaming(cast(Any, handler.unary_stream)), **kw)
-        return grpc.stream_stream_rpc_method_handler(self._streaming(cast(Any, handler.stream_stream)), **kw)
+        return rebuild(handler, self._unary, self._streaming)

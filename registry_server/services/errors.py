@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import grpc
@@ -19,7 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor, rebuild
 from registry_server import errors as e
 from registry_server.domain.gates import GateFailed
 from registry_server.storage.db import BACKEND_DOWN
@@ -127,22 +127,6 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
     return call
 
 
-def _wrap(handler: Handler) -> Handler:
-    """The same method with `abort` around it. (grpc's stubs type behaviours as sync
-    functions; ours are coroutines and async generators, hence the casts.)"""
-    kw: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary), **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_streaming(cast(Any, handler.unary_stream)), **kw)
-    return grpc.stream_stream_rpc_method_handler(_streaming(cast(Any, handler.stream_stream)), **kw)
-
-
 class ErrorInterceptor(WrappingInterceptor):
     """Maps what a servicer raises to a status, for every method of our services (our
     servicers are async functions and async generators)."""
@@ -155,4 +139,4 @@ class ErrorInterceptor(WrappingInterceptor):
         return method.split("/")[1] in self.services
 
     def wrap(self, handler: Handler, method: str) -> Handler:
-        return _wrap(handler)
+        return rebuild(handler, _unary, _streaming)

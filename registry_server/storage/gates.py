@@ -118,20 +118,29 @@ class GateStore:
 
     # ---------------------------------------------------------------- policies
 
-    async def policy(self, conn: Conn, model: str, target: str) -> GatePolicy | None:
-        raw = await conn.fetchval("SELECT policy FROM gate_policies WHERE model = $1 AND target = $2", model, target)
-        return GatePolicy.from_dict(raw) if raw is not None else None
-
     async def policies(self, model: str, target: str = "") -> list[StoredPolicy]:
         rows = await self.pool.fetch(
             "SELECT * FROM gate_policies WHERE model = $1 AND ($2 = '' OR target = $2) ORDER BY target", model, target
         )
         return [_stored(r) for r in rows]
 
-    async def set_policy(self, model: str, policy: GatePolicy | None, target: str, actor: str) -> StoredPolicy | None:
-        """Sets (or, with None, clears) a target's policy; records before and after in the
-        history and emits GATE_POLICY_CHANGED. Returns the stored policy (None when cleared,
-        or when there was nothing to clear: then nothing is written)."""
+    async def set_policy(self, model: str, policy: GatePolicy, actor: str) -> StoredPolicy:
+        """Sets a target's policy, replacing the previous one."""
+        _, stored = await self._write(model, policy.target, policy, actor)
+        assert stored is not None
+        return stored
+
+    async def clear_policy(self, model: str, target: str, actor: str) -> bool:
+        """Removes a target's policy; False (and nothing written) when it had none."""
+        written, _ = await self._write(model, target, None, actor)
+        return written
+
+    async def _write(
+        self, model: str, target: str, policy: GatePolicy | None, actor: str
+    ) -> tuple[bool, StoredPolicy | None]:
+        """Sets or (with None) clears a policy, recording before and after in the history
+        and emitting GATE_POLICY_CHANGED. Returns (whether anything was written: not for
+        clearing a target without a policy, the stored policy or None once cleared)."""
         async with self.outbox.transaction() as conn:
             await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", model)
             before = await conn.fetchval(
@@ -140,7 +149,7 @@ class GateStore:
             row = None
             if policy is None:
                 if before is None:
-                    return None
+                    return False, None
                 await conn.execute("DELETE FROM gate_policies WHERE model = $1 AND target = $2", model, target)
             else:
                 row = await conn.fetchrow(
@@ -168,7 +177,7 @@ class GateStore:
                 actor,
                 seq,
             )
-            return _stored(row) if row is not None else None
+            return True, (_stored(row) if row is not None else None)
 
     # ---------------------------------------------------------------- facts for an evaluation
 

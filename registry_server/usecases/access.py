@@ -268,8 +268,13 @@ class Access:
         for m in models:
             self._projects.pop(m, None)
 
-    def on_events(self, rows: Sequence[EventRow]) -> None:
-        """The event hub's callback (every replica's commits)."""
+    def on_events(self, rows: Sequence[EventRow] | None) -> None:
+        """The event hub's callback (every replica's commits); None (events may have been
+        missed) forgets everything cached."""
+        if rows is None:
+            self._projects.clear()
+            self.invalidate()
+            return
         access = False
         for r in rows:
             if r.type == "ACCESS_CHANGED":

@@ -37,11 +37,11 @@ from registry_server.domain.gates import evaluate as evaluate_policy
 from registry_server.domain.models import ModelVersion
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
-from registry_server.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound, PermissionDenied
+from registry_server.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from registry_server.storage.aliases import AliasStore
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.gates import GateStore, Request, StoredPolicy
-from registry_server.storage.models import version_from_row
+from registry_server.storage.models import require_model, version_from_row
 from registry_server.storage.outbox import Outbox
 from registry_server.usecases.access import Access
 
@@ -65,7 +65,7 @@ class Gates:
         self,
         outbox: Outbox,
         access: Access,
-        deployments: DeploymentStore | None = None,
+        deployments: DeploymentStore,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
     ):
         self.outbox = outbox
@@ -73,7 +73,7 @@ class Gates:
         self.access = access
         self.store = GateStore(outbox)
         self.aliases = AliasStore(outbox)
-        self.deployments = deployments or DeploymentStore(outbox)
+        self.deployments = deployments
         self.request_ttl = request_ttl
 
     # ---------------------------------------------------------------- policies
@@ -82,30 +82,20 @@ class Gates:
         await self.access.require(caller, Permission.SET_POLICY, model=model)
         policy = GatePolicy(check_target(policy.target), policy.checks, policy.rollback_skips_metrics)
         policy.validate(self.access.enabled)
-        await self._require_model(model)
-        stored = await self.store.set_policy(model, policy, policy.target, caller.name)
-        assert stored is not None
+        await require_model(self.pool, model)
+        stored = await self.store.set_policy(model, policy, caller.name)
         log.info("models/%s: gate policy for %s set", model, policy.target, extra={"principal": caller.name})
         return stored
 
     async def clear_policy(self, caller: Caller, model: str, target: str) -> bool:
         await self.access.require(caller, Permission.SET_POLICY, model=model)
-        await self._require_model(model)
-        target = check_target(target)
-        before = await self.store.policy(self.pool, model, target)
-        if before is None:
-            return False
-        await self.store.set_policy(model, None, target, caller.name)
-        return True
+        await require_model(self.pool, model)
+        return await self.store.clear_policy(model, check_target(target), caller.name)
 
     async def policies(self, caller: Caller, model: str, target: str = "") -> list[StoredPolicy]:
         await self.access.require(caller, Permission.READ, model=model)
-        await self._require_model(model)
+        await require_model(self.pool, model)
         return await self.store.policies(model, check_target(target) if target else "")
-
-    async def _require_model(self, model: str) -> None:
-        if await self.pool.fetchval("SELECT 1 FROM models WHERE name = $1", model) is None:
-            raise ModelNotFound(model)
 
     # ---------------------------------------------------------------- evaluation
 
@@ -190,7 +180,7 @@ class Gates:
             return None
         if not ev.only_approvals_missing:
             raise GateFailed(ev, ev.failing(), action)
-        policy = await self.store.policy(conn, model, target)
+        policy = ev.policy
         assert policy is not None
         request, superseded = await self.store.create_request(
             conn, model, version, target, caller.name, reason, policy.approvals, self.request_ttl
