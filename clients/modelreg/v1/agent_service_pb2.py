@@ -26,35 +26,35 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelreg.v1 import resources_pb2 as modelreg_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodelreg/v1/agent_service.proto\x12\x0bmodelreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmodelreg/v1/resources.proto\"\xb6\x02\n\rServedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.modelreg.v1.ServedVersionState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x18\n\x10\x64ownload_seconds\x18\x05 \x01(\x01\x12\x14\n\x0cload_seconds\x18\x06 \x01(\x01\x12\x15\n\rrequest_count\x18\x07 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x08 \x01(\x03\x12\x16\n\x0ep95_latency_ms\x18\t \x01(\x01\x12\x0f\n\x07\x64\x65sired\x18\n \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12.\n\nstate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x10\x41gentModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.modelreg.v1.ServedVersion\"\xf6\x01\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12-\n\x06models\x18\x05 \x03(\x0b\x32\x1d.modelreg.v1.AgentModelStatus\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breport_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05stale\x18\x08 \x01(\x08\x12\x0f\n\x07healthy\x18\t \x01(\x08\"=\n\x18ReportAgentStatusRequest\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.modelreg.v1.Agent\"8\n\x19ReportAgentStatusResponse\x12\x1b\n\x13stale_after_seconds\x18\x01 \x01(\x05\"`\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rinclude_stale\x18\x04 \x01(\x08\"n\n\x12ListAgentsResponse\x12\"\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x12.modelreg.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x1b\n\x13stale_after_seconds\x18\x03 \x01(\x05\"(\n\x17GetRolloutStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xac\x01\n\x0c\x41gentRollout\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12,\n\x08versions\x18\x03 \x03(\x0b\x32\x1a.modelreg.v1.ServedVersion\x12\x11\n\tconverged\x18\x04 \x01(\x08\x12\r\n\x05stale\x18\x05 \x01(\x08\x12/\n\x0breport_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x02\n\x18GetRolloutStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\ndeployment\x18\x0b \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12)\n\x06\x61gents\x18\x04 \x03(\x0b\x32\x19.modelreg.v1.AgentRollout\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x12\x18\n\x10\x63onverged_agents\x18\x06 \x01(\x05\x12\x13\n\x0blive_agents\x18\x07 \x01(\x05J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nJ\x04\x08\n\x10\x0bR\x0f\x64\x65sired_versionR\x0e\x64\x65sired_sha256R\x16\x64\x65sired_canary_versionR\x15\x64\x65sired_canary_sha256R\rcanary_weight*\xc3\x01\n\x12ServedVersionState\x12$\n SERVED_VERSION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cSERVED_VERSION_STATE_LOADING\x10\x01\x12 \n\x1cSERVED_VERSION_STATE_SERVING\x10\x02\x12\x1f\n\x1bSERVED_VERSION_STATE_FAILED\x10\x03\x12\"\n\x1eSERVED_VERSION_STATE_UNLOADING\x10\x04\x32\xa2\x02\n\x0c\x41gentService\x12\x62\n\x11ReportAgentStatus\x12%.modelreg.v1.ReportAgentStatusRequest\x1a&.modelreg.v1.ReportAgentStatusResponse\x12M\n\nListAgents\x12\x1e.modelreg.v1.ListAgentsRequest\x1a\x1f.modelreg.v1.ListAgentsResponse\x12_\n\x10GetRolloutStatus\x12$.modelreg.v1.GetRolloutStatusRequest\x1a%.modelreg.v1.GetRolloutStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodelreg/v1/agent_service.proto\x12\x0bmodelreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmodelreg/v1/resources.proto\"\xe1\x02\n\rServedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.modelreg.v1.ServedVersionState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x18\n\x10\x64ownload_seconds\x18\x05 \x01(\x01\x12\x14\n\x0cload_seconds\x18\x06 \x01(\x01\x12\x15\n\rrequest_count\x18\x07 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x08 \x01(\x03\x12\x16\n\x0ep95_latency_ms\x18\t \x01(\x01\x12\x0f\n\x07\x64\x65sired\x18\n \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12.\n\nstate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\tsignature\x18\r \x01(\x0b\x32\x16.modelreg.v1.Signature\"O\n\x10\x41gentModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.modelreg.v1.ServedVersion\"\xf6\x01\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12-\n\x06models\x18\x05 \x03(\x0b\x32\x1d.modelreg.v1.AgentModelStatus\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breport_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05stale\x18\x08 \x01(\x08\x12\x0f\n\x07healthy\x18\t \x01(\x08\"=\n\x18ReportAgentStatusRequest\x12!\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x12.modelreg.v1.Agent\"8\n\x19ReportAgentStatusResponse\x12\x1b\n\x13stale_after_seconds\x18\x01 \x01(\x05\"`\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rinclude_stale\x18\x04 \x01(\x08\"n\n\x12ListAgentsResponse\x12\"\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x12.modelreg.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x1b\n\x13stale_after_seconds\x18\x03 \x01(\x05\"(\n\x17GetRolloutStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xac\x01\n\x0c\x41gentRollout\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12,\n\x08versions\x18\x03 \x03(\x0b\x32\x1a.modelreg.v1.ServedVersion\x12\x11\n\tconverged\x18\x04 \x01(\x08\x12\r\n\x05stale\x18\x05 \x01(\x08\x12/\n\x0breport_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x02\n\x18GetRolloutStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\ndeployment\x18\x0b \x01(\x0b\x32\x17.modelreg.v1.Deployment\x12)\n\x06\x61gents\x18\x04 \x03(\x0b\x32\x19.modelreg.v1.AgentRollout\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x12\x18\n\x10\x63onverged_agents\x18\x06 \x01(\x05\x12\x13\n\x0blive_agents\x18\x07 \x01(\x05J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nJ\x04\x08\n\x10\x0bR\x0f\x64\x65sired_versionR\x0e\x64\x65sired_sha256R\x16\x64\x65sired_canary_versionR\x15\x64\x65sired_canary_sha256R\rcanary_weight*\xc3\x01\n\x12ServedVersionState\x12$\n SERVED_VERSION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cSERVED_VERSION_STATE_LOADING\x10\x01\x12 \n\x1cSERVED_VERSION_STATE_SERVING\x10\x02\x12\x1f\n\x1bSERVED_VERSION_STATE_FAILED\x10\x03\x12\"\n\x1eSERVED_VERSION_STATE_UNLOADING\x10\x04\x32\xa2\x02\n\x0c\x41gentService\x12\x62\n\x11ReportAgentStatus\x12%.modelreg.v1.ReportAgentStatusRequest\x1a&.modelreg.v1.ReportAgentStatusResponse\x12M\n\nListAgents\x12\x1e.modelreg.v1.ListAgentsRequest\x1a\x1f.modelreg.v1.ListAgentsResponse\x12_\n\x10GetRolloutStatus\x12$.modelreg.v1.GetRolloutStatusRequest\x1a%.modelreg.v1.GetRolloutStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelreg.v1.agent_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVEDVERSIONSTATE']._serialized_start=1624
-  _globals['_SERVEDVERSIONSTATE']._serialized_end=1819
+  _globals['_SERVEDVERSIONSTATE']._serialized_start=1667
+  _globals['_SERVEDVERSIONSTATE']._serialized_end=1862
   _globals['_SERVEDVERSION']._serialized_start=111
-  _globals['_SERVEDVERSION']._serialized_end=421
-  _globals['_AGENTMODELSTATUS']._serialized_start=423
-  _globals['_AGENTMODELSTATUS']._serialized_end=502
-  _globals['_AGENT']._serialized_start=505
-  _globals['_AGENT']._serialized_end=751
-  _globals['_REPORTAGENTSTATUSREQUEST']._serialized_start=753
-  _globals['_REPORTAGENTSTATUSREQUEST']._serialized_end=814
-  _globals['_REPORTAGENTSTATUSRESPONSE']._serialized_start=816
-  _globals['_REPORTAGENTSTATUSRESPONSE']._serialized_end=872
-  _globals['_LISTAGENTSREQUEST']._serialized_start=874
-  _globals['_LISTAGENTSREQUEST']._serialized_end=970
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=972
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1082
-  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_start=1084
-  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_end=1124
-  _globals['_AGENTROLLOUT']._serialized_start=1127
-  _globals['_AGENTROLLOUT']._serialized_end=1299
-  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_start=1302
-  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_end=1621
-  _globals['_AGENTSERVICE']._serialized_start=1822
-  _globals['_AGENTSERVICE']._serialized_end=2112
+  _globals['_SERVEDVERSION']._serialized_end=464
+  _globals['_AGENTMODELSTATUS']._serialized_start=466
+  _globals['_AGENTMODELSTATUS']._serialized_end=545
+  _globals['_AGENT']._serialized_start=548
+  _globals['_AGENT']._serialized_end=794
+  _globals['_REPORTAGENTSTATUSREQUEST']._serialized_start=796
+  _globals['_REPORTAGENTSTATUSREQUEST']._serialized_end=857
+  _globals['_REPORTAGENTSTATUSRESPONSE']._serialized_start=859
+  _globals['_REPORTAGENTSTATUSRESPONSE']._serialized_end=915
+  _globals['_LISTAGENTSREQUEST']._serialized_start=917
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1013
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1015
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1125
+  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_start=1127
+  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_end=1167
+  _globals['_AGENTROLLOUT']._serialized_start=1170
+  _globals['_AGENTROLLOUT']._serialized_end=1342
+  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_start=1345
+  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_end=1664
+  _globals['_AGENTSERVICE']._serialized_start=1865
+  _globals['_AGENTSERVICE']._serialized_end=2155
 # @@protoc_insertion_point(module_scope)

@@ -75,6 +75,7 @@ class ServedVersion(_message.Message):
     DESIRED_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     STATE_TIME_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """The version number."""
     sha256: _builtins.str
@@ -101,6 +102,13 @@ class ServedVersion(_message.Message):
     def state_time(self) -> _timestamp_pb2.Timestamp:
         """When the version entered its state."""
 
+    @_builtins.property
+    def signature(self) -> _resources_pb2.Signature:
+        """The inputs and outputs of the loaded model, as the runtime sees them; set while
+        SERVING. The registry stores it on a version that has no signature yet (a YOLO `.pt`)
+        when `sha256` matches the version's; a version's signature is never replaced.
+        """
+
     def __init__(
         self,
         *,
@@ -116,10 +124,11 @@ class ServedVersion(_message.Message):
         desired: _builtins.bool = ...,
         attempts: _builtins.int = ...,
         state_time: _timestamp_pb2.Timestamp | None = ...,
+        signature: _resources_pb2.Signature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["state_time", b"state_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "state_time", b"state_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "desired", b"desired", "download_seconds", b"download_seconds", "error", b"error", "error_count", b"error_count", "load_seconds", b"load_seconds", "p95_latency_ms", b"p95_latency_ms", "request_count", b"request_count", "sha256", b"sha256", "state", b"state", "state_time", b"state_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "desired", b"desired", "download_seconds", b"download_seconds", "error", b"error", "error_count", b"error_count", "load_seconds", b"load_seconds", "p95_latency_ms", b"p95_latency_ms", "request_count", b"request_count", "sha256", b"sha256", "signature", b"signature", "state", b"state", "state_time", b"state_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

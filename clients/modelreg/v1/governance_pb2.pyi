@@ -41,6 +41,12 @@ class _GateCheckTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GateChe
     """The version's model card must be `approved` (no metric, no value)."""
     GATE_CHECK_TYPE_APPROVALS: _GateCheckType.ValueType  # 6
     """`value` approvals from principals other than the requester (four eyes; auth on only)."""
+    GATE_CHECK_TYPE_SAME_SIGNATURE: _GateCheckType.ValueType  # 7
+    """The version's inputs (names, element types, shapes) must match the production
+    version's; symbolic axes match each other whatever their names. Passes when no other
+    version is in production or production has no signature; fails when the version has
+    none (no metric, no value).
+    """
 
 class GateCheckType(_GateCheckType, metaclass=_GateCheckTypeEnumTypeWrapper):
     """GateCheckType is one kind of check a gate policy holds."""
@@ -59,6 +65,12 @@ GATE_CHECK_TYPE_REQUIRE_CARD: GateCheckType.ValueType  # 5
 """The version's model card must be `approved` (no metric, no value)."""
 GATE_CHECK_TYPE_APPROVALS: GateCheckType.ValueType  # 6
 """`value` approvals from principals other than the requester (four eyes; auth on only)."""
+GATE_CHECK_TYPE_SAME_SIGNATURE: GateCheckType.ValueType  # 7
+"""The version's inputs (names, element types, shapes) must match the production
+version's; symbolic axes match each other whatever their names. Passes when no other
+version is in production or production has no signature; fails when the version has
+none (no metric, no value).
+"""
 Global___GateCheckType: _TypeAlias = GateCheckType  # noqa: Y015
 
 class _PromotionRequestState:
@@ -220,7 +232,7 @@ class CheckResult(_message.Message):
     ACTUAL_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """`min`, `max`, `max-drop`, `max-rise`, `require-card` or `approvals`."""
+    """`min`, `max`, `max-drop`, `max-rise`, `require-card`, `approvals` or `same-signature`."""
     subject: _builtins.str
     """The metric, for metric checks; empty otherwise."""
     passed: _builtins.bool

@@ -359,6 +359,7 @@ class RegisterModelVersionHeader(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The model, `models/{model}`."""
     create_model: _builtins.bool
@@ -401,6 +402,14 @@ class RegisterModelVersionHeader(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels."""
 
+    @_builtins.property
+    def signature(self) -> _resources_pb2.Signature:
+        """The artifact's inputs and outputs, if the client knows them; optional. For an ONNX
+        artifact the registry reads them from the graph itself and refuses a signature that
+        disagrees (INVALID_ARGUMENT, nothing stored); for other formats it stores this one as
+        sent (source SIGNATURE_SOURCE_CLIENT). `source` is ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -419,10 +428,11 @@ class RegisterModelVersionHeader(_message.Message):
         size_bytes: _builtins.int = ...,
         request_id: _builtins.str = ...,
         project: _builtins.str = ...,
+        signature: _resources_pb2.Signature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "lineage", b"lineage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "lineage", b"lineage", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_model", b"create_model", "description", b"description", "filename", b"filename", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "parent", b"parent", "project", b"project", "request_id", b"request_id", "sha256", b"sha256", "size_bytes", b"size_bytes", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_model", b"create_model", "description", b"description", "filename", b"filename", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "parent", b"parent", "project", b"project", "request_id", b"request_id", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -913,12 +923,20 @@ class VersionComparison(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DELTAS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_DIFFERS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_CHANGES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """The version number."""
     stage: _resources_pb2.Stage.ValueType
     """Its stage."""
     size_bytes: _builtins.int
     """Artifact size in bytes."""
+    signature_differs: _builtins.bool
+    """True when this version and the production version both have signatures and they
+    differ (an input or output added, removed, renamed, retyped or reshaped): a breaking
+    change for the app. False for the production version itself.
+    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Its metrics."""
@@ -941,6 +959,14 @@ class VersionComparison(_message.Message):
         production's. Empty when there is no production version.
         """
 
+    @_builtins.property
+    def signature(self) -> _resources_pb2.Signature:
+        """Its signature; unset while unknown."""
+
+    @_builtins.property
+    def signature_changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What differs, one sentence per difference; empty unless `signature_differs`."""
+
     def __init__(
         self,
         *,
@@ -952,10 +978,13 @@ class VersionComparison(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         deltas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        signature: _resources_pb2.Signature | None = ...,
+        signature_differs: _builtins.bool = ...,
+        signature_changes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "signature", b"signature", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "deltas", b"deltas", "metrics", b"metrics", "size_bytes", b"size_bytes", "stage", b"stage", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "deltas", b"deltas", "metrics", b"metrics", "signature", b"signature", "signature_changes", b"signature_changes", "signature_differs", b"signature_differs", "size_bytes", b"size_bytes", "stage", b"stage", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,6 +112,42 @@ registry: a registration that fails creates no version at all.
 """
 Global___ModelVersionState: _TypeAlias = ModelVersionState  # noqa: Y015
 
+class _SignatureSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SignatureSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignatureSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIGNATURE_SOURCE_UNSPECIFIED: _SignatureSource.ValueType  # 0
+    """Not set."""
+    SIGNATURE_SOURCE_ARTIFACT: _SignatureSource.ValueType  # 1
+    """The registry read it from the ONNX graph it stored (any signature the client sent
+    agreed with it).
+    """
+    SIGNATURE_SOURCE_CLIENT: _SignatureSource.ValueType  # 2
+    """The registering client sent it for an artifact the registry cannot read (not ONNX);
+    unverified.
+    """
+    SIGNATURE_SOURCE_AGENT: _SignatureSource.ValueType  # 3
+    """A serving agent reported it after its first successful load of the version."""
+
+class SignatureSource(_SignatureSource, metaclass=_SignatureSourceEnumTypeWrapper):
+    """SignatureSource says who determined a version's signature."""
+
+SIGNATURE_SOURCE_UNSPECIFIED: SignatureSource.ValueType  # 0
+"""Not set."""
+SIGNATURE_SOURCE_ARTIFACT: SignatureSource.ValueType  # 1
+"""The registry read it from the ONNX graph it stored (any signature the client sent
+agreed with it).
+"""
+SIGNATURE_SOURCE_CLIENT: SignatureSource.ValueType  # 2
+"""The registering client sent it for an artifact the registry cannot read (not ONNX);
+unverified.
+"""
+SIGNATURE_SOURCE_AGENT: SignatureSource.ValueType  # 3
+"""A serving agent reported it after its first successful load of the version."""
+Global___SignatureSource: _TypeAlias = SignatureSource  # noqa: Y015
+
 @_typing.final
 class Model(_message.Message):
     """Model is a named family of versions: `models/{model}`."""
@@ -417,6 +453,7 @@ class ModelVersion(_message.Message):
     ARTIFACT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `models/{model}/versions/{version}`."""
     version: _builtins.int
@@ -471,6 +508,14 @@ class ModelVersion(_message.Message):
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The named aliases that point at this version (`champion`), by name. Output only."""
 
+    @_builtins.property
+    def signature(self) -> Global___Signature:
+        """The inputs and outputs the artifact takes and gives; unset while unknown. An ONNX
+        artifact's is read from its graph at registration (by the server, which verifies what
+        a client sent); a YOLO `.pt` gets its from the first agent that loads it. Set once,
+        never changed afterwards.
+        """
+
     def __init__(
         self,
         *,
@@ -492,14 +537,118 @@ class ModelVersion(_message.Message):
         artifact: Global___Artifact | None = ...,
         request_id: _builtins.str = ...,
         aliases: _abc.Iterable[_builtins.str] | None = ...,
+        signature: Global___Signature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "config", b"config", "create_time", b"create_time", "lineage", b"lineage", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "config", b"config", "create_time", b"create_time", "lineage", b"lineage", "signature", b"signature", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact", b"artifact", "config", b"config", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "name", b"name", "request_id", b"request_id", "stage", b"stage", "state", b"state", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact", b"artifact", "config", b"config", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metric_history", b"metric_history", "metrics", b"metrics", "model_type", b"model_type", "name", b"name", "request_id", b"request_id", "signature", b"signature", "stage", b"stage", "state", b"state", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class Dimension(_message.Message):
+    """Dimension is one axis of a tensor's shape: a fixed size, a symbolic name (any size,
+    `batch`), or neither (any size, unnamed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """A fixed size, 0 or more."""
+    symbol: _builtins.str
+    """A symbolic name, for example `batch` or `height`."""
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+        symbol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["size", b"size", "symbol", b"symbol", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size", "symbol", b"symbol", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["size", "symbol"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___Dimension: _TypeAlias = Dimension  # noqa: Y015
+
+@_typing.final
+class TensorSpec(_message.Message):
+    """TensorSpec is one input or output of a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ELEMENT_TYPE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    RANK_KNOWN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The tensor's name, as a request names it (`images`, `input_ids`)."""
+    element_type: _builtins.str
+    """The element type in numpy's spelling: `float32`, `float16`, `float64`, `int8`,
+    `int16`, `int32`, `int64`, `uint8`, `uint16`, `uint32`, `uint64`, `bool`, `string`,
+    `bfloat16`, ...; `unknown` when the model does not say.
+    """
+    rank_known: _builtins.bool
+    """False when the model does not say how many axes the tensor has (then `shape` is empty)."""
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dimension]:
+        """The axes, outermost first. Empty with `rank_known` is a scalar."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        element_type: _builtins.str = ...,
+        shape: _abc.Iterable[Global___Dimension] | None = ...,
+        rank_known: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["element_type", b"element_type", "name", b"name", "rank_known", b"rank_known", "shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TensorSpec: _TypeAlias = TensorSpec  # noqa: Y015
+
+@_typing.final
+class Signature(_message.Message):
+    """Signature is what a model takes and gives: its inputs and outputs in graph order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    source: Global___SignatureSource.ValueType
+    """Who determined it. Output only."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
+        """The inputs, in the model's order (graph initializers are not inputs)."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
+        """The outputs, in the model's order."""
+
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
+        outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
+        source: Global___SignatureSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "outputs", b"outputs", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Signature: _TypeAlias = Signature  # noqa: Y015
 
 @_typing.final
 class StageTransition(_message.Message):
