@@ -230,7 +230,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     models = Models(model_store, deployment_store, blobs, cache, access, metrics)
     gates = Gates(outbox, access, deployment_store, settings.promotion_request_ttl)
     deployments = Deployments(deployment_store, agent_store, settings.canary_stats_window, access, gates, metrics)
-    agents = Agents(agent_store, deployment_store, settings.agent_stale_after, access)
+    agents = Agents(agent_store, deployment_store, settings.agent_stale_after, access, model_store)
     cards = Cards(outbox, access)
     aliases = Aliases(outbox, access, gates, cache)
 

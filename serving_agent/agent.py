@@ -353,6 +353,8 @@ class Agent:
                     p95_latency_ms=mv.p95_ms(),
                 )
                 sv.state_time.FromDatetime(mv.state_time)
+                if mv.signature is not None and sv.state == ag.SERVED_VERSION_STATE_SERVING:
+                    sv.signature.CopyFrom(mv.signature)
         return agent
 
     async def report_once(self, final: bool = False) -> bool:

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from modelreg_runtime import tracing
-from serving_agent import policy
+from serving_agent import policy, signature
 from serving_agent.errors import AgentError, NoVersionLoaded
 from serving_agent.fetch import Fetcher
 from serving_agent.loaders import Loader, RuntimeOptions, make_loader
@@ -66,6 +67,8 @@ class ManagedVersion:
     errors: int = 0
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
     state_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The loaded model's inputs and outputs (a modelreg.v1.Signature), reported while READY.
+    signature: Any = None
 
     @property
     def version(self) -> int:
@@ -232,6 +235,7 @@ class ModelManager:
             with tracing.span("modelreg.warmup"):
                 await asyncio.to_thread(loader.warmup)
             mv.load_seconds = time.monotonic() - started
+            mv.signature = signature.of_loader(loader)
         except Exception as e:  # noqa: BLE001 - any failure: never served, reported, retried
             if loader is not None:
                 with contextlib.suppress(Exception):

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from modelreg import errors, tracing
+from modelreg import errors, signatures, tracing
 from modelreg.access import AccessMixin
 from modelreg.aliases import AliasMixin, split_alias
 from modelreg.cards import CardMixin
@@ -262,6 +262,7 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin):
         sha256: str = "",
         create_model: bool = True,
         project: str = "",
+        signature: res.Signature | None = None,
         progress: Progress | None = None,
         timeout: float | None = None,
     ) -> res.ModelVersion:
@@ -270,6 +271,8 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin):
         The sha256 is computed locally first and sent in the header, so the server rejects
         bytes damaged on the way. A directory is packed into a deterministic bundle first.
         `project` is the project of the model `create_model` creates (empty: `default`).
+        An ONNX artifact's `signature` is read here with `onnx` when it is installed (the
+        registry reads and verifies it too); for other formats pass it to record one.
         """
         return self.register_full(**{k: v for k, v in locals().items() if k != "self"}).model_version
 
@@ -338,6 +341,14 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin):
             request_id=kw.get("request_id", ""),
             project=kw.get("project", ""),
         )
+        signature = kw.get("signature")
+        onnx_file = header.format == res.ARTIFACT_FORMAT_ONNX or (
+            header.format == res.ARTIFACT_FORMAT_UNSPECIFIED and filename.lower().endswith(".onnx")
+        )
+        if signature is None and onnx_file:
+            signature = signatures.read_onnx(data if isinstance(artifact, (bytes, bytearray, memoryview)) else path)
+        if signature is not None:
+            header.signature.CopyFrom(signature)
 
         def requests() -> Iterator[rs.RegisterModelVersionRequest]:
             yield rs.RegisterModelVersionRequest(header=header)

@@ -32,6 +32,7 @@ CHECK_TYPES: dict[str, gv.GateCheckType.ValueType] = {
     "max-rise": gv.GATE_CHECK_TYPE_MAX_RISE,
     "require-card": gv.GATE_CHECK_TYPE_REQUIRE_CARD,
     "approvals": gv.GATE_CHECK_TYPE_APPROVALS,
+    "same-signature": gv.GATE_CHECK_TYPE_SAME_SIGNATURE,
 }
 CHECK_NAMES = {v: k for k, v in CHECK_TYPES.items()}
 REQUEST_STATES: dict[str, gv.PromotionRequestState.ValueType] = {
@@ -77,9 +78,11 @@ def build_policy(
     require_card: bool = False,
     approvals: int = 0,
     rollback_skips_metrics: bool = True,
+    same_signature: bool = False,
 ) -> gv.GatePolicy:
     """A GatePolicy whose checks come in this order: min, max, max-drop, max-rise (each in
-    the mapping's order), require-card, approvals. `approvals` 0 adds no approvals check."""
+    the mapping's order), require-card, approvals, same-signature. `approvals` 0 adds no
+    approvals check."""
     policy = gv.GatePolicy(target=stage, rollback_skips_metrics=rollback_skips_metrics)
     for kind, bounds in (
         (gv.GATE_CHECK_TYPE_MIN, min),
@@ -93,6 +96,8 @@ def build_policy(
         policy.checks.add(type=gv.GATE_CHECK_TYPE_REQUIRE_CARD)
     if approvals:
         policy.checks.add(type=gv.GATE_CHECK_TYPE_APPROVALS, value=float(approvals))
+    if same_signature:
+        policy.checks.add(type=gv.GATE_CHECK_TYPE_SAME_SIGNATURE)
     return policy
 
 
@@ -101,7 +106,7 @@ def describe_check(check: gv.GateCheck) -> str:
     name = CHECK_NAMES.get(check.type, "?")
     if check.type == gv.GATE_CHECK_TYPE_APPROVALS:
         return f"approvals {int(check.value)}"
-    if check.type == gv.GATE_CHECK_TYPE_REQUIRE_CARD:
+    if check.type in (gv.GATE_CHECK_TYPE_REQUIRE_CARD, gv.GATE_CHECK_TYPE_SAME_SIGNATURE):
         return name
     return f"{name} {check.metric}={check.value:.6g}"
 
@@ -130,10 +135,12 @@ class GateMixin:
         require_card: bool = False,
         approvals: int = 0,
         rollback_skips_metrics: bool = True,
+        same_signature: bool = False,
     ) -> gv.GatePolicy:
         """Replaces the gate policy of `stage` (`production`, `staging` or an alias) with
         these checks (`build_policy` gives their order); returns the stored policy.
-        `approvals` needs auth on (FAILED_PRECONDITION otherwise)."""
+        `approvals` needs auth on (FAILED_PRECONDITION otherwise). `same_signature`: the
+        version's inputs must match the production version's."""
         policy = build_policy(
             stage,
             min=min,
@@ -143,6 +150,7 @@ class GateMixin:
             require_card=require_card,
             approvals=approvals,
             rollback_skips_metrics=rollback_skips_metrics,
+            same_signature=same_signature,
         )
         req = gs.SetGatePolicyRequest(model=_model(model), policy=policy)
         return self._call(self._gates_stub.SetGatePolicy, req).policy

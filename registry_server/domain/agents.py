@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from registry_server.domain.deployments import Deployment
+from registry_server.domain.signatures import Signature
 
 # What an agent may report per version.
 SERVED_STATES = ("loading", "serving", "failed", "unloading")
@@ -26,6 +27,8 @@ class ServedVersion:
     error_count: int = 0
     p95_latency_ms: float = 0.0
     state_time: datetime | None = None
+    # What the loaded model takes and gives, as the agent's runtime saw it (SERVING only).
+    signature: Signature | None = None
 
 
 @dataclass

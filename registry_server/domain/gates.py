@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from registry_server.domain.signatures import Signature, input_changes
 from registry_server.errors import FailedPrecondition, InvalidArgument
 
 STAGE_TARGETS = ("production", "staging")
@@ -28,6 +29,7 @@ class CheckType(StrEnum):
     MAX_RISE = "max-rise"
     REQUIRE_CARD = "require-card"
     APPROVALS = "approvals"
+    SAME_SIGNATURE = "same-signature"
 
 
 METRIC_CHECKS = (CheckType.MIN, CheckType.MAX, CheckType.MAX_DROP, CheckType.MAX_RISE)
@@ -102,6 +104,7 @@ class Holder:
 
     version: int
     metrics: dict[str, float]
+    signature: Signature | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class Candidate:
     card_status: str | None = None  # None: no card
     approvals: int = 0  # distinct approvers other than the requester, so far
     once_held_target: bool = False  # for a rollback's metric skip
+    signature: Signature | None = None  # None: unknown
+    # The version in production other than this one (what same-signature compares with).
+    production: Holder | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,9 @@ def evaluate(policy: GatePolicy | None, c: Candidate, holder: Holder | None, *, 
             )
             ev.results.append(Result(t, "", ok, "approved", c.card_status or "none", text))
             continue
+        elif t == CheckType.SAME_SIGNATURE:
+            ev.results.append(_same_signature(c))
+            continue
         else:  # APPROVALS
             need = int(bound)
             ok = c.approvals >= need
@@ -249,6 +258,54 @@ def evaluate(policy: GatePolicy | None, c: Candidate, holder: Holder | None, *, 
             continue
         ev.results.append(Result(t, m, ok, _required(check, holder), num(value), text))
     return ev
+
+
+def _same_signature(c: Candidate) -> Result:
+    """The candidate's inputs against production's (see domain/signatures.py for when two
+    inputs match). Nothing to compare passes; an unknown candidate signature fails."""
+    t, prod = CheckType.SAME_SIGNATURE, c.production
+    if prod is None:
+        return Result(
+            t,
+            "",
+            True,
+            "inputs of production",
+            "-",
+            "no other version is in production: nothing to compare the inputs against, so the same-signature "
+            "check passes",
+        )
+    required = f"inputs of production v{prod.version}"
+    if prod.signature is None:
+        return Result(
+            t,
+            "",
+            True,
+            required,
+            "-",
+            f"production v{prod.version} has no signature: nothing to compare the inputs against, so the "
+            "same-signature check passes",
+        )
+    if c.signature is None:
+        return Result(
+            t,
+            "",
+            False,
+            required,
+            "unknown",
+            f"v{c.version} has no signature, so its inputs cannot be compared with production v{prod.version}'s "
+            "(an ONNX version gets one at registration, a YOLO .pt when an agent first loads it)",
+        )
+    changed = input_changes(prod.signature, c.signature)
+    if changed:
+        return Result(
+            t,
+            "",
+            False,
+            required,
+            "differs",
+            f"v{c.version}'s inputs differ from production v{prod.version}'s: {'; '.join(changed)}",
+        )
+    return Result(t, "", True, required, "same", f"v{c.version}'s inputs match production v{prod.version}'s")
 
 
 def _required(check: Check, holder: Holder | None) -> str:

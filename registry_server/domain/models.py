@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from registry_server.domain import signatures as ds
 from registry_server.domain.stages import Stage
 from registry_server.errors import FailedPrecondition, InvalidArgument
 
@@ -85,6 +86,8 @@ class ModelVersion:
     request_id: str = ""
     # The named aliases pointing at it (`champion`), by name; empty where not loaded.
     aliases: tuple[str, ...] = ()
+    # Its inputs and outputs; None while unknown. Set once, never replaced.
+    signature: ds.Signature | None = None
 
     @property
     def download_filename(self) -> str:
@@ -111,6 +114,8 @@ class NewVersion:
     request_id: str
     # The project of a model that `create_model` creates; empty means `default`.
     project: str = ""
+    # The signature the client sent, if any (source CLIENT until the registry reads its own).
+    signature: ds.Signature | None = None
 
 
 @dataclass
@@ -153,6 +158,8 @@ def validate_new_version(nv: NewVersion) -> None:
         if math.isnan(v) or math.isinf(v):
             raise InvalidArgument(f"metric {k!r} is {v}; metrics must be finite numbers")
     validate_tags(nv.tags, "header.tags")
+    if nv.signature is not None:
+        ds.validate(nv.signature, "header.signature")
     if nv.lineage.parent_version < 0:
         raise InvalidArgument("lineage.parent_version must be a version number or 0")
 
@@ -171,18 +178,26 @@ class Comparison:
     metric_keys: list[str]
     production: ModelVersion | None
     deltas: dict[int, dict[str, float]]
+    # Per version: how its signature differs from production's (empty: the same, or one of
+    # the two unknown, or no production version).
+    signature_changes: dict[int, list[str]] = field(default_factory=dict)
 
 
 def compare(versions: list[ModelVersion], production: ModelVersion | None) -> Comparison:
-    """The seed's compare: metric keys discovered from the data, deltas against production."""
+    """The seed's compare: metric keys discovered from the data, deltas against production,
+    and the signature changes against production's (a breaking change for the app)."""
     keys = sorted({k for v in versions for k in v.metrics})
     deltas: dict[int, dict[str, float]] = {}
+    changes: dict[int, list[str]] = {}
     for v in versions:
         if production is None:
             deltas[v.version] = {}
+            changes[v.version] = []
             continue
         deltas[v.version] = {k: v.metrics[k] - production.metrics[k] for k in v.metrics if k in production.metrics}
-    return Comparison(versions, keys, production, deltas)
+        ps, vs = production.signature, v.signature
+        changes[v.version] = ds.changes(ps, vs) if ps and vs and v.version != production.version else []
+    return Comparison(versions, keys, production, deltas, changes)
 
 
 def check_deletable_model(model: Model) -> None:

@@ -10,9 +10,11 @@ from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from registry_server.domain.agents import AgentRecord, ServedVersion
 from registry_server.domain.names import model_name, parse_model_name
+from registry_server.domain.signatures import Signature, Source, validate
 from registry_server.errors import InvalidArgument
 from registry_server.services import convert as cv
 from registry_server.services.auth import caller_of
+from registry_server.services.signature_convert import signature_from_proto
 from registry_server.usecases.agents import Agents
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -42,6 +44,14 @@ def _served_to_proto(v: ServedVersion) -> ag.ServedVersion:
         p95_latency_ms=v.p95_latency_ms,
         state_time=cv.ts(v.state_time),
     )
+
+
+def _reported_signature(v: ag.ServedVersion, where: str) -> Signature | None:
+    if not v.HasField("signature"):
+        return None
+    signature = signature_from_proto(v.signature, Source.AGENT)
+    validate(signature, where)
+    return signature
 
 
 class AgentServicer(ag_grpc.AgentServiceServicer):
@@ -105,6 +115,7 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
                         error_count=v.error_count,
                         p95_latency_ms=v.p95_latency_ms,
                         state_time=v.state_time.ToDatetime(tzinfo=UTC) if v.HasField("state_time") else None,
+                        signature=_reported_signature(v, f"agent.models[{i}].versions[{j}].signature"),
                     )
                 )
         await self.agents.report(caller_of(context), record)

@@ -13,8 +13,10 @@ from modelreg.v1 import resources_pb2 as res
 from registry_server.domain import deployments as dd
 from registry_server.domain import models as dm
 from registry_server.domain.names import model_name, version_name
+from registry_server.domain.signatures import Source
 from registry_server.domain.stages import Stage
 from registry_server.errors import InvalidArgument
+from registry_server.services.signature_convert import signature_from_proto, signature_to_proto
 
 STAGE_TO_PROTO = {
     Stage.NONE: res.STAGE_NONE,
@@ -122,6 +124,7 @@ def version_to_proto(v: dm.ModelVersion) -> res.ModelVersion:
         ),
         request_id=v.request_id,
         aliases=v.aliases,
+        signature=signature_to_proto(v.signature),
     )
 
 
@@ -151,6 +154,9 @@ def comparison_to_proto(c: dm.Comparison) -> rs.CompareModelVersionsResponse:
                 create_time=ts(v.create_time),
                 update_time=ts(v.update_time),
                 deltas=c.deltas.get(v.version, {}),
+                signature=signature_to_proto(v.signature),
+                signature_differs=bool(c.signature_changes.get(v.version)),
+                signature_changes=c.signature_changes.get(v.version, []),
             )
             for v in c.versions
         ],
@@ -187,6 +193,7 @@ def new_version_from_header(h: rs.RegisterModelVersionHeader, model: str) -> dm.
         declared_size=h.size_bytes,
         project=h.project,
         request_id=h.request_id,
+        signature=signature_from_proto(h.signature, Source.CLIENT) if h.HasField("signature") else None,
     )
 
 

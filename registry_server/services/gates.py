@@ -22,6 +22,7 @@ CHECK_FROM_PROTO = {
     gv.GATE_CHECK_TYPE_MAX_RISE: CheckType.MAX_RISE,
     gv.GATE_CHECK_TYPE_REQUIRE_CARD: CheckType.REQUIRE_CARD,
     gv.GATE_CHECK_TYPE_APPROVALS: CheckType.APPROVALS,
+    gv.GATE_CHECK_TYPE_SAME_SIGNATURE: CheckType.SAME_SIGNATURE,
 }
 CHECK_TO_PROTO = {v: k for k, v in CHECK_FROM_PROTO.items()}
 STATE_TO_PROTO = {
@@ -41,7 +42,7 @@ def policy_from_proto(p: gv.GatePolicy) -> GatePolicy:
         if kind is None:
             raise InvalidArgument(
                 f"policy.checks[{i}].type is unset or unknown; use GATE_CHECK_TYPE_MIN, _MAX, _MAX_DROP, _MAX_RISE, "
-                "_REQUIRE_CARD or _APPROVALS"
+                "_REQUIRE_CARD, _APPROVALS or _SAME_SIGNATURE"
             )
         checks.append(Check(kind, c.metric, c.value))
     skips = p.rollback_skips_metrics if p.HasField("rollback_skips_metrics") else True

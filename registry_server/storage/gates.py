@@ -17,6 +17,7 @@ import asyncpg
 
 from registry_server.domain.events import EventDraft
 from registry_server.domain.gates import STAGE_TARGETS, GatePolicy, Holder
+from registry_server.domain.signatures import Signature
 from registry_server.storage.outbox import Outbox
 
 GATE_POLICY_CHANGED = "GATE_POLICY_CHANGED"
@@ -96,6 +97,9 @@ def _floats(metrics: Any) -> dict[str, float]:
 _FACTS = """
 SELECT g.policy,
        (SELECT v.metrics FROM model_versions v WHERE v.model = $1 AND v.version = $2) AS metrics,
+       (SELECT v.signature FROM model_versions v WHERE v.model = $1 AND v.version = $2) AS signature,
+       (SELECT json_build_array(v.version, v.metrics, v.signature) FROM model_versions v
+        WHERE v.model = $1 AND v.stage = 'production' AND v.version <> $2) AS production,
        (SELECT c.status FROM model_cards c WHERE c.model = $1 AND c.version = $2 FOR SHARE) AS card,
        CASE $3
          WHEN 'production' THEN (SELECT json_build_array(v.version, v.metrics) FROM model_versions v
@@ -109,6 +113,18 @@ SELECT g.policy,
        END AS holder
 FROM gate_policies g WHERE g.model = $1 AND g.target = $3
 """
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What an evaluation reads (see GateStore.facts)."""
+
+    policy: GatePolicy
+    metrics: dict[str, float]
+    card: str | None
+    holder: Holder | None
+    signature: Signature | None
+    production: Holder | None
 
 
 class GateStore:
@@ -181,20 +197,25 @@ class GateStore:
 
     # ---------------------------------------------------------------- facts for an evaluation
 
-    async def facts(
-        self, conn: Conn, model: str, version: int, target: str
-    ) -> tuple[GatePolicy, dict[str, float], str | None, Holder | None] | None:
-        """In one round trip: the target's policy, the version's metrics and card status,
-        and the holder of the target now (other than `version`) with its metrics. None
-        without a policy (then nothing else is read)."""
+    async def facts(self, conn: Conn, model: str, version: int, target: str) -> Facts | None:
+        """In one round trip: the target's policy, the version's metrics, signature and card
+        status, the holder of the target now (other than `version`) with its metrics, and the
+        production version (other than `version`) with its signature. None without a policy
+        (then nothing else is read)."""
         row = await conn.fetchrow(_FACTS, model, version, target)
         if row is None:
             return None
-        holder = None
+        holder = production = None
         if row["holder"] is not None:
             number, metrics = row["holder"]
             holder = Holder(int(number), _floats(metrics))
-        return GatePolicy.from_dict(row["policy"]), _floats(row["metrics"]), row["card"], holder
+        if row["production"] is not None:
+            number, metrics, sig = row["production"]
+            production = Holder(int(number), _floats(metrics), Signature.from_dict(sig) if sig else None)
+        signature = Signature.from_dict(row["signature"]) if row["signature"] else None
+        return Facts(
+            GatePolicy.from_dict(row["policy"]), _floats(row["metrics"]), row["card"], holder, signature, production
+        )
 
     async def once_held(self, conn: Conn, model: str, version: int, target: str) -> bool:
         if target in STAGE_TARGETS:

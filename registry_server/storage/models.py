@@ -27,6 +27,7 @@ from registry_server.domain.models import (
     ModelVersion,
     NewVersion,
 )
+from registry_server.domain.signatures import Signature
 from registry_server.domain.stages import Stage
 from registry_server.errors import AlreadyExists, ModelNotFound, NotFound, VersionNotFound
 from registry_server.storage.group_commit import GroupCommit
@@ -50,6 +51,7 @@ class _Registration:
     size: int
     actor: str
     finalize: Callable[[], Awaitable[None]]
+    signature: Signature | None = None
 
 
 def blob_lock_key(sha256: str) -> int:
@@ -100,6 +102,7 @@ def version_from_row(row: asyncpg.Record) -> ModelVersion:
         filename=row["filename"],
         request_id=row["request_id"] or "",
         aliases=tuple(row.get("aliases") or ()),
+        signature=Signature.from_dict(row["signature"]) if row.get("signature") else None,
     )
 
 
@@ -269,8 +272,9 @@ class ModelStore:
         size: int,
         actor: str,
         finalize: Callable[[], Awaitable[None]],
+        signature: Signature | None = None,
     ) -> ModelVersion:
-        """Creates a READY version. `finalize` moves the verified bytes under their final
+        """Creates a READY version (with `signature`, when known). `finalize` moves the verified bytes under their final
         key; it runs inside the transaction while the blob's advisory lock is held, so a
         concurrent delete of the same blob cannot interleave.
         Raises RequestIdTaken when the request id was used by a concurrent registration.
@@ -280,7 +284,9 @@ class ModelStore:
         failing does not fail the others). The model row and the event counter are locked
         until commit, so one commit per registration would serialize every registration
         of a model on a WAL flush; one per batch amortizes it."""
-        return await self._registrations.submit(_Registration(nv, config, model_type, sha256, size, actor, finalize))
+        return await self._registrations.submit(
+            _Registration(nv, config, model_type, sha256, size, actor, finalize, signature)
+        )
 
     async def _register_batch(self, batch: list[_Registration]) -> list[ModelVersion | BaseException]:
         alone = len(batch) == 1
@@ -336,10 +342,10 @@ class ModelStore:
                 " WHERE name = $1 RETURNING last_version)"
                 " INSERT INTO model_versions (model, version, format, model_type, config, metrics,"
                 " metric_history, dataset_id, dataset_hash, parent_version, run_id, code_revision,"
-                " tags, description, created_by, sha256, size_bytes, filename, request_id)"
+                " tags, description, created_by, sha256, size_bytes, filename, request_id, signature)"
                 " SELECT $1, n.last_version, $2::text, $3::text, $4::jsonb, $5::jsonb, $6::jsonb, $7::text,"
                 " $8::text, $9::bigint, $10::text, $11::text, $12::jsonb, $13::text, $14::text, $15::text,"
-                " $16::bigint, $17::text, $18::text FROM n RETURNING *",
+                " $16::bigint, $17::text, $18::text, $19::jsonb FROM n RETURNING *",
                 nv.model,
                 nv.format.value,
                 item.model_type,
@@ -358,6 +364,7 @@ class ModelStore:
                 size,
                 nv.filename,
                 nv.request_id or None,
+                item.signature.as_dict() if item.signature is not None else None,
             )
         except asyncpg.UniqueViolationError as e:
             # Rolls back this registration (its savepoint or transaction), version counter
@@ -468,6 +475,26 @@ class ModelStore:
                 [EventDraft("VERSION_UPDATED", model, version, details={"fields": sorted(changes)})],
             )
             return version_from_row(row)
+
+    async def set_signature_once(self, model: str, version: int, sha256: str, signature: Signature, actor: str) -> bool:
+        """Stores `signature` on a version that has none and whose artifact is `sha256`, with
+        a VERSION_UPDATED event (fields ["signature"]) by `actor`; False (nothing written)
+        when the version has one already, is gone, or holds other bytes."""
+        async with self.transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE model_versions SET signature = $4::jsonb, updated_at = now()"
+                " WHERE model = $1 AND version = $2 AND sha256 = $3 AND signature IS NULL RETURNING version",
+                model,
+                version,
+                sha256,
+                signature.as_dict(),
+            )
+            if row is None:
+                return False
+            await self.outbox.emit(
+                conn, actor, [EventDraft("VERSION_UPDATED", model, version, details={"fields": ["signature"]})]
+            )
+            return True
 
     async def lock_version(self, conn: asyncpg.Connection, model: str, version: int) -> ModelVersion:
         """The version, its row locked to the end of `conn`'s transaction."""

@@ -3,6 +3,7 @@ model (its desired deployment against what every live agent serves)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -12,9 +13,14 @@ from registry_server.domain.deployments import Deployment
 from registry_server.errors import ModelNotFound, PermissionDenied
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore
+from registry_server.storage.models import ModelStore
 from registry_server.usecases.access import Access
 
+log = logging.getLogger("modelreg.agents")
+
 ROLLOUT_PAGE = 500
+#: Versions whose agent-reported signature this process already offered to storage.
+MAX_OFFERED = 100_000
 
 
 @dataclass
@@ -44,11 +50,20 @@ class Rollout:
 
 
 class Agents:
-    def __init__(self, store: AgentStore, deployments: DeploymentStore, stale_after: timedelta, access: Access):
+    def __init__(
+        self,
+        store: AgentStore,
+        deployments: DeploymentStore,
+        stale_after: timedelta,
+        access: Access,
+        models: ModelStore | None = None,
+    ):
         self.access = access
         self.store = store
         self.deployments = deployments
         self.stale_after = stale_after
+        self.models = models
+        self._offered: set[tuple[str, int, str]] = set()
 
     def is_stale(self, agent: da.AgentRecord, now: datetime) -> bool:
         return da.is_stale(agent, now, self.stale_after)
@@ -70,7 +85,33 @@ class Agents:
                     f"principal {caller.principal!r} lacks permission 'agents.report' in every project; grant it "
                     "the agent role in the project of the models it serves"
                 )
-        return await self.store.save_report(agent)
+        reported = await self.store.save_report(agent)
+        await self._learn_signatures(caller, agent)
+        return reported
+
+    async def _learn_signatures(self, caller: Caller, agent: da.AgentRecord) -> None:
+        """A version without a signature (a YOLO `.pt`) gets the one the first agent that
+        serves it reports, if the agent serves the version's bytes. Stored at most once: a
+        version's signature is never replaced. Each (version, sha256) is offered to storage
+        once per process, so the reports every few seconds cost no query."""
+        if self.models is None:
+            return
+        for model, versions in agent.models.items():
+            for v in versions:
+                key = (model, v.version, v.sha256)
+                if v.signature is None or v.state != "serving" or key in self._offered:
+                    continue
+                if len(self._offered) >= MAX_OFFERED:
+                    self._offered.clear()
+                self._offered.add(key)
+                if await self.models.set_signature_once(model, v.version, v.sha256, v.signature, caller.name):
+                    log.info(
+                        "models/%s/versions/%d: signature learned from agent %s",
+                        model,
+                        v.version,
+                        agent.agent_id,
+                        extra={"principal": caller.name},
+                    )
 
     async def _visible(self, caller: Caller, agent: da.AgentRecord) -> da.AgentRecord | None:
         """The agent as the caller may see it: only the models of projects it may read;

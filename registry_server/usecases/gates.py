@@ -115,15 +115,17 @@ class Gates:
         facts = await self.store.facts(conn, model, version, target)
         if facts is None:
             return Evaluation(model, version, target)
-        policy, metrics, card, holder = facts
+        policy = facts.policy
         approvals = 0
         if policy.approvals:
             pending = await self.store.pending(conn, model, target, lock=False)
             if pending is not None and pending.version == version:
                 approvals = len({p for p in pending.approvers if p != (requester or pending.requester)})
         once = await self.store.once_held(conn, model, version, target) if rollback else False
-        candidate = Candidate(model, version, metrics, card, approvals, once)
-        return evaluate_policy(policy, candidate, holder, rollback=rollback)
+        candidate = Candidate(
+            model, version, facts.metrics, facts.card, approvals, once, facts.signature, facts.production
+        )
+        return evaluate_policy(policy, candidate, facts.holder, rollback=rollback)
 
     async def check(self, caller: Caller, ref: VersionRef, target: str, resolve) -> Evaluation:
         """CheckGates: evaluate without moving anything (for CI)."""

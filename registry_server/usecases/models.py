@@ -18,11 +18,13 @@ from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, HashingUplo
 from registry_server.domain import aliases as da
 from registry_server.domain import deployments as dd
 from registry_server.domain import models as dm
+from registry_server.domain import signatures as ds
 from registry_server.domain.access import Caller, Permission, project_of
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
 from registry_server.errors import DataLoss, InvalidArgument, ModelNotFound, RegistryError, Unavailable
 from registry_server.metrics import RegistryMetrics
+from registry_server.onnx_reader import NotOnnx, OnnxReader
 from registry_server.read_cache import VersionCache
 from registry_server.storage.aliases import aliases_of
 from registry_server.storage.deployments import DeploymentStore
@@ -126,12 +128,16 @@ class Models:
 
         with tracing.span("blobstore.write", {"modelreg.model": nv.model}) as span:
             upload = HashingUpload(await self.blobs.begin_upload(nv.declared_sha256))
+            reader = OnnxReader() if nv.format == dm.ArtifactFormat.ONNX else None
             started = time.perf_counter()
             try:
                 async for chunk in chunks:
+                    if reader is not None:
+                        reader.feed(chunk)
                     await upload.write(chunk)
                 await upload.finish()
                 self._check_upload(nv, upload)
+                signature = self._signature(nv, reader)
             except BaseException:
                 await upload.inner.abort()
                 raise
@@ -157,7 +163,7 @@ class Models:
                     ) from e
 
         try:
-            version = await self.store.register_version(nv, config, model_type, sha, size, actor, finalize)
+            version = await self.store.register_version(nv, config, model_type, sha, size, actor, finalize, signature)
         except RequestIdTaken:
             # A concurrent call with the same request id won; return its version.
             await self._remove_if_unreferenced(sha)
@@ -177,6 +183,31 @@ class Models:
             extra={"principal": actor},
         )
         return version, False
+
+    @staticmethod
+    def _signature(nv: dm.NewVersion, reader: OnnxReader | None) -> ds.Signature | None:
+        """The version's signature: for ONNX the one read from the graph, which a signature
+        the client sent must equal (else INVALID_ARGUMENT: a client that read the file
+        differently is refused rather than silently overridden); otherwise the client's, as
+        sent (source CLIENT), or None."""
+        if reader is None:
+            return nv.signature
+        name = nv.filename or "the artifact"
+        try:
+            read = reader.finish()
+        except NotOnnx as e:
+            raise InvalidArgument(
+                f"{name} is not an ONNX model: {e}; nothing was stored. Export the model to ONNX again, or register "
+                "it with the format it has (--format ultralytics_pt, bundle or other)"
+            ) from None
+        if nv.signature is not None:
+            differences = ds.disagreement(read, nv.signature)
+            if differences:
+                raise InvalidArgument(
+                    f"header.signature disagrees with the ONNX graph of {name}: {'; '.join(differences)}; nothing "
+                    "was stored. Leave the signature out (the registry reads it from the graph) or send the graph's"
+                )
+        return read
 
     @staticmethod
     def _check_upload(nv: dm.NewVersion, upload: HashingUpload) -> None:

@@ -40,7 +40,8 @@ def register(sub, common) -> None:
         description="Replaces the gate policy of a model's stage (production, staging) or protected alias. "
         "Checks: --min/--max METRIC=VALUE (absolute bounds), --max-drop/--max-rise METRIC=DELTA (change against "
         "the version in the stage now), --require-card (an approved model card), --approvals N (N approvals "
-        "from principals other than the requester; needs auth on).",
+        "from principals other than the requester; needs auth on), --same-signature (the version's inputs must match "
+        "the production version's; passes while no other version is in production).",
     )
     p.add_argument("name", help="model name")
     p.add_argument("--stage", required=True, help="production, staging or an alias name")
@@ -49,6 +50,11 @@ def register(sub, common) -> None:
         p.add_argument(flag, dest=dest, action="append", default=[], metavar=f"METRIC={what}", help=says)
     p.add_argument("--require-card", action="store_true", help="the version's model card must be approved")
     p.add_argument("--approvals", type=int, default=0, metavar="N", help="approvals needed from other releasers")
+    p.add_argument(
+        "--same-signature",
+        action="store_true",
+        help="the version's inputs (names, element types, shapes) must match the production version's",
+    )
     p.add_argument(
         "--rollback-skips-metrics",
         type=str.lower,
@@ -125,9 +131,10 @@ def gates_set(args) -> int:
     bounds = {dest: _bounds(getattr(args, dest), flag) for flag, dest in METRIC_FLAGS}
     if args.approvals < 0:
         raise UsageError("--approvals N counts approvals: 0 (none) or more")
-    if not any(bounds.values()) and not args.require_card and not args.approvals:
+    if not any(bounds.values()) and not args.require_card and not args.approvals and not args.same_signature:
         raise UsageError(
-            "give at least one check (--min, --max, --max-drop, --max-rise, --require-card, --approvals); "
+            "give at least one check (--min, --max, --max-drop, --max-rise, --require-card, --approvals, "
+            "--same-signature); "
             f"to remove the policy: modelreg gates clear {args.name} --stage {args.stage}"
         )
     with connect(args) as c:
@@ -138,6 +145,7 @@ def gates_set(args) -> int:
             require_card=args.require_card,
             approvals=args.approvals,
             rollback_skips_metrics=args.rollback_skips_metrics == "true",
+            same_signature=args.same_signature,
         )
     if args.output == "json":
         out.print_json({"policy": out.to_dict(policy, defaults=True)})  # SetGatePolicyResponse

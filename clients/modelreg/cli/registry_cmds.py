@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from modelreg import signatures
 from modelreg.aliases import split_alias
 from modelreg.bundles import extract_bundle
 from modelreg.cli import UsageError, connect
@@ -334,9 +335,20 @@ def get_version(args) -> int:
             ("description", v.description),
             ("created", f"{out.when(v.create_time)} by {v.created_by}"),
             ("updated", out.when(v.update_time)),
+            *_signature_rows(v),
         ]
     )
     return 0
+
+
+def _signature_rows(v: res.ModelVersion) -> list[tuple[str, str]]:
+    """`signature` (where it came from), then one `input` / `output` row per tensor."""
+    if not v.HasField("signature"):
+        unknown = "unknown until an agent first loads it" if v.format == res.ARTIFACT_FORMAT_ULTRALYTICS_PT else "none"
+        return [("signature", unknown)]
+    return [("signature", signatures.SOURCE_NAMES.get(v.signature.source, ""))] + signatures.signature_lines(
+        v.signature
+    )
 
 
 def promote(args) -> int:
@@ -401,11 +413,29 @@ def compare(args) -> int:
             else:
                 cells.append("-")
         cells += [out.human_size(v.size_bytes), out.when(v.create_time)]
+        cells.append(_signature_cell(v, resp))
         rows.append(cells)
-    out.table(["version", "stage", *keys, "size", "created"], rows)
+    out.table(["version", "stage", *keys, "size", "created", "signature"], rows)
     if resp.production_version:
         print(f"(deltas against production version {resp.production_version})")
+    for v in resp.versions:
+        if v.signature_differs:
+            print(
+                f"v{v.version}'s signature differs from production v{resp.production_version}'s (a breaking change "
+                f"for the app): {'; '.join(v.signature_changes)}"
+            )
     return 0
+
+
+def _signature_cell(v: rs.VersionComparison, resp: rs.CompareModelVersionsResponse) -> str:
+    """DIFFERS from production's, `same` as production's, `unknown`, or `-` (production itself,
+    or nothing known to compare with)."""
+    if not v.HasField("signature"):
+        return "unknown"
+    if v.signature_differs:
+        return "DIFFERS"
+    prod = next((p for p in resp.versions if p.version == resp.production_version), None)
+    return "same" if prod is not None and prod.HasField("signature") and v.version != prod.version else "-"
 
 
 def download(args) -> int:
