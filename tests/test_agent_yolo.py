@@ -15,6 +15,8 @@ from agent_helpers import AgentProcess, wait_until
 from conftest import free_port
 
 from modelreg import errors
+from modelreg.signatures import tensor_text
+from modelreg.v1 import resources_pb2 as res
 
 pytest.importorskip("ultralytics")
 
@@ -76,8 +78,22 @@ def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo
             with pytest.raises(errors.InvalidArgument, match="not a JPEG or PNG"):
                 c.detect("detector", b"GIF89a not an image")
 
+            # A .pt's signature comes from the agent's first load, reported back: the network
+            # at imgsz 64, 84 = 4 box + 80 class rows over 8^2 + 4^2 + 2^2 anchors.
+            learned = wait_until(
+                lambda: (v := client.get_version("detector", 1)).HasField("signature") and v, 60, what="signature"
+            ).signature
+            assert learned.source == res.SIGNATURE_SOURCE_AGENT
+            assert [tensor_text(t) for t in learned.inputs] == [f"images float32 [1, 3, {IMGSZ}, {IMGSZ}]"]
+            assert [tensor_text(t) for t in learned.outputs] == ["output0 float32 [1, 84, 84]"]
+
             v2 = client.register("detector", onnx_file, model_type="yolov8n")
             assert v2.format == 1  # onnx
+            # Its export reads the same from the graph: compare flags no breaking change.
+            assert v2.signature.source == res.SIGNATURE_SOURCE_ARTIFACT
+            assert [tensor_text(t) for t in v2.signature.inputs] == [tensor_text(t) for t in learned.inputs]
+            assert [tensor_text(t) for t in v2.signature.outputs] == [tensor_text(t) for t in learned.outputs]
+            assert not {v.version: v for v in client.compare("detector").versions}[2].signature_differs
             client.promote("detector", v2.version, "production")
             wait_until(
                 lambda: c.detect("detector", png()).model_version == "models/detector/versions/2",
