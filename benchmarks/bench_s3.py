@@ -79,18 +79,18 @@ def run(env, cfg) -> list[Row]:
 
     def upload_ours() -> dict:
         counter["n"] += 1
-        path = work / "up.onnx"
+        path = work / "up.bin"
         _file(path, size, f"ours-{counter['n']}".encode())
         with Client(address, actor="bench", timeout=None) as c:
             t0 = time.perf_counter()
-            v = c.register("bench-s3", str(path), format="onnx")
+            v = c.register("bench-s3", str(path), format="other")  # random bytes, not ONNX
             elapsed = time.perf_counter() - t0
         registered.append(v)
         return {"throughput": size / elapsed / GIB, "p50_us": elapsed * 1e6, "p99_us": elapsed * 1e6}
 
     def upload_raw() -> dict:
         counter["n"] += 1
-        path = work / "up.onnx"
+        path = work / "up.bin"
         _file(path, size, f"raw-{counter['n']}".encode())
         t0 = time.perf_counter()
         minio.fput_object(BUCKET, f"raw/{counter['n']}", str(path))

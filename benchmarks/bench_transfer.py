@@ -37,13 +37,13 @@ def run(env, cfg) -> list[Row]:
     from modelreg import Client
 
     size = cfg.big_bytes
-    path = env.tmp / "big.onnx"
+    path = env.tmp / "big.bin"
     _big_file(path, size)
     address, pid = env.ours, env.ours_pid
     log(f"uploading {size / MIB:.0f} MiB through RegisterModelVersion")
     with Client(address, actor="bench", timeout=None) as c, RssSampler(pid) as up_rss:
         t0 = time.perf_counter()
-        v = c.register("bench-big", str(path), format="onnx")
+        v = c.register("bench-big", str(path), format="other")  # random bytes, not ONNX
         up_s = time.perf_counter() - t0
     path.unlink()
     blob = env.tmp / "modelreg" / "artifacts" / "sha256" / v.artifact.sha256[:2] / v.artifact.sha256

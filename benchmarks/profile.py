@@ -97,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from modelreg import Client
 
-            path = env.tmp / "big.onnx"
+            path = env.tmp / "big.bin"
             block = os.urandom(1 << 20)
             with open(path, "wb") as f:
                 for _ in range(256):
                     f.write(block)
             with Client(env.ours, actor="bench", timeout=None) as c:
-                v = c.register("bench-profile-big", str(path), format="onnx")
+                # random bytes, not ONNX (the registry refuses those as onnx)
+                v = c.register("bench-profile-big", str(path), format="other")
             spec = {
                 "op": "download",
                 "name": f"models/bench-profile-big/versions/{v.version}",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from agent_helpers import Hammer, agent_metrics, onnx_scale_model, serving_states, wait_until
 from conftest import free_port
+from onnx_helpers import onnx_unknown_op
 
 from modelreg import errors
 from modelreg.v1 import agent_service_pb2 as ag
@@ -60,7 +61,10 @@ def test_corrupt_onnx_promoted_keeps_v1_and_reports_failed(client, registry, age
     client.promote("clf", v1.version, "production")
     agent = agents(registry.address, ["clf"])
     agent.wait_serving()
-    bad = client.register("clf", b"this is not an onnx graph" * 10, filename="clf.onnx", format="onnx")
+    with pytest.raises(errors.InvalidArgument, match="clf.onnx is not an ONNX model"):
+        client.register("clf", b"this is not an onnx graph" * 10, filename="clf.onnx", format="onnx")
+    # A well-formed ONNX file the registry accepts but onnxruntime cannot load.
+    bad = client.register("clf", onnx_unknown_op(), filename="clf.onnx", format="onnx")
     client.promote("clf", bad.version, "production")
 
     def failed():
@@ -70,7 +74,7 @@ def test_corrupt_onnx_promoted_keeps_v1_and_reports_failed(client, registry, age
 
     vs = wait_until(failed, 60, what="v2 reported FAILED")
     assert vs[2].error.startswith("load failed: "), vs[2].error
-    assert "INVALID_PROTOBUF" in vs[2].error  # onnxruntime's own reason
+    assert "INVALID_GRAPH" in vs[2].error and "NoSuchOp" in vs[2].error  # onnxruntime's own reason
     assert vs[1].state == ag.SERVED_VERSION_STATE_SERVING
     with agent.client() as c:
         r = c.predict("clf", {"x": np.ones((2, 4), np.float32)})

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 import grpc
 import pytest
 from conftest import BIN, free_port, run_cli
+from onnx_helpers import onnx_bytes
 from s3_helpers import SeaweedFS
 
 from modelreg import Client, errors
@@ -320,7 +321,7 @@ def test_deleting_never_removes_a_blob_another_version_references(store, reg, sd
 def test_presigned_url_serves_the_bytes_straight_from_s3(seaweedfs, s3_bucket, make_registry, tmp_path):
     store = S3Store(seaweedfs, s3_bucket)
     reg = make_registry(**store.overrides)
-    data = os.urandom(6 * MiB + 1)
+    data = onnx_bytes(6 * MiB + 1)
     with Client(reg.address) as sdk:
         sdk.create_model("psg", model_type="yolov8n")
         sdk.register("psg", data, filename="best.onnx")
@@ -457,7 +458,7 @@ def test_directory_bundle_round_trip_via_the_cli(store, reg, tmp_path):
 
 def test_extract_refuses_an_artifact_that_is_not_a_bundle(registry, tmp_path):
     model = tmp_path / "model.onnx"
-    model.write_bytes(b"onnx bytes")
+    model.write_bytes(onnx_bytes(64))
     run_cli("register", "single", str(model), address=registry.address)
     dest = tmp_path / "out"
     r = run_cli("download", "single", "1", "--dest", str(dest), "--extract", address=registry.address, check=False)
@@ -513,7 +514,7 @@ def test_s3_outage_during_upload_is_unavailable_and_a_retry_makes_one_version(
     reg = make_registry(**store.overrides)
     sdk = Client(reg.address)
     kept = sdk.register("kept", b"registered before the outage")
-    data = os.urandom(48 * MiB)
+    data = onnx_bytes(48 * MiB)
 
     def requests(stop_store_after: int | None = None):
         yield header("outage", request_id="train-7", sha256=sha256(data), size_bytes=len(data), filename="m.onnx")

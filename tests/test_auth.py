@@ -13,6 +13,7 @@ import pytest
 from auth_helpers import bearer
 from conftest import BIN
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx_helpers import onnx_bytes
 
 from modelreg import Client
 from modelreg.credentials import Credentials, sync_channel
@@ -111,7 +112,7 @@ def test_a_principal_without_the_permission_is_denied_with_a_message_naming_it(s
     trainer = sr.principal("ci", ("trainer", "vision"), service_account=True)
     viewer = sr.principal("ann", ("viewer", "vision"))
     artifact = tmp_path / "m.onnx"
-    artifact.write_bytes(b"weights-1")
+    artifact.write_bytes(onnx_bytes())
     with client_for(sr.address, trainer) as ci:
         ci.create_model("det", project="vision")
         ci.register("det", artifact, create_model=False)
@@ -162,10 +163,10 @@ def test_history_names_the_authenticated_principal_even_with_a_forged_actor(secu
     trainer = sr.principal("ci", ("trainer", "default"))
     releaser = sr.principal("rita", ("releaser", "default"))
     artifact = tmp_path / "m.onnx"
-    artifact.write_bytes(b"w1")
+    artifact.write_bytes(onnx_bytes())
     with client_for(sr.address, trainer) as ci:
         ci.register("fraud", artifact)
-        artifact.write_bytes(b"w2")
+        artifact.write_bytes(onnx_bytes())
         ci.register("fraud", artifact)
     with client_for(sr.address, releaser, actor="mallory") as rita:
         rita.promote("fraud", 1, "production", reason="launch")
@@ -216,7 +217,7 @@ def test_a_watcher_sees_its_projects_events_complete_and_in_order_and_never_anot
         for i in range(6):  # interleaved: a, b, a, b ...
             project = "ab"[i % 2]
             w.create_model(f"{project}-m{i}", project=project)
-            artifact.write_bytes(f"w{i}".encode())
+            artifact.write_bytes(onnx_bytes())
             w.register(f"{project}-m{i}", artifact, create_model=False)
             w.promote(f"{project}-m{i}", 1, "production")
     listed = es_grpc.EventServiceStub(sr.channel).ListEvents(

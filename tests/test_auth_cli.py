@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import run_cli
+from onnx_helpers import onnx_bytes
 
 from modelreg import Client, credentials
 from modelreg.cli import UsageError, connect, execute
@@ -288,7 +289,7 @@ def test_an_admin_sets_up_access_and_the_cli_shows_who_may_do_what(secure_regist
 
     # The trainer, from its token file (--token-file), creates and registers in vision.
     weights = tmp_path / "m.onnx"
-    weights.write_bytes(os.urandom(4096))
+    weights.write_bytes(onnx_bytes(4096))
     created = cli.json("--token-file", str(trainer_file), "models", "create", "detector", "--project", "vision")
     assert created["project"] == "vision" and created["createdBy"] == "trainer-ci"
     cli("register", "detector", str(weights), "--token-file", str(trainer_file))

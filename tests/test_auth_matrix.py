@@ -16,7 +16,6 @@ has an entry in CASES: the parameters come from the descriptors, not from the ta
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from auth_helpers import admin_token_of, bearer, registration, registry_on_a_new
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx_helpers import onnx_bytes
 
 from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
@@ -137,7 +137,7 @@ class World:
         return name
 
     def register(self, model: str) -> int:
-        data = os.urandom(64)
+        data = onnx_bytes(64)
         call = self.stub("RegistryService").RegisterModelVersion
         response = call(iter(registration(f"models/{model}", data)), metadata=bearer(self.admin_token), timeout=10)
         return response.model_version.version
@@ -346,7 +346,7 @@ CASES: dict[str, Case] = {
     ),
     "RegistryService.RegisterModelVersion": Case(
         "versions.register",
-        lambda w, p: registration(f"models/{main(p)}", os.urandom(64)),
+        lambda w, p: registration(f"models/{main(p)}", onnx_bytes(64)),
         check=that(lambda r, p: r.model_version.version > 2),
     ),
     "RegistryService.GetModelVersion": Case(

@@ -12,6 +12,7 @@ import time
 import grpc
 import pytest
 from conftest import run_cli
+from onnx_helpers import onnx_bytes
 from test_auth import client_for
 
 from modelreg import errors
@@ -33,8 +34,8 @@ DRAFT, PENDING, APPROVED = (
 )
 
 
-def _register(c, model: str = "det", data: bytes = b"weights-1", **kw):
-    return c.register(model, data, filename="m.onnx", **kw)
+def _register(c, model: str = "det", data: bytes | None = None, **kw):
+    return c.register(model, data or onnx_bytes(), filename="m.onnx", **kw)
 
 
 def _card_events(client, model: str) -> list[es.Event]:

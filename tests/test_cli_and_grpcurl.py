@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from onnx_helpers import onnx_bytes
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
@@ -74,7 +74,7 @@ def test_grpcurl_lists_services_and_calls_the_registry(registry, client):
 
 def test_cli_quickstart_flow_with_json_output(cli, tmp_path):
     weights = tmp_path / "best.onnx"
-    weights.write_bytes(os.urandom(200_000))
+    weights.write_bytes(onnx_bytes(200_000))
     created = json.loads(
         cli(
             "models",

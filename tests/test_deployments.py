@@ -7,6 +7,7 @@ import json
 
 import grpc
 import pytest
+from onnx_helpers import onnx_bytes
 
 from modelreg import errors
 from modelreg.v1 import deployment_service_pb2 as ds
@@ -126,7 +127,7 @@ def test_promoting_the_canary_version_directly_clears_the_canary(client):
 def test_deployment_cli_walkthrough(cli, tmp_path):
     w = tmp_path / "m.onnx"
     for i in (1, 2):
-        w.write_bytes(f"model {i}".encode())
+        w.write_bytes(onnx_bytes(100 + i))
         cli("register", "web", str(w))
     cli("promote", "web", "1", "production")
     out = json.loads(cli("canary", "web", "2", "--weight", "10", "--reason", "try", "-o", "json").stdout)

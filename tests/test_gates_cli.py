@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from onnx_helpers import onnx_bytes
 
 from modelreg import errors
 
@@ -41,7 +42,7 @@ class Cli:
 
     def register(self, model: str, metrics: dict[str, float]) -> int:
         weights = self.tmp_path / f"w-{os.urandom(4).hex()}.onnx"
-        weights.write_bytes(os.urandom(2000))
+        weights.write_bytes(onnx_bytes(2000))
         created = self.json("register", model, str(weights), "--metrics", json.dumps(metrics))
         return int(created["modelVersion"]["version"])
 
@@ -198,7 +199,7 @@ def test_the_readme_ci_step_fails_the_build_on_a_regression(registry, mr, tmp_pa
         work = tmp_path / f"ci-{os.urandom(3).hex()}"
         weights = work / "runs/detect/train/weights/best.onnx"
         weights.parent.mkdir(parents=True)
-        weights.write_bytes(os.urandom(5000))
+        weights.write_bytes(onnx_bytes(5000))
         (work / "metrics.json").write_text(json.dumps(metrics))
         env = {**os.environ, "MODELREG_ADDRESS": registry.address, "PATH": f"{BIN}:{os.environ['PATH']}"}
         env["GIT_SHA"] = "0123abcd"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from onnx_helpers import onnx_bytes
 
 from modelreg import errors
 from modelreg.v1 import event_service_pb2 as es
@@ -131,7 +132,7 @@ async def test_200_concurrent_registrations_get_versions_1_to_200(registry):
                 yield rs.RegisterModelVersionRequest(
                     header=rs.RegisterModelVersionHeader(parent="models/race", filename="m.onnx")
                 )
-                yield rs.RegisterModelVersionRequest(chunk=f"artifact {i}".encode())
+                yield rs.RegisterModelVersionRequest(chunk=onnx_bytes(16 + i))
 
             resp = await stub.RegisterModelVersion(requests(), timeout=120)
             return resp.model_version.version
@@ -392,7 +393,7 @@ def test_compare_without_production_has_no_deltas(client):
 
 
 def test_multi_mb_download_by_stage_has_verified_sha256(client, tmp_path):
-    data = os.urandom(9 * 1024 * 1024 + 123)
+    data = onnx_bytes(9 * 1024 * 1024 + 123)
     src = tmp_path / "model.onnx"
     src.write_bytes(data)
     client.create_model("dl", model_type="yolov8n")

@@ -24,6 +24,7 @@ import trustme
 from auth_helpers import admin_token_of, bearer, registry_on_a_new_database
 from conftest import BIN, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx_helpers import onnx_bytes
 
 from modelreg import Client
 from modelreg.credentials import Credentials, sync_channel
@@ -158,7 +159,7 @@ def _refused(call) -> grpc.RpcError:
 
 def test_the_sdk_registers_and_downloads_over_tls(tls_registry, pki, tmp_path):
     creds = Credentials(ca_cert=pki.ca, token=tls_registry.admin_token)
-    data = b"weights that travel encrypted"
+    data = onnx_bytes(64)  # weights that travel encrypted
     with Client(tls_registry.address, channel=_channel(tls_registry.address, creds)) as client:
         client.create_model("over-tls")
         registered = client.register("over-tls", data, filename="m.onnx", create_model=False)
