@@ -61,11 +61,10 @@ class OnnxReader:
     # ------------------------------------------------------------------ driving
 
     def feed(self, chunk: bytes) -> None:
-        """Consumes a chunk; cheap (skipped fields cost nothing per byte). After the stream
-        turned out not to be ONNX, further chunks are ignored and `finish` raises."""
-        if self._error is not None or self._done:
-            if self._done and chunk:
-                self._error = NotOnnx(f"bytes continue after the end of the model at offset {self._offset}")
+        """Consumes a chunk; cheap (a skipped field costs one slice per chunk, not per byte).
+        Once the stream turned out not to be ONNX, further chunks are ignored and `finish`
+        raises."""
+        if self._error is not None:
             return
         if self._pos >= _COMPACT:
             del self._buf[: self._pos]

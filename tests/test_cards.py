@@ -153,7 +153,7 @@ def test_a_card_round_trips_and_shows_lineage_and_metrics_where_it_is_silent(cli
     _register(client, metrics={"map50": 0.612, "recall": 0.55}, dataset_id="coco-2017", dataset_hash="9f8e7d")
     _register(
         client,
-        data=b"weights-2",
+        data=onnx_bytes(),
         metrics={"map50": 0.64},
         parent_version=1,
         run_id="run-42",
