@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+import onnx  # at import, not on the event loop at the first registration (the server extra has it)
+from google.protobuf.message import DecodeError
+
 from registry_server.domain.signatures import ONNX_ELEMENT_TYPES, Dim, Signature, Source, TensorSpec
 
 # ModelProto and GraphProto field numbers (onnx.proto3).
@@ -212,9 +215,6 @@ class OnnxReader:
     # ------------------------------------------------------------------ decoding
 
     def _decode(self) -> Signature:
-        import onnx
-        from google.protobuf.message import DecodeError
-
         def spec(raw: bytes, kind: str) -> TensorSpec:
             try:
                 vi = onnx.ValueInfoProto.FromString(raw)
