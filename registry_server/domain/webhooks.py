@@ -126,7 +126,7 @@ def forbidden_address(address: str) -> str:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for attribute in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved", "is_unspecified"):
+    for attribute in ("is_loopback", "is_link_local", "is_unspecified", "is_multicast", "is_reserved", "is_private"):
         if getattr(ip, attribute):
             return attribute.removeprefix("is_").replace("_", "-")
     return ""

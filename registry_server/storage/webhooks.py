@@ -231,9 +231,10 @@ class WebhookStore:
         next_attempt_at: datetime | None,
     ) -> None:
         await self.pool.execute(
-            "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, last_status = $3, last_error = $4,"
-            " last_attempt_at = $5, first_attempt_at = $6, next_attempt_at = COALESCE($7, next_attempt_at),"
-            " delivered_at = CASE WHEN $2 = 'delivered' THEN $5 ELSE NULL END"
+            "UPDATE webhook_deliveries SET state = $2::text, attempts = attempts + 1, last_status = $3,"
+            " last_error = $4, last_attempt_at = $5::timestamptz, first_attempt_at = $6,"
+            " next_attempt_at = COALESCE($7::timestamptz, next_attempt_at),"
+            " delivered_at = CASE WHEN $2::text = 'delivered' THEN $5::timestamptz END"
             " WHERE id = $1",
             delivery_id,
             state.value,
