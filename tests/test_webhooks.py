@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 from conftest import run_cli
@@ -152,6 +153,31 @@ def test_410_and_400_fail_at_once_show_in_deliveries_failed_and_redeliver_sends_
     cli("webhooks", "delete", "gone")
     missing = run_cli("webhooks", "redeliver", "gone", "x", address=reg.address, check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_429_waits_for_retry_after_and_5xx_is_retried_until_the_window_ends_then_failed(make_registry):
+    limited = Receiver(answer=lambda r: (429, 0.0, {"Retry-After": "2"}) if len(limited.received) == 1 else (200, 0.0))
+    broken = Receiver(answer=lambda r: (503, 0.0))
+    limited.start()
+    broken.start()
+    try:
+        reg = make_registry(**{**FAST, "webhook_retry_window": timedelta(seconds=3)})
+        with Client(reg.address, actor="tester") as c:
+            versions(c, "m", 1)
+            c.create_webhook("limited", limited.url, ["stage_changed"])
+            c.create_webhook("broken", broken.url, ["stage_changed"])
+            c.promote("m", 1, "staging")
+            wait_until(lambda: len(limited.snapshot()) == 2, 10, "the retry after Retry-After")
+            first, second = limited.snapshot()
+            assert second.at - first.at >= 1.9  # not the 0.3 s backoff
+            assert first.delivery == second.delivery and first.body == second.body
+            wait_until(lambda: list(c.list_deliveries("broken", failed_only=True)), 10, "the window to end")
+            (d,) = c.list_deliveries("broken", failed_only=True)
+            assert d.last_status_code == 503 and "gave up after" in d.last_error
+            assert d.attempts == len(broken.snapshot()) >= 3
+    finally:
+        limited.stop()
+        broken.stop()
 
 
 def test_private_and_non_http_urls_are_refused_without_the_setting(make_registry):

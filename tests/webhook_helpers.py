@@ -36,8 +36,8 @@ class Received:
         return hmac.compare_digest(self.signature, "v1=" + mac.hexdigest())
 
 
-# (received so far, this request) -> (status, seconds to wait before answering)
-Answer = Callable[[Received], tuple[int, float]]
+# this request -> (status, seconds to wait before answering[, extra response headers])
+Answer = Callable[[Received], tuple]
 
 
 @dataclass
@@ -68,11 +68,13 @@ class Receiver:
                 )
                 with receiver._lock:
                     receiver.received.append(got)
-                status, delay = receiver.answer(got)
+                status, delay, *extra = receiver.answer(got)
                 if delay:
                     time.sleep(delay)
                 try:
                     self.send_response(status)
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", "2")
                     self.end_headers()
                     self.wfile.write(b"ok")

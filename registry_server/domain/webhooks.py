@@ -195,9 +195,9 @@ class RetryPolicy:
     def next_attempt(
         self, attempts: int, retry_after: float | None, first_attempt: datetime, now: datetime, rng=None
     ) -> datetime | None:
-        """When to try again, or None when the window is over. A `Retry-After` wins over the
-        backoff (capped at `maximum`)."""
-        wait = min(self.maximum, retry_after) if retry_after is not None else self.backoff(attempts, rng)
+        """When to try again, or None when that would be past the window. A `Retry-After`
+        replaces the backoff, even when longer than `maximum` (the receiver asked)."""
+        wait = retry_after if retry_after is not None else self.backoff(attempts, rng)
         at = now + timedelta(seconds=max(0.0, wait))
         return at if at <= first_attempt + self.window else None
 
