@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
+import subprocess
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import BIN, run_cli
 from webhook_helpers import Receiver, wait_until
 
 from modelreg import Client, errors
@@ -66,8 +69,10 @@ def test_promotions_while_the_receiver_is_down_arrive_afterwards_complete_in_ord
         got = receiver.snapshot()
         assert [r.sequence for r in got] == expected  # complete, in order, no duplicate (no crash)
         assert len({r.delivery for r in got}) == len(got)
+        readme_verify = _readme_verify()
         for r in got:
             assert r.verify(secret), "bad signature"
+            assert readme_verify(secret.encode(), r.headers, r.body)
             assert r.event_type == "stage_changed"
             assert r.payload["delivery"] == r.delivery and r.payload["webhook"] == "webhooks/ci"
             assert r.payload["event"]["type"] == "EVENT_TYPE_STAGE_CHANGED"
@@ -78,6 +83,40 @@ def test_promotions_while_the_receiver_is_down_arrive_afterwards_complete_in_ord
         # Never shown again, never logged.
         assert secret not in str(c.get_webhook("ci")) and secret not in str(list(c.list_webhooks()))
     assert secret not in caplog.text
+
+
+def _readme_verify():
+    """The README's five-line receiver check, as printed there."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index("## Webhooks") :]
+    block = re.search(r"```python\n(import hashlib.*?)```", section, re.DOTALL)
+    assert block is not None and len(block[1].strip().splitlines()) == 5
+    namespace: dict = {}
+    exec(block[1], namespace)  # noqa: S102 - the README's own snippet
+    return namespace["verify"]
+
+
+def test_the_readmes_verify_refuses_a_tampered_body_a_wrong_secret_and_a_stale_timestamp(make_registry, receiver):
+    verify = _readme_verify()
+    reg = make_registry(**FAST)
+    with Client(reg.address, actor="tester") as c:
+        versions(c, "m", 1)
+        _, secret = c.create_webhook("h", receiver.url, ["stage_changed"])
+        c.promote("m", 1, "staging")
+        wait_until(lambda: receiver.snapshot(), 10, "the delivery")
+    (r,) = receiver.snapshot()
+    assert verify(secret.encode(), r.headers, r.body)
+    assert not verify(secret.encode(), r.headers, r.body.replace(b'"project":"default"', b'"project":"other"'))
+    assert not verify(b"another-secret-0123456789", r.headers, r.body)
+    assert not verify(secret.encode(), r.headers, r.body, window=-1)  # outside any replay window
+    # grpcurl, as the README shows it.
+    listed = subprocess.run(
+        [str(BIN / "grpcurl"), "-plaintext", "-d", '{"webhook": "webhooks/h"}', reg.address,
+         "modelreg.v1.WebhookService/ListDeliveries"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    (d,) = json.loads(listed.stdout)["deliveries"]  # grpcurl prints the protos' field names
+    assert d["delivery_id"] == r.delivery and d["state"] == "DELIVERY_STATE_DELIVERED"
 
 
 def test_a_slow_receiver_does_not_delay_another_webhook(make_registry):

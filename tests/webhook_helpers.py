@@ -22,6 +22,7 @@ class Received:
     signature: str
     body: bytes
     at: float
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def payload(self) -> dict:
@@ -65,6 +66,7 @@ class Receiver:
                     signature=self.headers.get("X-Modelreg-Signature", ""),
                     body=body,
                     at=time.monotonic(),
+                    headers=dict(self.headers.items()),
                 )
                 with receiver._lock:
                     receiver.received.append(got)
