@@ -185,13 +185,11 @@ def test_410_and_400_fail_at_once_show_in_deliveries_failed_and_redeliver_sends_
     assert resent.body == receiver.snapshot()[0].body  # the same payload, signed anew
     with Client(reg.address, actor="tester") as c:
         wait_until(lambda: c.get_webhook("gone").failed_deliveries == 1, 5, "the redelivery recorded")
-    everything = json.loads(cli("webhooks", "deliveries", "gone").stdout)["deliveries"]
-    assert [d["state"] for d in everything] == ["DELIVERY_STATE_FAILED", "DELIVERY_STATE_DELIVERED"]
-    listed = json.loads(cli("webhooks", "list").stdout)["webhooks"]
-    assert [w["name"] for w in listed] == ["webhooks/gone"]
-    cli("webhooks", "delete", "gone")
-    missing = run_cli("webhooks", "redeliver", "gone", "x", address=reg.address, check=False)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+        assert [d.state for d in c.list_deliveries("gone")] == [wh.DELIVERY_STATE_FAILED, wh.DELIVERY_STATE_DELIVERED]
+        assert [w.name for w in c.list_webhooks()] == ["webhooks/gone"]
+        c.delete_webhook("gone")
+        with pytest.raises(errors.NotFound, match="does not exist"):
+            c.redeliver("gone", "x")
 
 
 def test_429_waits_for_retry_after_and_5xx_is_retried_until_the_window_ends_then_failed(make_registry):
@@ -299,7 +297,7 @@ def test_two_replicas_deliver_each_event_once_and_only_the_webhooks_project(make
 
 
 def test_deliveries_resume_after_the_registry_is_killed_mid_delivery(spawn_registry, tmp_path):
-    receiver = Receiver(answer=lambda r: (200, 0.8)).start()  # slow: the kill lands mid-request
+    receiver = Receiver(answer=lambda r: (200, 0.5)).start()  # slow: the kill lands mid-request
     env = dict(
         MODELREG_WEBHOOK_ALLOW_PRIVATE="true",
         MODELREG_WEBHOOK_BACKOFF_SECONDS="0.3",
@@ -309,9 +307,9 @@ def test_deliveries_resume_after_the_registry_is_killed_mid_delivery(spawn_regis
     try:
         proc, address = spawn_registry(**env)
         with Client(address, actor="tester") as c:
-            versions(c, "m", 3)
+            versions(c, "m", 2)
             _, secret = c.create_webhook("h", receiver.url, ["stage_changed"])
-            for v in (1, 2, 3):
+            for v in (1, 2):
                 c.promote("m", v, "staging")
                 c.promote("m", v, "production")
             expected = stage_events(c, "m")

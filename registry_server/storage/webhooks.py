@@ -212,11 +212,15 @@ class WebhookStore:
             await conn.execute("UPDATE webhooks SET cursor = $2 WHERE name = $1", name, cursor)
             return cursor
 
-    async def next_pending(self, name: str) -> Delivery | None:
-        """The webhook's oldest pending delivery (lowest sequence): order is per webhook."""
+    async def next_pending(self, name: str, owner: str) -> Delivery | None:
+        """The webhook's oldest pending delivery (lowest sequence: order is per webhook), or
+        None when there is none or this owner's lease on the webhook has lapsed."""
         row = await self.pool.fetchrow(
-            "SELECT * FROM webhook_deliveries WHERE webhook = $1 AND state = 'pending' ORDER BY sequence LIMIT 1",
+            "SELECT d.* FROM webhook_deliveries d JOIN webhooks w ON w.name = d.webhook"
+            " WHERE d.webhook = $1 AND d.state = 'pending' AND w.lease_owner = $2 AND w.lease_expires > now()"
+            " ORDER BY d.sequence LIMIT 1",
             name,
+            owner,
         )
         return _delivery(row) if row is not None else None
 

@@ -157,7 +157,7 @@ class Deliverer:
                 if moved is None:
                     return  # the lease went to another replica, or the webhook was deleted
                 cursor = moved
-                delivery = await self.store.next_pending(webhook.name)
+                delivery = await self.store.next_pending(webhook.name, self.owner)
                 wait = self.scan_interval
                 if delivery is not None:
                     due = (delivery.next_attempt_at - datetime.now(UTC)).total_seconds()

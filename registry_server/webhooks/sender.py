@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ class Sender:
         total_timeout: float = TOTAL_TIMEOUT,
         body_cap: int = BODY_CAP,
     ):
+        # httpx logs every request's URL at INFO; a webhook URL may carry the receiver's token.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.allow_private = allow_private
         self.total_timeout = total_timeout
         self.body_cap = body_cap
