@@ -350,6 +350,39 @@ def test_only_project_admins_manage_webhooks_and_the_error_says_which_permission
         assert list(c.list_webhooks()) == []
 
 
+def test_with_auth_on_nothing_reaches_a_webhook_whose_creator_may_no_longer_read_its_project(
+    make_registry, receiver, tmp_path
+):
+    from auth_helpers import admin_token_of
+
+    reg = make_registry(auth="on", **FAST)
+    with Client(reg.address, token=admin_token_of(tmp_path / "data")) as admin:
+        admin.create_project("team")
+        admin.create_principal("lead")
+        admin.grant_role("lead", "project-admin", "team")
+        token = admin.create_token("lead-token", "lead").token
+        versions(admin, "det", 2, project="team")
+        versions(admin, "elsewhere", 1, project="default")
+        with Client(reg.address, token=token) as lead:
+            hook, secret = lead.create_webhook("team-hook", receiver.url, ["stage_changed"], models=["det"])
+            assert hook.project == "team"  # the model's
+            with pytest.raises(errors.PermissionDenied):
+                lead.create_webhook("x", receiver.url, ["stage_changed"], project="default")
+        admin.promote("det", 1, "staging")
+        admin.promote("elsewhere", 1, "staging")
+        wait_until(lambda: len(receiver.snapshot()) == 1, 10, "the team's event")
+        admin.revoke_role("lead", "project-admin", "team")
+        admin.promote("det", 2, "staging")
+        wait_until(
+            lambda: admin.get_webhook("team-hook").cursor_sequence >= stage_events(admin, "det")[-1],
+            10,
+            "the skipped event",
+        )
+        time.sleep(0.5)
+    (only,) = receiver.snapshot()
+    assert only.payload["event"]["modelVersion"] == "models/det/versions/1" and only.verify(secret)
+
+
 def test_an_unknown_webhook_is_not_found(make_registry):
     reg = make_registry()
     with Client(reg.address, actor="tester") as c:

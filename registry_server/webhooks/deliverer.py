@@ -185,13 +185,15 @@ class Deliverer:
             if not rows and upto == cursor:
                 return cursor
             queued = []
+            complete = len(rows) < QUEUE_BATCH
+            rows = [r for r in rows if webhook.matches(r.type, r.model, r.project)]  # what the SQL selected
             if rows and await self._creator_may_read(webhook):
                 queued = [(uuid.uuid4().hex, r.sequence, r.type, event_json(r)) for r in rows]
             moved = await self.store.enqueue(self.owner, webhook.name, queued, upto)
             if moved is None:
                 return None
             cursor = moved
-            if len(rows) < QUEUE_BATCH:
+            if complete:
                 return cursor
 
     async def _creator_may_read(self, webhook: Webhook) -> bool:

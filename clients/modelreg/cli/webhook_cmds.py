@@ -39,16 +39,19 @@ def register(sub, common) -> None:
     c.add_argument(
         "--events",
         required=True,
+        action="append",
         metavar="TYPE[,TYPE...]",
         help="event types, comma-separated, as 'modelreg watch --type' spells them (e.g. stage_changed)",
     )
     c.add_argument(
         "--model",
         dest="models",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="M",
-        help="only this model's events (repeatable, or comma-separated; default: every model of the project)",
+        help="only these models' events (--model a b, --model a --model b or --model a,b; default: every model "
+        "of the project)",
     )
     c.add_argument("--project", default="", help="the project (default: the first --model's, else 'default')")
     c.add_argument(
@@ -87,8 +90,8 @@ def _split(values: list[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def _types(value: str) -> list[int]:
-    names = _split([value])
+def _types(values: list[str]) -> list[int]:
+    names = _split(values)
     if not names:
         raise UsageError("--events needs at least one event type, e.g. --events stage_changed,deployment_changed")
     try:
