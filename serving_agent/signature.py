@@ -1,0 +1,145 @@
+"""A loaded model's signature (its inputs and outputs: name, element type, shape with -1 for a
+dynamic dimension) and THE ONE CHECK every inference request passes before it reaches a model,
+whichever API it came through (the agent's InferenceService.Predict or the Open Inference
+Protocol's ModelInfer).
+
+    sig = loader.signature()                     # read from the onnxruntime session / YOLO model
+    check_request(sig, "models/m/versions/3", inputs, output_names)   # BadInput, or None
+
+Element types are numpy dtypes; `np.dtype(object)` stands for BYTES (strings). Messages name
+the input, what the model expects and what the request sent, in the Open Inference Protocol's
+datatype names (FP32, INT64, ...) with numpy's beside them, so either API's caller can act on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving_agent.errors import BadInput
+
+# numpy dtype -> the Open Inference Protocol's datatype name (KServe v2 / Triton).
+DATATYPES: dict[np.dtype, str] = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.uint32): "UINT32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+    np.dtype(object): "BYTES",
+}
+FROM_DATATYPE: dict[str, np.dtype] = {v: k for k, v in DATATYPES.items()}
+
+# onnxruntime's type strings -> numpy dtypes.
+ORT_TYPES: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(bool)": np.dtype(np.bool_),
+    "tensor(string)": np.dtype(object),
+}
+
+
+def datatype(dtype: np.dtype | None) -> str:
+    """The protocol's name for a dtype ('FP32'); the dtype's own name for one it has none for."""
+    if dtype is None:
+        return "unknown"
+    return DATATYPES.get(np.dtype(dtype).newbyteorder("="), np.dtype(dtype).name)
+
+
+def describe(dtype: np.dtype | None) -> str:
+    """'FP32 (float32)': both the protocol's and numpy's names, for messages."""
+    if dtype is None:
+        return "unknown"
+    name, np_name = datatype(dtype), np.dtype(dtype).name
+    return name if np_name.upper() == name or name == "BYTES" else f"{name} ({np_name})"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output. `dtype` None: a type the agent cannot name (any is accepted).
+    `shape` None: the rank is unknown (any shape is accepted); -1 is a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype | None
+    shape: tuple[int, ...] | None
+
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        if self.shape is None:
+            return True
+        return len(shape) == len(self.shape) and all(w < 0 or w == g for w, g in zip(self.shape, shape, strict=True))
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    platform: str = "onnxruntime_onnx"  # the Open Inference Protocol's `platform` (Triton's names)
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+
+def ort_shape(shape: Sequence[object] | None) -> tuple[int, ...] | None:
+    """onnxruntime's shape (ints, symbolic names or None per dimension) with -1 for dynamic."""
+    if shape is None:
+        return None
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+def from_ort(session, platform: str = "onnxruntime_onnx") -> Signature:
+    """The signature of an onnxruntime.InferenceSession."""
+
+    def spec(arg) -> TensorSpec:
+        return TensorSpec(arg.name, ORT_TYPES.get(arg.type), ort_shape(arg.shape))
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    return Signature(tuple(spec(i) for i in inputs), tuple(spec(o) for o in outputs), platform)
+
+
+def check_request(
+    sig: Signature, served_by: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+) -> None:
+    """Raises BadInput (INVALID_ARGUMENT) unless `inputs` are exactly the model's inputs, each of
+    its dtype and a shape it accepts, and every requested output exists. `served_by` names the
+    version in the message ('models/m/versions/3'). Costs microseconds: it runs on every request."""
+    wanted = [t.name for t in sig.inputs]
+    missing = [n for n in wanted if n not in inputs]
+    extra = [n for n in inputs if sig.input(n) is None]
+    if missing or extra:
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unknown {extra}"] if extra else []
+        raise BadInput(f"{served_by} takes inputs {wanted}; {'; '.join(parts)}")
+    for spec in sig.inputs:
+        arr = inputs[spec.name]
+        dtype_ok = spec.dtype is None or arr.dtype.newbyteorder("=") == spec.dtype
+        if not dtype_ok or not spec.accepts_shape(arr.shape):
+            raise BadInput(
+                f"input {spec.name!r} of {served_by}: expected {describe(spec.dtype)} with shape "
+                f"{_shape(spec.shape)}, got {describe(arr.dtype)} with shape {list(arr.shape)}"
+            )
+    if output_names:
+        known = [t.name for t in sig.outputs]
+        unknown = [n for n in output_names if n not in known]
+        if unknown:
+            raise BadInput(f"unknown outputs {unknown}; {served_by} has outputs {known}")
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "any" if shape is None else str(list(shape)) + (" (-1: any size)" if -1 in shape else "")
