@@ -441,15 +441,6 @@ def served(mgr: ModelManager, mv) -> dict[str, str | int]:
     }
 
 
-def mv_call(mv, method: str, *args):
-    loader = mv.loader
-
-    def call():
-        return getattr(loader, method)(*args)
-
-    return call
-
-
 def decode_image(data: bytes) -> np.ndarray:
     """JPEG/PNG bytes -> a BGR uint8 array (what ultralytics expects from OpenCV)."""
     if not data:

@@ -116,10 +116,13 @@ def _from_contents(t: Any) -> np.ndarray:
         )
     if dtype == np.dtype(object):
         return np.array(list(values), dtype=object).reshape(shape)
-    try:
-        return np.array(values, dtype=dtype).reshape(shape)
-    except OverflowError:
-        raise BadInput(f"input {t.name!r}: contents.{field} holds values out of {t.datatype}'s range") from None
+    if dtype.kind in "iu":  # the wire carries 32- or 64-bit values: narrower types are range-checked
+        wide = np.array(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
+        info = np.iinfo(dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise BadInput(f"input {t.name!r}: contents.{field} holds values out of {t.datatype}'s range")
+        return wide.astype(dtype).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
 
 
 def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarray], raw: bool) -> None:
