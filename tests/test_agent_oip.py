@@ -125,8 +125,10 @@ def test_oip_errors_name_what_to_change(oip):
     assert "got INT64 with shape [2, 4]" in e.details()
     e = error(raw_request("oip", np.ones((2, 3), np.float32)))
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input 'x'" in e.details() and "[-1, 4]" in e.details() and "got FP32 (float32) with shape [2, 3]" in (
-        e.details()
+    assert (
+        "input 'x'" in e.details()
+        and "[-1, 4]" in e.details()
+        and "got FP32 (float32) with shape [2, 3]" in (e.details())
     )
     e = error(raw_request("oip", X, name="z"))
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "takes inputs ['x']; missing ['x']; unknown ['z']" in (

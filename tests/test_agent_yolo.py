@@ -86,6 +86,9 @@ def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo
             )
             d2 = c.detect("detector", png(), confidence=0.0001, max_detections=5)
             assert d2.model_version == "models/detector/versions/2"
+            # the export is a detector for Detect, and its graph takes tensors (Predict, ModelInfer)
+            raw = c.predict("detector", {"images": np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)})
+            assert raw.model_version == "models/detector/versions/2" and raw.outputs["output0"].shape == (1, 84, 84)
             assert len(d2.detections) <= 5
             assert (d2.image_width, d2.image_height) == (96, 80)
         st = wait_until(lambda: (s := client.rollout_status("detector")).complete and s, 30, what="rollout complete")
