@@ -5,7 +5,11 @@ in its own venv) drives the same agent in test_agent_oip_triton.py."""
 
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,6 +23,8 @@ from serving_agent.errors import BadInput
 from serving_agent.oip_tensors import decode_inputs, encode_outputs
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
+GRPCURL = Path(sys.executable).parent / "grpcurl"
+ONES = "AACAPwAAgD8AAIA/AACAPw=="  # float32 [1, 4] of ones, base64 (the README's example)
 
 
 def raw_request(model: str, x: np.ndarray, version: str = "", key: str = "", name: str = "x") -> pb.ModelInferRequest:
@@ -80,6 +86,32 @@ def test_oip_routes_on_the_agents_inference_port(oip, client):
     r = stub.ModelInfer(req)
     assert not r.raw_output_contents and r.outputs[0].name == "y"
     assert list(r.outputs[0].contents.fp32_contents) == X.reshape(-1).tolist()
+
+    # grpcurl through reflection, as the README shows it: raw bytes in, raw bytes out
+    listed = subprocess.run([str(GRPCURL), "-plaintext", agent.address, "list"], capture_output=True, text=True)
+    assert "inference.GRPCInferenceService" in listed.stdout.split()
+    body = {
+        "model_name": "oip",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4]}],
+        "raw_input_contents": [ONES],
+        "parameters": {"routing_key": {"string_param": "user-42"}},
+    }
+    out = subprocess.run(
+        [
+            str(GRPCURL),
+            "-plaintext",
+            "-d",
+            json.dumps(body),
+            agent.address,
+            "inference.GRPCInferenceService/ModelInfer",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["model_version"] == "1" and doc["outputs"][0]["shape"] == ["1", "4"]
+    assert doc["raw_output_contents"] == [ONES]
 
     # the canary: both loaded; an empty version follows the weight, sticky per routing_key
     client.set_canary("oip", 2, 30)
