@@ -65,6 +65,37 @@ def _pair(env, address: str, model: str, turn: dict, rounds: int, **spec) -> dic
     return out
 
 
+def _no_yolo() -> Row:
+    return not_measurable(
+        "15",
+        NAME,
+        "ModelInfer vs Predict p50, YOLOv8n 640 (<= 1.02×)",
+        "the full run (skipped in --quick) and ultralytics installed (the ultralytics extra)",
+    )
+
+
+def _tiny_row(tiny: dict[str, list[dict]]) -> Row:
+    predict = median([s["p50_us"] for s in tiny["predict"]])
+    infer = median([s["p50_us"] for s in tiny["oip_infer"]])
+    log(f"  tiny: Predict p50 {predict:.0f} µs, ModelInfer p50 {infer:.0f} µs")
+    return Row(
+        goal="15",
+        bench=NAME,
+        figure="ModelInfer (raw contents) vs Predict p50 via agent, tiny model",
+        ours=infer,
+        unit="µs",
+        ref=predict,
+        ref_label="our Predict, same agent, same run",
+        ratio=ratio(infer, predict),
+        ratio_of="ModelInfer/Predict",
+        note=f"ModelInfer adds {infer - predict:+.0f} µs per request",
+        details={
+            "predict_p50_us": [s["p50_us"] for s in tiny["predict"]],
+            "oip_p50_us": [s["p50_us"] for s in tiny["oip_infer"]],
+        },
+    )
+
+
 def run(env, cfg) -> list[Row]:
     try:
         import onnx  # noqa: F401
@@ -73,6 +104,14 @@ def run(env, cfg) -> list[Row]:
         return [not_measurable("15", NAME, "ModelInfer vs Predict", f"onnx and onnxruntime ({e})")]
     from modelreg import Client
 
+    rounds = 1 if cfg.quick else max(cfg.reps, 4)
+    turn = {"slice_s": 0.1, "slices": max(2, round(cfg.lat_duration / 0.1))}
+    shared = env.cache.get("agent:tiny")
+    if cfg.quick and shared is not None and shared[0].addresses:
+        # --quick (make test's smoke run): the tiny row on bench_agent's agent, no second agent to start
+        agents, model = shared
+        _wait_serving(agents.addresses[0], [model])
+        return [_tiny_row(_pair(env, agents.addresses[0], model, turn, rounds)), _no_yolo()]
     yolo = None
     if not cfg.quick:
         try:
@@ -91,40 +130,9 @@ def run(env, cfg) -> list[Row]:
     address = agents.addresses[0]
     _wait_serving(address, models)
 
-    rows: list[Row] = []
-    rounds = 1 if cfg.quick else max(cfg.reps, 4)
-    tiny = _pair(env, address, TINY, {"slice_s": 0.1, "slices": max(2, round(cfg.lat_duration / 0.1))}, rounds)
-    predict = median([s["p50_us"] for s in tiny["predict"]])
-    infer = median([s["p50_us"] for s in tiny["oip_infer"]])
-    log(f"  tiny: Predict p50 {predict:.0f} µs, ModelInfer p50 {infer:.0f} µs")
-    rows.append(
-        Row(
-            goal="15",
-            bench=NAME,
-            figure="ModelInfer (raw contents) vs Predict p50 via agent, tiny model",
-            ours=infer,
-            unit="µs",
-            ref=predict,
-            ref_label="our Predict, same agent, same run",
-            ratio=ratio(infer, predict),
-            ratio_of="ModelInfer/Predict",
-            note=f"ModelInfer adds {infer - predict:+.0f} µs per request",
-            details={
-                "predict_p50_us": [s["p50_us"] for s in tiny["predict"]],
-                "oip_p50_us": [s["p50_us"] for s in tiny["oip_infer"]],
-            },
-        )
-    )
+    rows = [_tiny_row(_pair(env, address, TINY, turn, rounds))]
     if yolo is None:
-        rows.append(
-            not_measurable(
-                "15",
-                NAME,
-                "ModelInfer vs Predict p50, YOLOv8n 640 (<= 1.02×)",
-                "the full run (skipped in --quick) and ultralytics installed (the ultralytics extra)",
-            )
-        )
-        return rows
+        return [*rows, _no_yolo()]
     big = _pair(env, address, YOLO, {"slice_calls": 5, "slices": 6 if cfg.quick else 10}, rounds, input=YOLO_INPUT)
     predict = median([s["p50_us"] for s in big["predict"]])
     infer = median([s["p50_us"] for s in big["oip_infer"]])
