@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 BASE_STAMP := $(VENV)/.installed-base
 STAMP := $(VENV)/.installed-dev
-PROTOS := $(wildcard protos/modelreg/v1/*.proto)
+PROTOS := $(wildcard protos/modelreg/v1/*.proto) $(wildcard protos/modelreg/oip/*.proto)
 GEN_DIR := clients
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -32,7 +32,7 @@ install: $(STAMP)
 run: $(BASE_STAMP)
 	$(BIN)/modelreg server --metrics-listen "$${MODELREG_METRICS_ADDRESS:-127.0.0.1:9465}"
 
-## Regenerate the gRPC stubs (with mypy-protobuf type stubs) into clients/modelreg/v1.
+## Regenerate the gRPC stubs (with mypy-protobuf type stubs) into clients/modelreg/v1 and clients/modelreg/oip.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos \
 		--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \

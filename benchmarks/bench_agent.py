@@ -209,6 +209,7 @@ def run(env, cfg) -> list[Row]:
         )
 
     agents = Agents(env, list(kinds) + (["bench-agent-yolo"] if yolo is not None else []))
+    env.cache["agent:tiny"] = (agents, "bench-agent-tiny")  # bench_oip --quick reuses it
     rows: list[Row] = []
     counts = (1,) if cfg.quick else (1, 10)
     rounds = 1 if cfg.quick else cfg.reps

@@ -24,6 +24,10 @@ PY = sys.executable
 MLFLOW_VENV = BENCH_DIR / ".venv-mlflow"
 MLFLOW_PY = MLFLOW_VENV / "bin" / "python"
 MLFLOW_PACKAGES = ["mlflow>=3,<4", "psycopg2-binary"]
+# The stock Open Inference Protocol client (tests/test_agent_oip_triton.py, bench_oip): it pins an
+# older protobuf than our stubs, so it lives in a venv of its own, cached across runs in /tmp.
+TRITON_VENV = Path(os.environ.get("MODELREG_TRITON_VENV") or Path(tempfile.gettempdir()) / "modelreg-venv-tritonclient")
+TRITON_PACKAGES = ["tritonclient[grpc]", "numpy"]
 
 
 def log(msg: str) -> None:
@@ -48,19 +52,44 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
+def ensure_venv(venv: Path, packages: list[str], probe: str, purpose: str) -> Path:
+    """A venv at `venv` with `packages` pip-installed from the package index, created the first
+    time it is needed and reused while `python -c probe` succeeds there; returns its python.
+    For clients whose pins would break ours (MLflow, tritonclient's protobuf): they never go
+    into the project's venv. Creation holds a lock beside the venv, so concurrent callers
+    (two test sessions, a bench and a test) build it once."""
+    import fcntl
+
+    py = venv / "bin" / "python"
+
+    def usable() -> bool:
+        return py.exists() and subprocess.run([str(py), "-c", probe], capture_output=True).returncode == 0
+
+    if usable():
+        return py
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if usable():  # another caller built it while this one waited
+            return py
+        log(f"creating {venv} for {purpose}: python3 -m venv + pip install {' '.join(packages)}")
+        base = shutil.which("python3") or sys.executable
+        subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], check=True)
+        log(f"{venv} ready")
+    return py
+
+
 def ensure_mlflow_venv() -> Path:
     """Creates benchmarks/.venv-mlflow with MLflow 3 the first time it is needed. MLflow's
     pins would break ours, so it never goes into the project's venv."""
-    if MLFLOW_PY.exists():
-        probe = subprocess.run([str(MLFLOW_PY), "-c", "import mlflow, psycopg2"], capture_output=True)
-        if probe.returncode == 0:
-            return MLFLOW_PY
-    log(f"creating {MLFLOW_VENV} for the MLflow peer: python3 -m venv + pip install {' '.join(MLFLOW_PACKAGES)}")
-    base = shutil.which("python3") or sys.executable
-    subprocess.run([base, "-m", "venv", str(MLFLOW_VENV)], check=True)
-    subprocess.run([str(MLFLOW_PY), "-m", "pip", "install", "-q", *MLFLOW_PACKAGES], check=True)
-    log("MLflow venv ready")
-    return MLFLOW_PY
+    return ensure_venv(MLFLOW_VENV, MLFLOW_PACKAGES, "import mlflow, psycopg2", "the MLflow peer")
+
+
+def ensure_triton_venv() -> Path:
+    """The python of a venv with tritonclient[grpc] and numpy (MODELREG_TRITON_VENV, default
+    $TMPDIR/modelreg-venv-tritonclient), created once and reused."""
+    return ensure_venv(TRITON_VENV, TRITON_PACKAGES, "import tritonclient.grpc, numpy", "tritonclient")
 
 
 def _proc_rss(pid: int) -> int:

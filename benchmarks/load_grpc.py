@@ -15,6 +15,7 @@ Ops:
   lookup    the floor server's asyncpg primary-key lookup
   predict   a serving agent's Predict on `model` with zeros of float32 `input` = [name, shape]
             (default ["x", [1, 4]])
+  oip_infer the same through the Open Inference Protocol: ModelInfer with raw_input_contents
 
 With `sides` (a list of spec overrides), the targets are measured in turns from this one
 process (`interleaved`): see there.
@@ -83,6 +84,21 @@ class Worker:
                 inputs=[inf.Tensor(name=name, dtype=inf.DATA_TYPE_FLOAT32, shape=shape, data=bytes(size))],
             )
 
+        if spec["op"] == "oip_infer":
+            from modelreg.oip import grpc_predict_v2_pb2 as oip
+            from modelreg.oip import grpc_predict_v2_pb2_grpc as oip_grpc
+
+            self.oip = oip_grpc.GRPCInferenceServiceStub(self.channel)
+            name, shape = spec.get("input", ["x", [1, 4]])
+            size = 4
+            for d in shape:
+                size *= d
+            self.oip_req = oip.ModelInferRequest(
+                model_name=spec["model"],
+                inputs=[oip.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=shape)],
+                raw_input_contents=[bytes(size)],
+            )
+
     async def call(self) -> None:
         op = self.spec["op"]
         self.i += 1
@@ -110,6 +126,8 @@ class Worker:
             if self.spec.get("count_versions"):
                 key = f"served {resp.model_version}"
                 self.extra[key] = self.extra.get(key, 0) + 1
+        elif op == "oip_infer":
+            await self.oip.ModelInfer(self.oip_req)
         elif op == "lookup":
             await self.lookup(self.spec.get("key", "").encode())
         elif op == "sink":

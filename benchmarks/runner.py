@@ -27,6 +27,7 @@ MODULES = [
     "benchmarks.bench_transfer",
     "benchmarks.bench_s3",
     "benchmarks.bench_agent",
+    "benchmarks.bench_oip",
     "benchmarks.bench_swaps",
     "benchmarks.bench_router",
     "benchmarks.bench_metrics",

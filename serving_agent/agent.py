@@ -42,6 +42,7 @@ from serving_agent.manager import Backoff, ManagerHooks, ModelManager
 from serving_agent.metrics import Metrics
 from serving_agent.policy import State
 from serving_agent.security import describe_registry
+from serving_agent.signature import Signature, check_request
 from serving_agent.source import RegistrySource
 from serving_agent.spec import Desired
 
@@ -115,8 +116,9 @@ class AgentConfig:
 
 @dataclass
 class Prediction:
-    model_version: str
+    model_version: str  # models/{model}/versions/{version}: the version that answered
     outputs: dict[str, np.ndarray]
+    version: int = 0  # its number
 
 
 @dataclass
@@ -243,15 +245,51 @@ class Agent:
         return mgr
 
     async def predict(
-        self, model: str, inputs: dict[str, np.ndarray], output_names: list[str] | None = None, routing_key: str = ""
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None = None,
+        routing_key: str = "",
+        version: int = 0,
     ) -> Prediction:
+        """Runs a tensor model: THE ONE PATH of every tensor request (InferenceService.Predict and
+        the Open Inference Protocol's ModelInfer alike): route (the deployment's canary weighting
+        and `routing_key` stickiness, or the pinned `version`), lease, check the inputs against the
+        leased version's signature, run, record."""
         mgr = self._manager(model)
-        with mgr.lease(routing_key) as mv:
+        with mgr.lease(routing_key, version) as mv:
             if tracing.enabled():  # tags the current span: the Predict RPC's (see served())
                 tracing.set_attributes(served(mgr, mv))
-            outputs = await self._timed(mgr, mv, "predict", mv_call(mv, "predict", inputs, output_names))
+            loader = mv.loader
+            assert loader is not None  # only a loaded version is leased
+            if not loader.tensors:
+                raise WrongModelKind(
+                    f"{mv.spec.name} is a detector ({mv.spec.format}); call Detect with an image instead of "
+                    "Predict, or register its ONNX export to run it on tensors"
+                )
+            sig, name = loader.signature(), mv.spec.name
+
+            def run() -> dict[str, np.ndarray]:  # a rejected request counts as the version's error
+                check_request(sig, name, inputs, output_names)
+                return loader.predict(inputs, output_names)
+
+            outputs = await self._timed(mgr, mv, "predict", run)
             self._payload(mgr, mv, sum(a.nbytes for a in inputs.values()), sum(a.nbytes for a in outputs.values()))
-            return Prediction(mv.spec.name, outputs)
+            return Prediction(mv.spec.name, outputs, mv.version)
+
+    def signature(self, model: str, version: int = 0) -> tuple[int, Signature]:
+        """The signature of the version a request would reach (`version` 0: the deployment's
+        stable side while it is loaded, else whichever routing picks) and that version's number."""
+        mgr = self._manager(model)
+        mv = mgr.route("", version) if version else mgr.route_stable()
+        assert mv.loader is not None
+        return mv.version, mv.loader.signature()
+
+    def loaded_versions(self, model: str, version: int = 0) -> list[int]:
+        """The model's READY versions (NOT_FOUND for a model not followed); with `version`, that
+        one only if it is READY."""
+        ready = sorted(mv.version for mv in self._manager(model).ready())
+        return [v for v in ready if v == version] if version else ready
 
     async def detect(
         self,
@@ -403,15 +441,6 @@ def served(mgr: ModelManager, mv) -> dict[str, str | int]:
         "modelreg.version_name": mv.spec.name,
         "modelreg.route": "canary" if canary is not None and canary.version == mv.version else "stable",
     }
-
-
-def mv_call(mv, method: str, *args):
-    loader = mv.loader
-
-    def call():
-        return getattr(loader, method)(*args)
-
-    return call
 
 
 def decode_image(data: bytes) -> np.ndarray:

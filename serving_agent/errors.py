@@ -1,8 +1,17 @@
-"""The agent's errors, each with the gRPC status the inference API answers with."""
+"""The agent's errors, each with the gRPC status the inference API answers with, and the one
+decorator that maps them (and TensorError) onto a servicer's status (`agent_errors`)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+
 import grpc
+
+from modelreg.tensors import TensorError
+
+log = logging.getLogger("modelreg.agent.server")
 
 
 class AgentError(Exception):
@@ -14,6 +23,12 @@ class AgentError(Exception):
 
 
 class ModelNotFollowed(AgentError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class VersionNotLoaded(AgentError):
+    """A request pinned a version this agent has not loaded (NOT_FOUND, naming what is loaded)."""
+
     code = grpc.StatusCode.NOT_FOUND
 
 
@@ -57,3 +72,22 @@ class AgentConfigError(StartupError):
     certificate file that cannot be read. Exit 2, as for any other bad setting."""
 
     exit_code = 2
+
+
+def agent_errors(fn):
+    """Wraps an async servicer method: an AgentError or TensorError aborts with its code and
+    message; anything else is INTERNAL (a bug), logged with its traceback."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except (AgentError, TensorError) as e:
+            await context.abort(e.code, e.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            log.exception("internal error")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (a bug in the agent): {e!r}")
+
+    return wrapper

@@ -3,8 +3,12 @@
     loader = make_loader(path, spec, options)   # nothing loaded yet
     loader.load()                                # onnxruntime session / YOLO weights
     loader.warmup()                              # one real inference on a sample input
+    loader.signature()                           # inputs and outputs, once loaded
     loader.predict({...}) / loader.detect(image)
     loader.unload()
+
+`predict` takes inputs the agent has already checked against `signature()`
+(serving_agent.signature.check_request): it runs them, nothing more.
 
 `load`, `warmup`, `predict` and `detect` block; the manager runs them in threads.
 """
@@ -21,19 +25,9 @@ from typing import Any
 import numpy as np
 
 from serving_agent.errors import BadInput, WrongModelKind
+from serving_agent.signature import Signature, TensorSpec, from_ort
 from serving_agent.spec import VersionSpec
 
-ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 DEFAULT_IMGSZ = 640
 
 
@@ -73,6 +67,7 @@ def choose_providers(options: RuntimeOptions) -> list[str]:
 
 class Loader:
     kind = "tensor"
+    tensors = True  # takes named tensors (Predict, ModelInfer); a `.pt` detector takes only images
 
     def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions):
         self.path = path
@@ -83,6 +78,10 @@ class Loader:
         raise NotImplementedError
 
     def warmup(self) -> None:
+        raise NotImplementedError
+
+    def signature(self) -> Signature:
+        """The loaded model's inputs and outputs. Only called on a loaded version."""
         raise NotImplementedError
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -112,25 +111,25 @@ class OnnxLoader(Loader):
         if self.options.intra_op_threads:
             so.intra_op_num_threads = self.options.intra_op_threads
         self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=choose_providers(self.options))
+        self._signature = from_ort(self.session)
         meta = self.session.get_modelmeta().custom_metadata_map
-        if "names" in meta and "stride" in meta:  # a YOLO export: serve it through ultralytics
-            self.session = None
+        if "names" in meta and "stride" in meta:  # a YOLO export: Detect goes through ultralytics,
+            # tensors (Predict, ModelInfer) through this session, the raw graph
             imgsz = _imgsz(meta.get("imgsz")) or _imgsz(self.spec.config.get("imgsz"))
             self.delegate = YoloLoader(self.path, self.spec, self.options, imgsz)
             self.delegate.load()
             self.kind = "detector"
-            return
-        self.input_meta = {i.name: i for i in self.session.get_inputs()}
-        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def signature(self) -> Signature:
+        return self._signature
 
     def sample_inputs(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        for name, meta in self.input_meta.items():
-            dtype = ORT_TYPES.get(meta.type)
-            if dtype is None:
-                raise ValueError(f"input {name!r} has type {meta.type}, which the agent cannot build a sample for")
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape]
-            out[name] = np.zeros(shape, dtype=dtype)
+        for spec in self._signature.inputs:
+            if spec.dtype is None or spec.dtype == np.dtype(object):
+                raise ValueError(f"input {spec.name!r} has a type the agent cannot build a sample for")
+            shape = [d if d > 0 else 1 for d in spec.shape or ()]
+            out[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return out
 
     def warmup(self) -> None:
@@ -144,28 +143,10 @@ class OnnxLoader(Loader):
         return super().detect(image, conf, iou, max_det)
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
-        if self.delegate is not None:
-            return self.delegate.predict(inputs, output_names)
-        missing = [n for n in self.input_meta if n not in inputs]
-        extra = [n for n in inputs if n not in self.input_meta]
-        if missing or extra:
-            raise BadInput(
-                f"{self.spec.name} takes inputs {sorted(self.input_meta)}; "
-                + (f"missing {missing}" if missing else "")
-                + ("; " if missing and extra else "")
-                + (f"unknown {extra}" if extra else "")
-            )
-        for name, arr in inputs.items():
-            want = ORT_TYPES.get(self.input_meta[name].type)
-            if want is not None and arr.dtype != want:
-                raise BadInput(f"input {name!r} must be {np.dtype(want).name}, got {arr.dtype.name}")
-        names = list(output_names) if output_names else self.output_names
-        unknown = [n for n in names if n not in self.output_names]
-        if unknown:
-            raise BadInput(f"unknown output_names {unknown}; {self.spec.name} has outputs {self.output_names}")
+        names = list(output_names) if output_names else [o.name for o in self._signature.outputs]
         try:
             values = self.session.run(names, inputs)
-        except Exception as e:  # onnxruntime raises its own types for shape mismatches
+        except Exception as e:  # a check the signature cannot express (a dimension tied to another)
             raise BadInput(f"onnxruntime rejected the inputs of {self.spec.name}: {e}") from None
         return dict(zip(names, values, strict=True))
 
@@ -181,6 +162,7 @@ class YoloLoader(Loader):
     """Ultralytics YOLO weights (`.pt`) or a YOLO-exported `.onnx`, through `YOLO(path)`."""
 
     kind = "detector"
+    tensors = False
 
     def __init__(self, path: Path, spec: VersionSpec, options: RuntimeOptions, imgsz: int | None = None):
         super().__init__(path, spec, options)
@@ -199,6 +181,18 @@ class YoloLoader(Loader):
             args = getattr(getattr(self.model, "model", None), "args", None) or {}
             self.imgsz = _imgsz(args.get("imgsz") if isinstance(args, dict) else None) or DEFAULT_IMGSZ
         self.device = "cuda:0" if self._use_cuda() else "cpu"
+        names = getattr(self.model, "names", None) or {}
+        size = self.imgsz or DEFAULT_IMGSZ
+        # The network's own tensors, as its ONNX export has them: a batch of RGB images scaled to
+        # 0..1 in, (x, y, w, h, one score per class) for every anchor out.
+        self._signature = Signature(
+            (TensorSpec("images", np.dtype(np.float32), (-1, 3, size, size)),),
+            (TensorSpec("output0", np.dtype(np.float32), (-1, 4 + len(names), -1)),),
+            platform="ultralytics_pt",
+        )
+
+    def signature(self) -> Signature:
+        return self._signature
 
     def _use_cuda(self) -> bool:
         """CUDA when the providers allow it (the default does) and torch sees a GPU."""

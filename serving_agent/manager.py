@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelreg_runtime import tracing
-from serving_agent import policy, signature
-from serving_agent.errors import AgentError, NoVersionLoaded
+from serving_agent import policy, signature_report
+from serving_agent.errors import AgentError, NoVersionLoaded, VersionNotLoaded
 from serving_agent.fetch import Fetcher
 from serving_agent.loaders import Loader, RuntimeOptions, make_loader
 from serving_agent.metrics import Metrics
@@ -121,8 +121,20 @@ class ModelManager:
     def ready(self) -> list[ManagedVersion]:
         return [mv for mv in self.versions.values() if mv.state is State.READY]
 
-    def route(self, key: str = "") -> ManagedVersion:
+    def route(self, key: str = "", version: int = 0) -> ManagedVersion:
+        """The version a request goes to. `version` 0 follows the deployment: the canary by its
+        weight (the same `key` always reaches the same side), else stable. A `version` pins that
+        version if it is loaded (READY, serving or in warm standby), else VersionNotLoaded."""
         ready = {mv.version: mv for mv in self.ready()}
+        if version:
+            pinned = ready.get(version)
+            if pinned is None:
+                loaded = ", ".join(str(v) for v in sorted(ready)) or "none yet"
+                raise VersionNotLoaded(
+                    f"models/{self.model}/versions/{version} is not loaded on this agent; loaded versions: {loaded} "
+                    "(leave the version empty to follow the deployment)"
+                )
+            return pinned
         if not ready:
             raise NoVersionLoaded(
                 f"models/{self.model} has no version loaded yet on this agent; retry shortly "
@@ -138,6 +150,12 @@ class ModelManager:
             return stable or canary  # type: ignore[return-value]
         # the version that served last keeps serving until a desired one is READY
         return max(ready.values(), key=lambda mv: (mv.last_desired, mv.version))
+
+    def route_stable(self) -> ManagedVersion:
+        """What metadata describes: the stable version while it is loaded, else `route()`'s pick."""
+        d = self.desired
+        mv = self.versions.get(d.stable.version) if d.stable else None
+        return mv if mv is not None and mv.state is State.READY else self.route()
 
     def standby(self) -> list[ManagedVersion]:
         """Loaded versions that take no requests now: kept warm for a quick swap back."""
@@ -160,8 +178,10 @@ class ModelManager:
         m.canary_share.labels(self.model).set(d.weight / 100 if stable and canary else 1.0 if canary else 0.0)
 
     @contextlib.contextmanager
-    def lease(self, key: str = "") -> Iterator[ManagedVersion]:
-        mv = self.route(key)
+    def lease(self, key: str = "", version: int = 0) -> Iterator[ManagedVersion]:
+        """Routes (see `route`) and holds the version until the block ends: unload waits for it.
+        EVERY INFERENCE REQUEST, WHICHEVER API IT CAME THROUGH, GOES THROUGH HERE."""
+        mv = self.route(key, version)
         mv.leases += 1
         mv.drained.clear()
         try:
@@ -235,7 +255,7 @@ class ModelManager:
             with tracing.span("modelreg.warmup"):
                 await asyncio.to_thread(loader.warmup)
             mv.load_seconds = time.monotonic() - started
-            mv.signature = signature.of_loader(loader)
+            mv.signature = signature_report.of_loader(loader)
         except Exception as e:  # noqa: BLE001 - any failure: never served, reported, retried
             if loader is not None:
                 with contextlib.suppress(Exception):

@@ -1,11 +1,11 @@
-"""The inference gRPC server around an `Agent`: InferenceService, grpc.health.v1 (SERVING
-only once every followed model has a version loaded), reflection, and the metrics port."""
+"""The inference gRPC server around an `Agent`: InferenceService, the Open Inference Protocol's
+inference.GRPCInferenceService (serving_agent.oip), grpc.health.v1 (SERVING only once every
+followed model has a version loaded), reflection, and the metrics port."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import sys
@@ -14,14 +14,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelreg.tensors import TensorError, add_tensor, tensor_to_array
+from modelreg.oip import grpc_predict_v2_pb2 as oip_pb
+from modelreg.oip import grpc_predict_v2_pb2_grpc as oip_grpc
+from modelreg.tensors import add_tensor, tensor_to_array
 from modelreg.v1 import inference_service_pb2 as inf
 from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
 from modelreg_runtime import tracing
 from modelreg_runtime.metrics_http import MetricsServer
 from modelreg_runtime.process import keep_freed_memory
 from serving_agent.agent import MAX_MESSAGE, Agent, AgentConfig
-from serving_agent.errors import AgentError, BadInput, StartupError
+from serving_agent.errors import BadInput, StartupError, agent_errors
+from serving_agent.oip import OipServicer
 from serving_agent.security import InferenceTLS
 
 # The agent process keeps blocks up to 32 MiB in the heap and 128 MiB free at its top
@@ -31,22 +34,7 @@ AGENT_MALLOC = {"mmap_threshold": 32 << 20, "trim_threshold": 128 << 20}
 log = logging.getLogger("modelreg.agent.server")
 
 SERVICE_NAME = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
-
-
-def agent_errors(fn):
-    @functools.wraps(fn)
-    async def wrapper(self, request, context):
-        try:
-            return await fn(self, request, context)
-        except (AgentError, TensorError) as e:
-            await context.abort(e.code, e.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as e:  # noqa: BLE001
-            log.exception("internal error")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (a bug in the agent): {e!r}")
-
-    return wrapper
+OIP_SERVICE_NAME = oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 class InferenceServicer(inf_grpc.InferenceServiceServicer):
@@ -138,10 +126,17 @@ async def serve(
         ],
     )
     inf_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(agent), server)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(agent), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (
+            SERVICE_NAME,
+            OIP_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     try:
         if server_credentials is not None:
@@ -188,7 +183,8 @@ async def serve(
         lines = ["modelreg serving agent", "settings:"]
         lines += [f"  {k.ljust(width)}  {v}" for k, v in agent.config.describe()]
         transport = tls.describe() if tls is not None else "plaintext"
-        lines.append(f"inference API on {listen} over {transport} (InferenceService, grpc.health.v1, reflection)")
+        services = "InferenceService, inference.GRPCInferenceService, grpc.health.v1, reflection"
+        lines.append(f"inference API on {listen} over {transport} ({services})")
         if metrics_server is not None:
             lines.append(f"metrics on {metrics_server.url}")
         print("\n".join(lines), flush=True)

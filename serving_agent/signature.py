@@ -1,84 +1,145 @@
-"""The signature of a loaded model, as its runtime sees it, for the agent's status report:
-the registry stores it on a version that has none yet (a YOLO `.pt`, whose inputs and
-outputs only a load reveals). Read after a successful load; never fails a load (a model
-whose signature cannot be read is reported without one)."""
+"""A loaded model's signature (its inputs and outputs: name, element type, shape with -1 for a
+dynamic dimension) and THE ONE CHECK every inference request passes before it reaches a model,
+whichever API it came through (the agent's InferenceService.Predict or the Open Inference
+Protocol's ModelInfer).
+
+    sig = loader.signature()                     # read from the onnxruntime session / YOLO model
+    check_request(sig, "models/m/versions/3", inputs, output_names)   # BadInput, or None
+
+Element types are numpy dtypes; `np.dtype(object)` stands for BYTES (strings). Messages name
+the input, what the model expects and what the request sent, in the Open Inference Protocol's
+datatype names (FP32, INT64, ...) with numpy's beside them, so either API's caller can act on it.
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from modelreg.v1 import resources_pb2 as res
-from serving_agent.loaders import Loader, OnnxLoader, YoloLoader
+import numpy as np
 
-log = logging.getLogger("modelreg.agent")
+from serving_agent.errors import BadInput
 
-#: onnxruntime's type strings -> numpy's spelling (the registry's element types).
-ORT_ELEMENT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(float16)": "float16",
-    "tensor(bfloat16)": "bfloat16",
-    "tensor(int8)": "int8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(uint8)": "uint8",
-    "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32",
-    "tensor(uint64)": "uint64",
-    "tensor(bool)": "bool",
-    "tensor(string)": "string",
+# numpy dtype -> the Open Inference Protocol's datatype name (KServe v2 / Triton).
+DATATYPES: dict[np.dtype, str] = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.uint32): "UINT32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+    np.dtype(object): "BYTES",
+}
+FROM_DATATYPE: dict[str, np.dtype] = {v: k for k, v in DATATYPES.items()}
+
+# onnxruntime's type strings -> numpy dtypes.
+ORT_TYPES: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(bool)": np.dtype(np.bool_),
+    "tensor(string)": np.dtype(object),
 }
 
 
-def of_loader(loader: Loader) -> res.Signature | None:
-    """The loaded model's signature, or None where the runtime does not say (a YOLO ONNX
-    export served through ultralytics: the registry read that one from the graph)."""
-    try:
-        if isinstance(loader, OnnxLoader) and loader.session is not None:
-            return _of_session(loader.session)
-        if isinstance(loader, YoloLoader) and loader.model is not None:
-            return _of_yolo(loader)
-    except Exception as e:  # noqa: BLE001 - a signature is a report, never a reason to fail a load
-        log.warning("%s: could not read the loaded model's signature: %s", loader.spec.name, e)
-    return None
+def datatype(dtype: np.dtype | None) -> str:
+    """The protocol's name for a dtype ('FP32'); the dtype's own name for one it has none for."""
+    if dtype is None:
+        return "unknown"
+    return DATATYPES.get(np.dtype(dtype).newbyteorder("="), np.dtype(dtype).name)
 
 
-def _tensor(name: str, element_type: str, shape: Any) -> res.TensorSpec:
-    spec = res.TensorSpec(name=name, element_type=element_type)
+def describe(dtype: np.dtype | None) -> str:
+    """'FP32 (float32)': both the protocol's and numpy's names, for messages."""
+    if dtype is None:
+        return "unknown"
+    name, np_name = datatype(dtype), np.dtype(dtype).name
+    return name if np_name.upper() == name or name == "BYTES" else f"{name} ({np_name})"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output. `dtype` None: a type the agent cannot name (any is accepted).
+    `shape` None: the rank is unknown (any shape is accepted); -1 is a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype | None
+    shape: tuple[int, ...] | None
+
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        if self.shape is None:
+            return True
+        return len(shape) == len(self.shape) and all(w < 0 or w == g for w, g in zip(self.shape, shape, strict=True))
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    platform: str = "onnxruntime_onnx"  # the Open Inference Protocol's `platform` (Triton's names)
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+
+def ort_shape(shape: Sequence[object] | None) -> tuple[int, ...] | None:
+    """onnxruntime's shape (ints, symbolic names or None per dimension) with -1 for dynamic."""
     if shape is None:
-        return spec
-    spec.rank_known = True
-    for d in shape:
-        if isinstance(d, int) and d >= 0:
-            spec.shape.add(size=d)
-        elif isinstance(d, str) and d:
-            spec.shape.add(symbol=d)
-        else:
-            spec.shape.add()
-    return spec
+        return None
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
 
-def _of_session(session: Any) -> res.Signature:
-    def spec(meta: Any) -> res.TensorSpec:
-        return _tensor(meta.name, ORT_ELEMENT_TYPES.get(meta.type, "unknown"), meta.shape)
+def from_ort(session, platform: str = "onnxruntime_onnx") -> Signature:
+    """The signature of an onnxruntime.InferenceSession."""
 
-    return res.Signature(
-        inputs=[spec(i) for i in session.get_inputs()], outputs=[spec(o) for o in session.get_outputs()]
-    )
+    def spec(arg) -> TensorSpec:
+        return TensorSpec(arg.name, ORT_TYPES.get(arg.type), ort_shape(arg.shape))
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    return Signature(tuple(spec(i) for i in inputs), tuple(spec(o) for o in outputs), platform)
 
 
-def _of_yolo(loader: YoloLoader) -> res.Signature:
-    """A YOLO detector's network at the version's image size, as Ultralytics exports it to
-    ONNX: `images` float32 [1, 3, imgsz, imgsz] in, `output0` float32 [1, 4 + classes,
-    anchors] out, anchors being the grid cells of every stride ((imgsz / stride)^2 each)."""
-    net = loader.model.model
-    size = int(loader.imgsz or 640)
-    classes = len(loader.model.names)
-    strides = [int(s) for s in net.stride.tolist()]
-    anchors = sum((size // s) ** 2 for s in strides)
-    return res.Signature(
-        inputs=[_tensor("images", "float32", [1, 3, size, size])],
-        outputs=[_tensor("output0", "float32", [1, 4 + classes, anchors])],
-    )
+def check_request(
+    sig: Signature, served_by: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+) -> None:
+    """Raises BadInput (INVALID_ARGUMENT) unless `inputs` are exactly the model's inputs, each of
+    its dtype and a shape it accepts, and every requested output exists. `served_by` names the
+    version in the message ('models/m/versions/3'). Costs microseconds: it runs on every request."""
+    wanted = [t.name for t in sig.inputs]
+    missing = [n for n in wanted if n not in inputs]
+    extra = [n for n in inputs if sig.input(n) is None]
+    if missing or extra:
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unknown {extra}"] if extra else []
+        raise BadInput(f"{served_by} takes inputs {wanted}; {'; '.join(parts)}")
+    for spec in sig.inputs:
+        arr = inputs[spec.name]
+        dtype_ok = spec.dtype is None or arr.dtype.newbyteorder("=") == spec.dtype
+        if not dtype_ok or not spec.accepts_shape(arr.shape):
+            raise BadInput(
+                f"input {spec.name!r} of {served_by}: expected {describe(spec.dtype)} with shape "
+                f"{_shape(spec.shape)}, got {describe(arr.dtype)} with shape {list(arr.shape)}"
+            )
+    if output_names:
+        known = [t.name for t in sig.outputs]
+        unknown = [n for n in output_names if n not in known]
+        if unknown:
+            raise BadInput(f"unknown outputs {unknown}; {served_by} has outputs {known}")
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "any" if shape is None else str(list(shape)) + (" (-1: any size)" if -1 in shape else "")

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from agent_helpers import AgentProcess, wait_until
 from conftest import free_port
 
 from modelreg import errors
+from modelreg.oip import grpc_predict_v2_pb2 as pb
+from modelreg.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelreg.signatures import tensor_text
 from modelreg.v1 import resources_pb2 as res
 
@@ -75,6 +78,23 @@ def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo
                 assert -1 <= x1 <= x2 <= 97 and -1 <= y1 <= y2 <= 81
             with pytest.raises(errors.FailedPrecondition, match="call Detect"):
                 c.predict("detector", {"images": np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)})
+            # the Open Inference Protocol describes the .pt's network, and refuses tensors the same way
+            with grpc.insecure_channel(agent.address) as channel:
+                oip = pb_grpc.GRPCInferenceServiceStub(channel)
+                meta = oip.ModelMetadata(pb.ModelMetadataRequest(name="detector"))
+                assert meta.platform == "ultralytics_pt" and list(meta.versions) == ["1"]
+                assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+                    ("images", "FP32", [-1, 3, IMGSZ, IMGSZ])
+                ]
+                outputs = [(t.name, t.datatype, list(t.shape)) for t in meta.outputs]
+                assert outputs == [("output0", "FP32", [-1, 84, -1])]
+                req = pb.ModelInferRequest(model_name="detector")
+                req.inputs.add(name="images", datatype="FP32", shape=[1, 3, IMGSZ, IMGSZ])
+                req.raw_input_contents.append(bytes(4 * 3 * IMGSZ * IMGSZ))
+                with pytest.raises(grpc.RpcError) as refused:
+                    oip.ModelInfer(req)
+                assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert "register its ONNX export" in refused.value.details()
             with pytest.raises(errors.InvalidArgument, match="not a JPEG or PNG"):
                 c.detect("detector", b"GIF89a not an image")
 
@@ -102,6 +122,9 @@ def test_yolo_pt_then_exported_onnx_served_through_detect(client, registry, yolo
             )
             d2 = c.detect("detector", png(), confidence=0.0001, max_detections=5)
             assert d2.model_version == "models/detector/versions/2"
+            # the export is a detector for Detect, and its graph takes tensors (Predict, ModelInfer)
+            raw = c.predict("detector", {"images": np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)})
+            assert raw.model_version == "models/detector/versions/2" and raw.outputs["output0"].shape == (1, 84, 84)
             assert len(d2.detections) <= 5
             assert (d2.image_width, d2.image_height) == (96, 80)
         st = wait_until(lambda: (s := client.rollout_status("detector")).complete and s, 30, what="rollout complete")

@@ -24,6 +24,7 @@ MEASURED = {
     "transfer",
     "s3_transfer",
     "agent",
+    "oip",
     "swaps",
     "router",
     "metrics",
