@@ -32,6 +32,7 @@ MODULES = [
     "benchmarks.bench_metrics",
     "benchmarks.bench_tracing",
     "benchmarks.bench_auth",
+    "benchmarks.bench_console",
 ]
 
 

@@ -101,6 +101,39 @@ def site(postgres, tmp_path_factory):
         yield Site(reg, f"http://127.0.0.1:{reg.running.console.port}", tokens)
 
 
+@pytest.fixture(scope="module")
+def contexts(browser):
+    """One browser context per principal for the module: each signs in once."""
+    opened: dict = {}
+    yield opened
+    for context in opened.values():
+        context.close()
+
+
+@pytest.fixture
+def signed_in(site, contexts, browser, browser_context_args):
+    """`signed_in(who, path)`: a fresh page of `who`'s context at `path`, closed after the
+    test. The first page of a principal signs in through the sign-in page; its session
+    cookie then serves every page it opens."""
+    pages: list = []
+
+    def open_page(who: str, path: str = "/"):
+        if who not in contexts:
+            contexts[who] = browser.new_context(**browser_context_args)
+            page = contexts[who].new_page()
+            pages.append(page)
+            site.sign_in(page, who, path)
+            return page
+        page = contexts[who].new_page()
+        pages.append(page)
+        page.goto(site.base + path)
+        return page
+
+    yield open_page
+    for page in pages:
+        page.close()
+
+
 def shoot(page, tmp_path: Path, name: str) -> None:
     target = tmp_path / f"{name}.png"
     page.screenshot(path=str(target), full_page=False)
@@ -113,8 +146,8 @@ def column_texts(page, selector: str) -> list[str]:
     return [t.strip() for t in page.locator(selector).all_inner_texts()]
 
 
-def test_model_page_shows_the_union_of_metric_keys_compare_deltas_and_one_curve_per_version(site, page, tmp_path):
-    site.sign_in(page, "rita", "/models/det")
+def test_model_page_shows_the_union_of_metric_keys_compare_deltas_and_one_curve_per_version(site, signed_in, tmp_path):
+    page = signed_in("rita", "/models/det")
     expect(page.locator("h1")).to_have_text("det")
     assert column_texts(page, "#versions thead th.metric") == ["accuracy", "f1", "loss", "map50"]
     assert column_texts(page, "#versions tbody tr td:nth-child(2)") == ["v3", "v2", "v1"]
@@ -145,8 +178,8 @@ def test_model_page_shows_the_union_of_metric_keys_compare_deltas_and_one_curve_
     shoot(page, tmp_path, "model")
 
 
-def test_a_cli_promotion_shows_on_an_open_page_within_two_seconds_without_a_reload(site, page, tmp_path):
-    site.sign_in(page, "rita", "/models/det")
+def test_a_cli_promotion_shows_on_an_open_page_within_two_seconds_without_a_reload(site, signed_in, tmp_path):
+    page = signed_in("rita", "/models/det")
     expect(page.locator("#live-status")).to_have_text("● live")
     page.evaluate("window.__notReloaded = true")
     site.cli("admin", "promote", "det", "2", "staging", "--reason", "from the CLI")
@@ -156,10 +189,10 @@ def test_a_cli_promotion_shows_on_an_open_page_within_two_seconds_without_a_relo
     assert page.evaluate("window.__notReloaded") is True
 
 
-def test_a_rollback_made_on_the_deployment_page_appears_in_modelreg_history(site, page, tmp_path):
+def test_a_rollback_made_on_the_deployment_page_appears_in_modelreg_history(site, signed_in, tmp_path):
     with Client(site.registry.address, token=site.tokens["admin"]) as c:
         c.promote("det", 2, "production", reason="v2 is better")
-    site.sign_in(page, "rita", "/models/det/deployment")
+    page = signed_in("rita", "/models/det/deployment")
     expect(page.locator("#stable")).to_contain_text("v2")
     form = page.locator("form.rollback-form")
     form.locator("input[name=reason]").fill("p95 regression in eu-west")
@@ -178,8 +211,8 @@ def test_a_rollback_made_on_the_deployment_page_appears_in_modelreg_history(site
     }
 
 
-def test_a_failed_action_shows_the_servers_message(site, page):
-    site.sign_in(page, "rita", "/models/det/deployment")
+def test_a_failed_action_shows_the_servers_message(site, signed_in):
+    page = signed_in("rita", "/models/det/deployment")
     form = page.locator("form.canary-form")
     form.locator("select[name=version]").select_option("1")
     form.locator("input[name=reason]").fill("try the stable as canary")
@@ -189,8 +222,8 @@ def test_a_failed_action_shows_the_servers_message(site, page):
     assert "canary" in message.inner_text() and "production" in message.inner_text()
 
 
-def test_a_viewer_sees_no_actions_and_a_forged_post_is_refused(site, page, tmp_path):
-    site.sign_in(page, "vera", "/models/det")
+def test_a_viewer_sees_no_actions_and_a_forged_post_is_refused(site, signed_in, tmp_path):
+    page = signed_in("vera", "/models/det")
     for path in ("/models/det", "/models/det/versions/2", "/models/det/deployment"):
         page.goto(site.base + path)
         expect(page.locator("h1")).to_be_visible()
@@ -208,8 +241,8 @@ def test_a_viewer_sees_no_actions_and_a_forged_post_is_refused(site, page, tmp_p
         assert c.get_model("det").production_version == 1
 
 
-def test_version_page_diffs_config_against_the_default_and_the_parent(site, page, tmp_path):
-    site.sign_in(page, "vera", "/models/det/versions/3")
+def test_version_page_diffs_config_against_the_default_and_the_parent(site, signed_in, tmp_path):
+    page = signed_in("vera", "/models/det/versions/3")
     expect(page.locator("h1")).to_contain_text("det v3")
     assert page.locator('#diff-default tr[data-key="augment"] td').nth(3).inner_text() == "added"
     assert page.locator('#diff-default tr[data-key="lr"] td').nth(3).inner_text() == "changed"
@@ -225,8 +258,8 @@ def test_version_page_diffs_config_against_the_default_and_the_parent(site, page
     shoot(page, tmp_path, "version")
 
 
-def test_models_page_searches_and_events_page_is_live(site, page, tmp_path):
-    site.sign_in(page, "vera", "/")
+def test_models_page_searches_and_events_page_is_live(site, signed_in, tmp_path):
+    page = signed_in("vera", "/")
     assert column_texts(page, "#models tbody td:first-child") == ["det", "tracker"]
     assert "accuracy 0.81" in page.locator('#models tr[data-model="det"]').inner_text()
     shoot(page, tmp_path, "models")
@@ -244,8 +277,8 @@ def test_models_page_searches_and_events_page_is_live(site, page, tmp_path):
     shoot(page, tmp_path, "events")
 
 
-def test_unknown_model_is_404_and_a_bad_page_token_400_with_a_message(site, page):
-    site.sign_in(page, "vera", "/")
+def test_unknown_model_is_404_and_a_bad_page_token_400_with_a_message(site, signed_in):
+    page = signed_in("vera", "/")
     response = page.goto(site.base + "/models/nope")
     assert response.status == 404
     expect(page.locator("#error-message")).to_contain_text("model 'models/nope' does not exist")

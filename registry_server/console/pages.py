@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,7 +19,7 @@ from starlette.routing import Route
 from registry_server.console import views
 from registry_server.console.api import int_param, model_param, version_ref
 from registry_server.console.session import caller_of
-from registry_server.console.templating import render
+from registry_server.console.templating import number, render
 from registry_server.domain import models as dm
 from registry_server.domain.access import Caller
 from registry_server.domain.names import VersionRef
@@ -103,6 +104,16 @@ def _selected(request: Request) -> list[int]:
     return out
 
 
+def _metric_cells(v: dm.ModelVersion, keys: list[str], best: dict[str, float]) -> Markup:
+    """A row's metric cells as HTML (keys escaped; the values are formatted numbers)."""
+    out = []
+    for k in keys:
+        x = v.metrics.get(k)
+        css = "num best" if x is not None and best.get(k) == x else "num"
+        out.append(f'<td class="{css}" data-key="{escape(k)}">{number(x)}</td>')
+    return Markup("".join(out))
+
+
 async def model_page(request: Request) -> Response:
     uc = request.app.state.use_cases
     caller = await _caller(request)
@@ -135,9 +146,13 @@ async def model_page(request: Request) -> Response:
         model, production or (versions[0] if versions else None)
     )
     deployment = await uc.deployments.get(caller, name)
+    # The metric cells, formatted here: 50 rows x N keys is the page's bulk, and a Jinja
+    # expression per cell costs more than the rest of the page.
+    rows = [(v, _metric_cells(v, keys, best)) for v in shown]
     context: dict[str, Any] = {
         "model": model,
         "versions": shown,
+        "rows": rows,
         "keys": keys,
         "best": best,
         "lower_is_better": {k: views.lower_is_better(k) for k in keys},

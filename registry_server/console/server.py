@@ -48,6 +48,9 @@ class ConsoleServer:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Accepted connections inherit it: uvicorn writes a response's head and body
+            # apart, and Nagle held the body for the client's delayed ACK (40 ms a call).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((self.host, self.port))
             sock.listen(128)
             sock.setblocking(False)

@@ -21,13 +21,15 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import Response
 
-from registry_server.domain.access import Caller
+from registry_server.domain.access import ANONYMOUS, Caller
 from registry_server.errors import PermissionDenied, Unauthenticated
 
 SESSION_COOKIE = "modelreg_session"
 CSRF_COOKIE = "modelreg_csrf"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
+# The actor of a request with auth off. With auth on the principal is the actor, and
+# nothing is recorded as "on behalf of" (the console speaks for no one else).
 CONSOLE_ACTOR = "console"
 MAX_TOKEN = 512
 
@@ -53,7 +55,11 @@ async def caller_of(request: Request) -> Caller:
             "sign in first: open /signin and paste a token, or send 'Authorization: Bearer <token>' "
             '(curl -H "Authorization: Bearer $(cat .modelreg/admin.token)")'
         )
-    return await access.authenticate(authorization, [], CONSOLE_ACTOR)
+    return await access.authenticate(authorization, [], _actor(request))
+
+
+def _actor(request: Request) -> str:
+    return ANONYMOUS if auth_enabled(request) else CONSOLE_ACTOR
 
 
 async def sign_in(request: Request, token: str) -> Caller:
@@ -61,7 +67,7 @@ async def sign_in(request: Request, token: str) -> Caller:
     token = token.strip()
     if not token:
         raise Unauthenticated("paste a token: 'modelreg tokens create' makes one; the first admin's is in admin.token")
-    return await _use_cases(request).access.authenticate(f"Bearer {token[:MAX_TOKEN]}", [], CONSOLE_ACTOR)
+    return await _use_cases(request).access.authenticate(f"Bearer {token[:MAX_TOKEN]}", [], _actor(request))
 
 
 def set_session(response: Response, request: Request, token: str) -> None:

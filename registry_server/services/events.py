@@ -181,8 +181,9 @@ async def attach_event_service(
     metrics: RegistryMetrics | None = None,
 ) -> tuple[Callable[[], Awaitable[None]], Events]:
     """Starts the process's event hub, adds EventService to `server` and returns the
-    closer and the Events use case (for the console's live updates). The closer ends every open stream with UNAVAILABLE (resume with after_sequence=N)
-    within the shutdown grace period, then stops the hub. `on_events` is called with every
+    closer and the Events use case (for the console's live updates). The closer ends every
+    open stream with UNAVAILABLE (resume with after_sequence=N) within the shutdown grace
+    period, then stops the hub. `on_events` is called with every
     batch of committed events (the read cache's invalidation feed)."""
     hub = EventHub(pool, database_url, retention=settings.event_retention)
     if on_events is not None:
