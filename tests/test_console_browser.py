@@ -14,32 +14,31 @@ import contextlib
 import html
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 from console_helpers import http, seed
+from playwright.sync_api import expect, sync_playwright
 
 from modelreg import Client
 
 pytestmark = pytest.mark.timeout(120)
-playwright = pytest.importorskip("playwright.sync_api")
-expect = playwright.expect
-
 CHROMIUM = os.environ.get("MODELREG_CHROMIUM", "/usr/bin/chromium")
+VIEWPORT = {"width": 1180, "height": 760}
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """Debian's Chromium, sandbox off (CI runs as root)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": ["--no-sandbox"]}
-
-
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args):
-    return {**browser_context_args, "viewport": {"width": 1180, "height": 760}}
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, sandbox off (CI runs as root), for this module only: sync
+    Playwright runs an event loop on the main thread while it is started, and the tests
+    after this module need asyncio.run there (pytest-playwright's session-wide `browser`
+    would keep it for the rest of the run)."""
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
 
 
 class Site:
@@ -111,7 +110,7 @@ def contexts(browser):
 
 
 @pytest.fixture
-def signed_in(site, contexts, browser, browser_context_args):
+def signed_in(site, contexts, browser):
     """`signed_in(who, path)`: a fresh page of `who`'s context at `path`, closed after the
     test. The first page of a principal signs in through the sign-in page; its session
     cookie then serves every page it opens."""
@@ -119,7 +118,7 @@ def signed_in(site, contexts, browser, browser_context_args):
 
     def open_page(who: str, path: str = "/"):
         if who not in contexts:
-            contexts[who] = browser.new_context(**browser_context_args)
+            contexts[who] = browser.new_context(viewport=VIEWPORT)
             page = contexts[who].new_page()
             pages.append(page)
             site.sign_in(page, who, path)
@@ -138,8 +137,10 @@ def shoot(page, tmp_path: Path, name: str) -> None:
     target = tmp_path / f"{name}.png"
     page.screenshot(path=str(target), full_page=False)
     docs = os.environ.get("MODELREG_DOCS_SCREENSHOTS")
-    if docs:
-        shutil.copy(target, Path(docs) / f"console-{name}.png")
+    if docs:  # the README's copies: a 64-colour palette keeps them small
+        from PIL import Image
+
+        Image.open(target).convert("RGB").quantize(64).save(Path(docs) / f"console-{name}.png", optimize=True)
 
 
 def column_texts(page, selector: str) -> list[str]:
@@ -290,7 +291,9 @@ def test_unknown_model_is_404_and_a_bad_page_token_400_with_a_message(site, sign
         assert http(site.base, path, token=token).status == 404
 
 
-def test_sign_in_refuses_a_bad_token_with_its_reason(site, page):
+def test_sign_in_refuses_a_bad_token_with_its_reason(site, browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
     page.goto(site.base + "/models/det")
     expect(page).to_have_url(site.base + "/signin?next=/models/det")
     page.fill("input[name=token]", "mr_not-a-token")
@@ -298,3 +301,4 @@ def test_sign_in_refuses_a_bad_token_with_its_reason(site, page):
     expect(page.locator("#error-message")).to_contain_text("unknown token")
     session = [c for c in page.context.cookies() if c["name"] == "modelreg_session"]
     assert session == []
+    context.close()

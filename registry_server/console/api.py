@@ -86,9 +86,7 @@ async def list_versions(request: Request) -> Response:
     stage_text = request.query_params.get("stage", "")
     stage = parse_stage(stage_text) if stage_text else None
     caller = await caller_of(request)
-    versions = await uc.models.list_versions(caller, model, stage, before, size + 1)
-    if not versions:
-        await uc.models.get_model(caller, model)  # an unknown model is 404, not an empty list
+    versions = await uc.models.list_versions(caller, model, stage, before, size + 1)  # 404 for an unknown model
     token = cv.encode_token("versions", versions[size - 1].version) if len(versions) > size else ""
     return json_response(
         rs.ListModelVersionsResponse(

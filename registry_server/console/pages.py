@@ -44,6 +44,9 @@ async def allowed_actions(request: Request, caller: Caller, model: str) -> dict[
 
 
 async def _caller(request: Request) -> Caller:
+    """The caller, and the event sequence the page is at least as new as (read first, so
+    the live stream resumes after it and misses nothing committed while the page renders)."""
+    request.state.after = request.app.state.use_cases.events.hub.last_seen
     caller = await caller_of(request)
     request.state.principal = caller.principal if caller.authenticated else ""
     return caller

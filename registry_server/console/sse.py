@@ -2,7 +2,8 @@
 
 It is WatchEvents over HTTP: the same `Events.watch` use case with the request's caller,
 so a caller sees exactly the events of the projects it may watch (checked per event, so a
-role change applies to an open stream). `?model=NAME` (repeatable) narrows it to models.
+role change applies to an open stream). `?model=NAME` (repeatable) narrows it to models; `?after=N` starts after event N (a page
+passes the sequence it was rendered at, so nothing committed meanwhile is missed).
 Each event is an SSE message (EventSource's `message`): `id: SEQUENCE` and `data:` the
 event's gRPC JSON (`type` is EVENT_TYPE_STAGE_CHANGED, ...); an idle stream gets a comment every `keepalive_s`, at which
 the caller's credential is checked again (a revoked token ends the stream). EventSource
@@ -37,11 +38,11 @@ async def stream(request: Request) -> Response:
     uc = request.app.state.use_cases
     caller = await caller_of(request)
     models = [parse_model_name(m, "model") for m in request.query_params.getlist("model")]
-    resume = request.headers.get("last-event-id", "")
+    resume = request.headers.get("last-event-id", "") or request.query_params.get("after", "")
     after: int | None = None
     if resume:
         if not resume.isdigit():
-            raise InvalidArgument(f"Last-Event-ID {resume!r} is not an event sequence")
+            raise InvalidArgument(f"Last-Event-ID (or after) {resume!r} is not an event sequence")
         after = int(resume)
     # The same authorization as the stream's, answered before the response starts.
     await uc.events.list(caller, uc.events.hub.last_seen, 1, models, [])

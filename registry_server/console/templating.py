@@ -63,6 +63,7 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
         "csrf": csrf_token(request),
         "principal": getattr(request.state, "principal", ""),
         "fragment": request.headers.get("hx-request") == "true",
+        "after": getattr(request.state, "after", ""),
     }
     response = templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
     remember_csrf(request, response)

@@ -60,25 +60,34 @@
     return tr;
   }
 
+  // One redraw per burst of events: 100 ms on a model's pages, a second on the Models page
+  // (which every event of every model touches).
   var pending = null;
-  function refresh() {
+  function refresh(delay) {
     if (pending) return;
     pending = setTimeout(function () {
       pending = null;
       htmx.ajax("GET", location.pathname + location.search, { target: "#live", select: "#live", swap: "outerHTML" });
-    }, 100);
+    }, delay);
   }
 
   function live() {
     var mode = document.body.dataset.live;
     if (!mode || typeof EventSource === "undefined") return;
-    var url = "/events/stream" + (mode === "*" || mode === "events" ? "" : "?model=" + encodeURIComponent(mode));
+    var params = new URLSearchParams();
+    if (mode !== "*" && mode !== "events") params.append("model", mode);
+    if (document.body.dataset.after) params.append("after", document.body.dataset.after);
+    var url = "/events/stream?" + params.toString();
     var source = new EventSource(url);
     var status = document.getElementById("live-status");
     source.onopen = function () { if (status) { status.textContent = "● live"; status.className = "live-status on"; } };
     source.onerror = function () { if (status) { status.textContent = "○ reconnecting"; status.className = "live-status"; } };
     source.addEventListener("error", function (e) {
-      if (e.data && status) { status.textContent = JSON.parse(e.data).error.message; source.close(); }
+      if (!e.data) return;
+      var error = JSON.parse(e.data).error;
+      if (error.reason === "SHUTTING_DOWN") return; // EventSource reconnects, resuming after Last-Event-ID
+      if (status) status.textContent = error.message + " (reload the page)";
+      source.close();
     });
     source.onmessage = function (e) {
       var ev = JSON.parse(e.data);
@@ -88,7 +97,7 @@
         if (none) none.remove();
         if (!body.querySelector('tr[data-sequence="' + ev.sequence + '"]')) body.insertBefore(eventRow(ev), body.firstChild);
       } else {
-        refresh();
+        refresh(mode === "*" ? 1000 : 100);
       }
     };
   }
