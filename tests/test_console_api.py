@@ -203,3 +203,55 @@ def test_a_taken_console_port_stops_the_server_with_a_message(database_url, tmp_
     assert proc.returncode == 1, proc.stderr
     assert f"cannot serve the web console on 127.0.0.1:{port}" in proc.stderr
     assert "--http-listen" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_actions_go_through_the_gates_approvals_and_canary_use_cases(make_registry, tmp_path):
+    from urllib.parse import urlencode
+
+    from auth_helpers import SecureRegistry, admin_token_of
+
+    reg = make_registry(auth="on", http_address="127.0.0.1:0")
+    admin = admin_token_of(tmp_path / "data")
+    with grpc.insecure_channel(reg.address) as channel:
+        sr = SecureRegistry(reg, reg.address, admin, channel)
+        sr.project("vision")
+        rita = sr.principal("rita", ("releaser", "vision"))
+        rob = sr.principal("rob", ("releaser", "vision"))
+    with Client(reg.address, token=admin) as c:
+        seed(c, "det", project="vision")
+        c.set_gate_policy("det", "production", min={"accuracy": 0.85}, approvals=1)
+    base = console_url(reg)
+
+    def post(path: str, token: str, **form):
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "HX-Request": "true"}
+        return http(base, path, token=token, method="POST", data=urlencode(form).encode(), headers=headers)
+
+    failed = post("/models/det/promote", rita, version="3", stage="production", reason="f1 is up")
+    assert failed.status == 400, failed.text  # a failed gate: the server's message and its checks
+    assert "accuracy" in html_text(failed) and "0.85" in html_text(failed) and "violations" in failed.text
+    asked = post("/models/det/promote", rita, version="2", stage="production", reason="v2 is better")
+    assert asked.status == 200 and "needs 1 approval(s)" in asked.text, asked.text
+    own = post("/models/det/requests/approve", rita, version="2", target="production", reason="me")
+    assert own.status == 403 and "four eyes" in html_text(own)
+    approved = post("/models/det/requests/approve", rob, version="2", target="production", reason="ok")
+    assert approved.status == 200 and "v2 moved to production" in approved.text, approved.text
+    with Client(reg.address, token=admin) as c:
+        assert c.get_model("det").production_version == 2
+
+    gated = post("/models/det/deployment/canary", rita, version="3", weight="20", reason="try v3")
+    assert gated.status == 400 and "cannot start a canary in production" in gated.text  # the same gate
+    with Client(reg.address, token=admin) as c:
+        c.set_gate_policy("det", "production", min={"accuracy": 0.8}, approvals=1)
+    canary = post("/models/det/deployment/canary", rita, version="3", weight="20", reason="try v3")
+    assert canary.status == 200 and "canary v3 at 20%" in canary.text, canary.text
+    assert http(base, "/api/v1/models/det/deployment", token=rita).json()["deployment"]["canaryWeight"] == 20
+    aborted = post("/models/det/deployment/abort-canary", rita, reason="p95 up")
+    assert aborted.status == 200 and "canary aborted: v2 serves everything" in aborted.text
+    bad = post("/models/det/deployment/canary", rita, version="3", weight="lots", reason="x")
+    assert bad.status == 400 and "weight must be a percentage" in bad.text
+
+
+def html_text(reply) -> str:
+    import html
+
+    return html.unescape(reply.text)
