@@ -75,9 +75,9 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[float, bytes]:
 
 
 def run(env, cfg) -> list[Row]:
-    versions = 200 if cfg.quick else 2000
-    calls = 20 if cfg.quick else 200
-    reads = 200 if cfg.quick else 3000
+    versions = 60 if cfg.quick else 2000
+    calls = 10 if cfg.quick else 200
+    reads = 90 if cfg.quick else 3000
     address, port = _server(env, versions)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 

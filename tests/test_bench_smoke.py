@@ -28,6 +28,7 @@ MEASURED = {
     "router",
     "metrics",
     "auth",
+    "console",
 }
 
 
