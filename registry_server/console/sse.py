@@ -2,13 +2,15 @@
 
 It is WatchEvents over HTTP: the same `Events.watch` use case with the request's caller,
 so a caller sees exactly the events of the projects it may watch (checked per event, so a
-role change applies to an open stream). `?model=NAME` (repeatable) narrows it to models; `?after=N` starts after event N (a page
-passes the sequence it was rendered at, so nothing committed meanwhile is missed).
-Each event is an SSE message (EventSource's `message`): `id: SEQUENCE` and `data:` the
-event's gRPC JSON (`type` is EVENT_TYPE_STAGE_CHANGED, ...); an idle stream gets a comment every `keepalive_s`, at which
-the caller's credential is checked again (a revoked token ends the stream). EventSource
-reconnects with Last-Event-ID and resumes after it; a cursor older than the retained
-history ends with `event: error` (reload the page).
+role change applies to an open stream). `?model=NAME` (repeatable) narrows it to models;
+`?after=N` starts after event N (a page passes the sequence it was rendered at, so
+nothing committed meanwhile is missed). Each event is an SSE message (EventSource's
+`message`): `id: SEQUENCE` and `data:` the event's gRPC JSON (`type` is
+EVENT_TYPE_STAGE_CHANGED, ...). An idle stream gets a comment every `keepalive_s`, at
+which the caller's credential is checked again (a revoked token ends the stream).
+EventSource reconnects with Last-Event-ID and resumes after it; the registry shutting
+down sends `event: error` with reason SHUTTING_DOWN (reconnect), a cursor older than the
+retained history `event: error` with its message (reload the page).
 """
 
 from __future__ import annotations
