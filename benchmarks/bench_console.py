@@ -30,16 +30,17 @@ STATIC = Path(__file__).resolve().parent.parent / "registry_server" / "console" 
 FRONT_END = ["console.css", "console.js", "vendor/htmx.min.js", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css"]
 
 
-def _server(env, versions: int) -> tuple[str, int]:
-    """A server of its own with the console on, seeded once: (gRPC address, HTTP port)."""
-    key = ("console", versions)
-    if key in env.cache:
-        return env.cache[key]
+def _server(env, versions: int):
+    """A server of its own with the console on (a small pool: one client calls it), seeded:
+    (process, gRPC address, HTTP port). The caller stops it: the benchmarks after this one
+    need the shared Postgres's connections."""
     from modelreg import Client
 
     port = free_port()
-    _, address = env.spawn_server(
-        "console", env.database("modelreg_console"), {"MODELREG_HTTP_ADDRESS": f"127.0.0.1:{port}"}
+    proc, address = env.spawn_server(
+        "console",
+        env.database("modelreg_console"),
+        {"MODELREG_HTTP_ADDRESS": f"127.0.0.1:{port}", "MODELREG_DB_POOL_SIZE": "4"},
     )
     log(f"  seeding {MODEL}: {versions} versions x {len(KEYS)} metric keys")
 
@@ -59,8 +60,7 @@ def _server(env, versions: int) -> tuple[str, int]:
         list(pool.map(register, range(1, 9)))
     with Client(address, actor="bench") as c:
         c.promote(MODEL, versions // 2, "production", reason="bench")
-    env.cache[key] = (address, port)
-    return address, port
+    return proc, address, port
 
 
 def _get(conn: http.client.HTTPConnection, path: str) -> tuple[float, bytes]:
@@ -78,7 +78,16 @@ def run(env, cfg) -> list[Row]:
     versions = 60 if cfg.quick else 2000
     calls = 10 if cfg.quick else 200
     reads = 90 if cfg.quick else 3000
-    address, port = _server(env, versions)
+    proc, address, port = _server(env, versions)
+    try:
+        return _measure(address, port, versions, calls, reads)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        env.procs.remove(proc)
+
+
+def _measure(address: str, port: int, versions: int, calls: int, reads: int) -> list[Row]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     page = f"/models/{MODEL}"

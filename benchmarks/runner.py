@@ -31,8 +31,8 @@ MODULES = [
     "benchmarks.bench_router",
     "benchmarks.bench_metrics",
     "benchmarks.bench_tracing",
-    "benchmarks.bench_auth",
     "benchmarks.bench_console",
+    "benchmarks.bench_auth",
 ]
 
 

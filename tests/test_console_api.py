@@ -108,6 +108,8 @@ def test_every_json_endpoint_and_a_page_answer_404_for_an_unknown_model(console)
     assert page.status == 404 and page.headers["content-type"].startswith("text/html")
     assert "models/nope" in page.text and "does not exist" in page.text
     assert http(base, "/api/v1/models/det/versions/9").status == 404
+    signin = http(base, "/signin")  # auth off: no sign-in, the redirect lands on the models
+    assert signin.status == 200 and 'id="models"' in signin.text
     assert http(base, "/api/v1/models/Bad%20Name").status == 400
 
 

@@ -89,6 +89,7 @@ def site(postgres, tmp_path_factory):
         with grpc.insecure_channel(reg.address) as channel:
             sr = SecureRegistry(reg, reg.address, admin, channel)
             sr.project("vision")
+            sr.project("nlp")
             tokens = {
                 "admin": admin,
                 "rita": sr.principal("rita", ("releaser", "vision")),
@@ -97,6 +98,7 @@ def site(postgres, tmp_path_factory):
         with Client(reg.address, token=admin) as c:
             seed(c, "det", project="vision")
             c.create_model("tracker", project="vision", tags={"team": "edge"})
+            c.create_model("secret", project="nlp")  # nobody but the admin may read it
         yield Site(reg, f"http://127.0.0.1:{reg.running.console.port}", tokens)
 
 
@@ -261,7 +263,7 @@ def test_version_page_diffs_config_against_the_default_and_the_parent(site, sign
 
 def test_models_page_searches_and_events_page_is_live(site, signed_in, tmp_path):
     page = signed_in("vera", "/")
-    assert column_texts(page, "#models tbody td:first-child") == ["det", "tracker"]
+    assert column_texts(page, "#models tbody td:first-child") == ["det", "tracker"]  # not nlp's "secret"
     assert "accuracy 0.81" in page.locator('#models tr[data-model="det"]').inner_text()
     shoot(page, tmp_path, "models")
     page.fill("input[name=q]", "team=edge")
