@@ -12,6 +12,7 @@ import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -31,6 +32,8 @@ from modelreg.v1 import (
     governance_service_pb2_grpc,
     registry_service_pb2,
     registry_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
 from modelreg_runtime import logs, tracing
 from modelreg_runtime.metrics_http import MetricsServer
@@ -41,6 +44,7 @@ from registry_server.config import Settings
 from registry_server.console.app import create_app
 from registry_server.console.deps import UseCases
 from registry_server.console.server import ConsoleServer
+from registry_server.domain.webhooks import RetryPolicy
 from registry_server.errors import ConfigError, StartupError
 from registry_server.metrics import RegistryMetrics
 from registry_server.read_cache import VersionCache
@@ -53,12 +57,14 @@ from registry_server.services.events import attach_event_service
 from registry_server.services.governance import GovernanceServicer
 from registry_server.services.metrics import MetricsInterceptor
 from registry_server.services.registry import RegistryServicer
+from registry_server.services.webhooks import WebhookServicer
 from registry_server.storage import db
 from registry_server.storage.access import AccessStore
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore
 from registry_server.storage.outbox import Outbox
+from registry_server.storage.webhooks import WebhookStore
 from registry_server.usecases.access import Access
 from registry_server.usecases.agents import Agents
 from registry_server.usecases.aliases import Aliases
@@ -67,6 +73,10 @@ from registry_server.usecases.deployments import Deployments
 from registry_server.usecases.gates import Gates
 from registry_server.usecases.identity import Identity
 from registry_server.usecases.models import Models
+from registry_server.usecases.webhooks import Webhooks
+from registry_server.webhooks.deliverer import Deliverer
+from registry_server.webhooks.keys import SecretBox
+from registry_server.webhooks.sender import Sender
 
 log = logging.getLogger("modelreg.server")
 
@@ -78,6 +88,7 @@ SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     governance_service_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 JANITOR_INTERVAL = 3600.0
 
@@ -239,6 +250,18 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     agents = Agents(agent_store, deployment_store, settings.agent_stale_after, access)
     cards = Cards(outbox, access)
     aliases = Aliases(outbox, access, gates, cache)
+    webhook_store = WebhookStore(pool)
+    webhook_box = SecretBox.load(settings.webhook_key, settings.data_dir)
+    webhook_sender = Sender(settings.webhook_allow_private)
+    deliverer = Deliverer(
+        webhook_store,
+        webhook_box,
+        webhook_sender,
+        access,
+        RetryPolicy(settings.webhook_backoff, settings.webhook_backoff_max, settings.webhook_retry_window),
+        timedelta(seconds=settings.webhook_lease),
+    )
+    webhooks = Webhooks(webhook_store, webhook_box, webhook_sender, access, deliverer)
 
     server = grpc.aio.server(
         interceptors=[
@@ -262,6 +285,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         GovernanceServicer(gates, cards, aliases, models),
         server,
     )
+    webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
@@ -269,11 +293,12 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         cache.on_events(rows)
         metrics.count_events(rows)
         access.on_events(rows)
+        deliverer.on_events(rows)
 
     close_events, events = await attach_event_service(
         server, pool, deployment_store, url, settings, access, on_events=on_events, metrics=metrics
     )
-    extra_closers = [close_events]
+    extra_closers = [close_events, deliverer.stop]
     # Every replica's writes now reach this process's cache as invalidations.
     cache.enabled = True
     reflection.enable_server_reflection(
@@ -342,6 +367,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
+    running.tasks.append(asyncio.create_task(deliverer.run(), name="modelreg-webhooks"))
     return running
 
 
@@ -439,10 +465,15 @@ def _secrets(settings: Settings | None) -> list[str]:
     settings exist)."""
     from urllib.parse import urlparse
 
-    values = [os.environ.get("MODELREG_S3_SECRET_KEY", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")]
+    values = [
+        os.environ.get("MODELREG_S3_SECRET_KEY", ""),
+        os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        os.environ.get("MODELREG_WEBHOOK_KEY", ""),
+    ]
     urls = [os.environ.get("MODELREG_DATABASE_URL", "")]
     if settings is not None:
         values.append(settings.s3_secret_key)
+        values.append(settings.webhook_key)
         urls.append(settings.database_url or "")
     for url in urls:
         try:

@@ -145,6 +145,19 @@ class Settings:
     # DEFAULT_HTTP_ADDRESS; a Settings built in code has it off unless it asks (so servers
     # started side by side, like tests, never contend for one port).
     http_address: str = ""
+    # Webhooks: whether URLs may point at private, loopback or link-local addresses
+    # (MODELREG_WEBHOOK_ALLOW_PRIVATE); the key their secrets are sealed with, a Fernet key
+    # (MODELREG_WEBHOOK_KEY; empty: `<data_dir>/webhook.key`, made at the first start);
+    # how long a delivery is retried (MODELREG_WEBHOOK_RETRY_HOURS), the first and the
+    # longest wait between attempts (MODELREG_WEBHOOK_BACKOFF_SECONDS,
+    # MODELREG_WEBHOOK_BACKOFF_MAX_SECONDS), and how long a replica's claim on a webhook
+    # lasts unrenewed (MODELREG_WEBHOOK_LEASE_SECONDS: another replica takes over after it).
+    webhook_allow_private: bool = False
+    webhook_key: str = ""
+    webhook_retry_window: timedelta = timedelta(hours=24)
+    webhook_backoff: float = 1.0
+    webhook_backoff_max: float = 3600.0
+    webhook_lease: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -174,6 +187,12 @@ class Settings:
             tls_key=env.get("MODELREG_TLS_KEY", ""),
             tls_client_ca=env.get("MODELREG_TLS_CLIENT_CA", ""),
             http_address=env.get("MODELREG_HTTP_ADDRESS", DEFAULT_HTTP_ADDRESS),
+            webhook_allow_private=_bool("MODELREG_WEBHOOK_ALLOW_PRIVATE", False),
+            webhook_key=env.get("MODELREG_WEBHOOK_KEY", ""),
+            webhook_retry_window=timedelta(hours=_float("MODELREG_WEBHOOK_RETRY_HOURS", 24, above=True)),
+            webhook_backoff=_float("MODELREG_WEBHOOK_BACKOFF_SECONDS", 1.0, above=True),
+            webhook_backoff_max=_float("MODELREG_WEBHOOK_BACKOFF_MAX_SECONDS", 3600.0, above=True),
+            webhook_lease=_float("MODELREG_WEBHOOK_LEASE_SECONDS", 30.0, above=True),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         s = replace(s, **given) if given else s
@@ -244,7 +263,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "database_url":
                 value = describe_url(value) if value else f"(embedded Postgres in {self.data_dir / 'postgres'})"
-            elif f.name == "s3_secret_key":
+            elif f.name in ("s3_secret_key", "webhook_key"):
                 value = "****" if value else ""
             elif f.name == "artifacts":
                 value = self.artifacts_location

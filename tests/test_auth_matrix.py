@@ -43,6 +43,9 @@ from modelreg.v1 import governance_service_pb2_grpc as gs_grpc
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
+from modelreg.v1 import webhook_pb2 as wh
+from modelreg.v1 import webhook_service_pb2 as ws
+from modelreg.v1 import webhook_service_pb2_grpc as ws_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,8 +64,20 @@ RELEASE = {
     "deployments.policy",
     "promotions.approve",
     "aliases.set",
+    "webhooks.read",  # issue 15: releasers read webhooks and their deliveries
 }
-PROJECT_ADMIN = VIEW | TRAIN | RELEASE | {"models.delete", "versions.delete", "roles.grant", "agents.report"}
+PROJECT_ADMIN = (
+    VIEW
+    | TRAIN
+    | RELEASE
+    | {
+        "models.delete",
+        "versions.delete",
+        "roles.grant",
+        "agents.report",
+        "webhooks.manage",  # issue 15: project-admins create, delete and redeliver
+    }
+)
 GLOBAL_ONLY = {"projects.manage", "principals.manage", "tokens.manage"}
 ISSUE_ROLES: dict[str, set[str]] = {
     "viewer": VIEW,
@@ -93,6 +108,7 @@ SERVICES: dict[str, tuple[Any, type]] = {
     "AgentService": (ag, ag_grpc.AgentServiceStub),
     "AuthService": (au, au_grpc.AuthServiceStub),
     "GovernanceService": (gs, gs_grpc.GovernanceServiceStub),
+    "WebhookService": (ws, ws_grpc.WebhookServiceStub),
 }
 
 
@@ -612,6 +628,70 @@ CASES.update(
 )
 
 
+def _webhook(w: World, p: str, prefix: str = "hook") -> Any:
+    """A fresh webhook of project `p`, made by the admin. Its model never exists, so it is
+    never sent anything; the URL is loopback (the module's registry allows private ones)."""
+    name = w.fresh(prefix)
+    hook = wh.Webhook(
+        name=f"webhooks/{name}",
+        url="http://127.0.0.1:9/hook",
+        event_types=[es.EVENT_TYPE_STAGE_CHANGED],
+        models=[f"models/{p}-never-made"],
+        project=p,
+    )
+    w.admin("WebhookService", "CreateWebhook", ws.CreateWebhookRequest(webhook=hook))
+    return f"webhooks/{name}"
+
+
+def _check_webhook_still_there(world: World, request: Any) -> None:
+    world.admin("WebhookService", "GetWebhook", ws.GetWebhookRequest(name=request.name))
+
+
+CASES.update(
+    {
+        # -------------------------------------------------------- WebhookService (issue 15)
+        "WebhookService.CreateWebhook": Case(
+            "webhooks.manage",
+            lambda w, p: ws.CreateWebhookRequest(
+                webhook=wh.Webhook(
+                    name=w.fresh("new-hook"),
+                    url="http://127.0.0.1:9/hook",
+                    event_types=[es.EVENT_TYPE_STAGE_CHANGED],
+                    models=[f"models/{p}-never-made"],
+                    project=p,
+                )
+            ),
+            check=that(lambda r, p: r.webhook.project == p and r.secret.startswith("whsec_")),
+        ),
+        "WebhookService.ListWebhooks": Case(
+            "webhooks.read",
+            lambda w, p: (_webhook(w, p), ws.ListWebhooksRequest(project=p, page_size=1000))[1],
+            check=that(lambda r, p: r.webhooks and {h.project for h in r.webhooks} == {p}),
+        ),
+        "WebhookService.GetWebhook": Case(
+            "webhooks.read",
+            lambda w, p: ws.GetWebhookRequest(name=_webhook(w, p)),
+            check=that(lambda r, p: r.webhook.project == p),
+        ),
+        "WebhookService.DeleteWebhook": Case(
+            "webhooks.manage",
+            lambda w, p: ws.DeleteWebhookRequest(name=_webhook(w, p, "doomed-hook")),
+            unchanged=_check_webhook_still_there,
+        ),
+        "WebhookService.ListDeliveries": Case(
+            "webhooks.read", lambda w, p: ws.ListDeliveriesRequest(webhook=_webhook(w, p), failed_only=True)
+        ),
+        # No delivery to redeliver (the webhooks here are never sent anything): an allowed
+        # call gets NOT_FOUND for the delivery.
+        "WebhookService.Redeliver": Case(
+            "webhooks.manage",
+            lambda w, p: ws.RedeliverRequest(webhook=_webhook(w, p), delivery_id="none"),
+            allowed_code=grpc.StatusCode.NOT_FOUND,
+        ),
+    }
+)
+
+
 def expected_allowed(role: str, permission: str | None, project: str, scoped: bool) -> bool:
     """Issue 11's table: a role bound in `own` may do what its role has there; admin
     everything everywhere; a global permission is the admin's only."""
@@ -658,7 +738,7 @@ def status_of(
 @pytest.fixture(scope="module")
 def world(postgres, tmp_path_factory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("matrix")
-    with registry_on_a_new_database(postgres, root, auth="on") as reg:
+    with registry_on_a_new_database(postgres, root, auth="on", webhook_allow_private=True) as reg:
         channel = grpc.insecure_channel(reg.address)
         w = World(channel, admin_token_of(root / "data"), {})
         for project in (OWN, OTHER):

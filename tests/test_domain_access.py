@@ -20,7 +20,9 @@ def test_the_role_table_is_the_issues():
     assert ROLES["trainer"] == view | {P.CREATE_MODEL, P.REGISTER, P.UPDATE_MODEL, P.UPDATE_VERSION, P.SET_ALIAS}
     assert ROLES["agent"] == {P.WATCH, P.READ, P.DOWNLOAD, P.REPORT}
     # Governance (issue 12): releasers approve promotions and cards; both move unprotected aliases.
-    assert ROLES["releaser"] == view | {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY, P.APPROVE, P.SET_ALIAS}
+    # Webhooks (issue 15): releasers read them; project-admins (every project permission) manage them.
+    release = {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY, P.APPROVE, P.SET_ALIAS, P.READ_WEBHOOKS}
+    assert ROLES["releaser"] == view | release
     assert P.DELETE_MODEL in ROLES["project-admin"] and P.GRANT in ROLES["project-admin"]
     assert not ROLES["project-admin"] & {P.MANAGE_PROJECTS, P.MANAGE_PRINCIPALS, P.MANAGE_TOKENS}
     assert ROLES["admin"] == set(Permission)

@@ -36,6 +36,7 @@ from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
+from modelreg.webhooks import WebhookMixin
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 CHUNK = 1024 * 1024
@@ -119,7 +120,7 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
-class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin):
+class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin, WebhookMixin):
     """A synchronous registry client. Thread-safe; reuse one per process.
 
     `credentials` wins over the individual `token`, `token_file`, `ca_cert`, `client_cert`

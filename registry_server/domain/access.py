@@ -41,10 +41,13 @@ class Permission(StrEnum):
     # Governance.
     APPROVE = "promotions.approve"  # approve or reject promotion requests, approve model cards
     SET_ALIAS = "aliases.set"  # set, move or delete an unprotected alias (a protected one needs PROMOTE)
+    # Webhooks (issue 15): their URLs may carry a receiver's token, so viewers do not read them.
+    READ_WEBHOOKS = "webhooks.read"  # list and get webhooks, list their deliveries
     # Project admin.
     DELETE_MODEL = "models.delete"
     DELETE_VERSION = "versions.delete"
     GRANT = "roles.grant"
+    MANAGE_WEBHOOKS = "webhooks.manage"  # create and delete webhooks, redeliver
     # Agents.
     REPORT = "agents.report"
     # Admin only (global).
@@ -61,7 +64,7 @@ ROLES: dict[str, frozenset[Permission]] = {
     "viewer": _VIEW,
     "trainer": _VIEW | {P.CREATE_MODEL, P.REGISTER, P.UPDATE_MODEL, P.UPDATE_VERSION, P.SET_ALIAS},
     "agent": frozenset({P.WATCH, P.READ, P.DOWNLOAD, P.REPORT}),
-    "releaser": _VIEW | {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY, P.APPROVE, P.SET_ALIAS},
+    "releaser": _VIEW | {P.PROMOTE, P.CANARY, P.ROLLBACK, P.SET_POLICY, P.APPROVE, P.SET_ALIAS, P.READ_WEBHOOKS},
     "project-admin": frozenset(p for p in Permission if p not in GLOBAL_PERMISSIONS),
     "admin": frozenset(Permission),
 }

@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "modelreg.cli.artifact_cmds",
     "modelreg.cli.access_cmds",
     "modelreg.cli.card_cmds",
+    "modelreg.cli.webhook_cmds",
 )
 
 #: Printed under an UNAUTHENTICATED error.
