@@ -75,9 +75,9 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[float, bytes]:
 
 
 def run(env, cfg) -> list[Row]:
-    versions = 60 if cfg.quick else 2000
-    calls = 10 if cfg.quick else 200
-    reads = 90 if cfg.quick else 3000
+    versions = 24 if cfg.quick else 2000
+    calls = 5 if cfg.quick else 200
+    reads = 60 if cfg.quick else 3000
     proc, address, port = _server(env, versions)
     try:
         return _measure(address, port, versions, calls, reads)
