@@ -179,6 +179,7 @@ class BenchEnv:
         """Starts a `modelreg server` process on a free port; returns (process, address)."""
         port = free_port()
         env = dict(os.environ)
+        env.setdefault("MODELREG_HTTP_ADDRESS", "off")  # the console only where a benchmark asks (no 8080 clash)
         env.update(
             MODELREG_DATABASE_URL=database_url,
             MODELREG_ADDRESS=f"127.0.0.1:{port}",

@@ -32,6 +32,7 @@ MODULES = [
     "benchmarks.bench_router",
     "benchmarks.bench_metrics",
     "benchmarks.bench_tracing",
+    "benchmarks.bench_console",
     "benchmarks.bench_auth",
 ]
 

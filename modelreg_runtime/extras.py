@@ -21,6 +21,10 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "grpc_reflection",
         "prometheus_client",
         "onnx",
+        "starlette",
+        "uvicorn",
+        "jinja2",
+        "multipart",
     ),
     "agent": ("numpy", "onnxruntime", "grpc_health", "grpc_reflection", "prometheus_client"),
 }

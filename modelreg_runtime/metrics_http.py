@@ -26,7 +26,9 @@ class MetricsAddressError(ValueError):
     """A metrics address that is not host:port; the message says what to set."""
 
 
-def parse_listen(value: str | None, flag: str = "--metrics-listen") -> tuple[str, int] | None:
+def parse_listen(
+    value: str | None, flag: str = "--metrics-listen", example: str = "127.0.0.1:9464"
+) -> tuple[str, int] | None:
     """`host:port` (or a bare port, on 127.0.0.1) -> (host, port); None when disabled."""
     raw = (value or "").strip()
     if raw.lower() in OFF:
@@ -37,7 +39,7 @@ def parse_listen(value: str | None, flag: str = "--metrics-listen") -> tuple[str
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or int(port) > 65535:
         raise MetricsAddressError(
-            f"{flag} {raw!r} is not host:port; set it to an address like 127.0.0.1:9464, or 'off' to disable metrics"
+            f"{flag} {raw!r} is not host:port; set it to an address like {example}, or 'off' to disable it"
         )
     return host, int(port)
 

@@ -41,6 +41,9 @@ from registry_server.background import run_janitor, run_judge
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
+from registry_server.console.app import create_app
+from registry_server.console.deps import UseCases
+from registry_server.console.server import ConsoleServer
 from registry_server.domain.webhooks import RetryPolicy
 from registry_server.errors import ConfigError, StartupError
 from registry_server.metrics import RegistryMetrics
@@ -183,6 +186,7 @@ class RunningServer:
     closers: list = field(default_factory=list)
     metrics: RegistryMetrics | None = None
     metrics_server: MetricsServer | None = None  # /metrics, when settings.metrics_address is on
+    console: ConsoleServer | None = None  # the web console and /api/v1/, when settings.http_address is on
     access: Access | None = None
     admin_token_file: Path | None = None  # written at this start (the first with auth on)
 
@@ -195,7 +199,9 @@ class RunningServer:
         for name in ("",) + SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for closer in self.closers:
-            await closer()
+            await closer()  # first the event hub: it ends the console's live streams too
+        if self.console is not None:
+            await self.console.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
@@ -289,12 +295,10 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         access.on_events(rows)
         deliverer.on_events(rows)
 
-    extra_closers = [
-        await attach_event_service(
-            server, pool, deployment_store, url, settings, access, on_events=on_events, metrics=metrics
-        ),
-        deliverer.stop,
-    ]
+    close_events, events = await attach_event_service(
+        server, pool, deployment_store, url, settings, access, on_events=on_events, metrics=metrics
+    )
+    extra_closers = [close_events, deliverer.stop]
     # Every replica's writes now reach this process's cache as invalidations.
     cache.enabled = True
     reflection.enable_server_reflection(
@@ -348,6 +352,17 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
                 "MODELREG_METRICS_ADDRESS (or --metrics-listen) to a free host:port, or 'off'"
             ) from None
         running.tasks.append(asyncio.create_task(metrics.sample(pool, agents)))
+    http_listen = settings.http_listen
+    if http_listen:
+        use_cases = UseCases(access, identity, models, deployments, agents, gates, cards, events)
+        try:
+            running.console = await ConsoleServer(create_app(use_cases), *http_listen).start()
+        except OSError as e:
+            await running.stop(grace=0)
+            raise StartupError(
+                f"cannot serve the web console on {settings.http_address}: {e.strerror or e}; set "
+                "MODELREG_HTTP_ADDRESS (or --http-listen) to a free host:port, or 'off'"
+            ) from None
     for name in ("",) + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
@@ -415,6 +430,9 @@ def _banner(settings: Settings, running: RunningServer) -> str:
             lines.append(f"  {grpcurl} {flags} {running.address} list")
     if running.metrics_server is not None:
         lines.insert(lines.index("try:"), f"metrics on {running.metrics_server.url} (Prometheus)")
+    if running.console is not None:
+        signin = "; sign in with a token" if settings.auth_enabled else ""
+        lines.insert(lines.index("try:"), f"web console on {running.console.url} (JSON API under /api/v1/{signin})")
     return "\n".join(lines)
 
 

@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics on http://ADDR/metrics (default: $MODELREG_METRICS_ADDRESS, else off)",
     )
     p.add_argument(
+        "--http-listen",
+        metavar="ADDR",
+        help="serve the web console and the JSON API on http://ADDR/ (default: $MODELREG_HTTP_ADDRESS, else "
+        "127.0.0.1:8080; 'off' disables them)",
+    )
+    p.add_argument(
         "--auth",
         choices=("auto", "on", "off"),
         default=None,
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir) if args.data_dir else None,
             artifacts=args.artifacts,
             metrics_address=args.metrics_listen,
+            http_address=args.http_listen,
             auth=args.auth,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

@@ -19,6 +19,8 @@ from registry_server.errors import ConfigError
 from registry_server.storage.db import describe_url
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Where `modelreg server` serves the web console and the JSON API unless told otherwise.
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -138,6 +140,11 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Where the web console and the JSON API (/api/v1/) listen, host:port; `off` or empty
+    # disables them (MODELREG_HTTP_ADDRESS, --http-listen). `modelreg server` defaults to
+    # DEFAULT_HTTP_ADDRESS; a Settings built in code has it off unless it asks (so servers
+    # started side by side, like tests, never contend for one port).
+    http_address: str = ""
     # Webhooks: whether URLs may point at private, loopback or link-local addresses
     # (MODELREG_WEBHOOK_ALLOW_PRIVATE); the key their secrets are sealed with, a Fernet key
     # (MODELREG_WEBHOOK_KEY; empty: `<data_dir>/webhook.key`, made at the first start);
@@ -179,6 +186,7 @@ class Settings:
             tls_cert=env.get("MODELREG_TLS_CERT", ""),
             tls_key=env.get("MODELREG_TLS_KEY", ""),
             tls_client_ca=env.get("MODELREG_TLS_CLIENT_CA", ""),
+            http_address=env.get("MODELREG_HTTP_ADDRESS", DEFAULT_HTTP_ADDRESS),
             webhook_allow_private=_bool("MODELREG_WEBHOOK_ALLOW_PRIVATE", False),
             webhook_key=env.get("MODELREG_WEBHOOK_KEY", ""),
             webhook_retry_window=timedelta(hours=_float("MODELREG_WEBHOOK_RETRY_HOURS", 24, above=True)),
@@ -205,6 +213,10 @@ class Settings:
             parse_listen(s.metrics_address, "MODELREG_METRICS_ADDRESS (--metrics-listen)")
         except MetricsAddressError as e:
             raise ConfigError(str(e)) from None
+        try:
+            parse_listen(s.http_address, "MODELREG_HTTP_ADDRESS (--http-listen)", example=DEFAULT_HTTP_ADDRESS)
+        except MetricsAddressError as e:
+            raise ConfigError(str(e)) from None
         return s
 
     @property
@@ -212,13 +224,19 @@ class Settings:
         """Whether calls must authenticate: `auto` is on unless the server listens only on
         loopback."""
         if self.auth == "auto":
-            return not is_loopback(self.address)
+            return not self.loopback_only
         return self.auth == "on"
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether only this machine can reach the server: gRPC and the console (when on)."""
+        http = self.http_listen
+        return is_loopback(self.address) and (http is None or is_loopback(f"{http[0]}:{http[1]}"))
 
     @property
     def auth_off_beyond_loopback(self) -> bool:
         """Auth explicitly off on an address others can reach: allowed, with a warning."""
-        return self.auth == "off" and not is_loopback(self.address)
+        return self.auth == "off" and not self.loopback_only
 
     @property
     def tls(self) -> bool:
@@ -228,6 +246,11 @@ class Settings:
     def metrics_listen(self) -> tuple[str, int] | None:
         """(host, port) of /metrics, None when off."""
         return parse_listen(self.metrics_address)
+
+    @property
+    def http_listen(self) -> tuple[str, int] | None:
+        """(host, port) of the web console, None when off."""
+        return parse_listen(self.http_address, "MODELREG_HTTP_ADDRESS (--http-listen)", example=DEFAULT_HTTP_ADDRESS)
 
     @property
     def artifacts_location(self) -> str:
@@ -248,5 +271,7 @@ class Settings:
                 value = f"{value} ({'on' if self.auth_enabled else 'off'})" if value == "auto" else value
             elif f.name == "metrics_address":
                 value = value if self.metrics_listen else "off"
+            elif f.name == "http_address":
+                value = value if self.http_listen else "off"
             out.append((f.name, str(value)))
         return out

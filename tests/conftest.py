@@ -35,6 +35,12 @@ from registry_server.storage import db
 pytest_plugins = ["s3_helpers", "agent_helpers", "auth_helpers"]
 
 REPO = Path(__file__).resolve().parent.parent
+
+# `modelreg server` serves the web console on 127.0.0.1:8080 by default: the servers tests
+# spawn would contend for that port (with each other and with anything on the machine).
+# They run without it unless a test asks (MODELREG_HTTP_ADDRESS=127.0.0.1:0 or a free port);
+# a Settings built in code has it off already.
+os.environ.setdefault("MODELREG_HTTP_ADDRESS", "off")
 BIN = Path(sys.executable).parent
 
 

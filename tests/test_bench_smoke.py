@@ -29,6 +29,7 @@ MEASURED = {
     "router",
     "metrics",
     "auth",
+    "console",
 }
 
 

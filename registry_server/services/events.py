@@ -179,21 +179,21 @@ async def attach_event_service(
     access: Access,
     on_events: Callable[[list[store.EventRow] | None], None] | None = None,
     metrics: RegistryMetrics | None = None,
-) -> Callable[[], Awaitable[None]]:
+) -> tuple[Callable[[], Awaitable[None]], Events]:
     """Starts the process's event hub, adds EventService to `server` and returns the
-    closer: it ends every open stream with UNAVAILABLE (resume with after_sequence=N)
-    within the shutdown grace period, then stops the hub. `on_events` is called with every
+    closer and the Events use case (for the console's live updates). The closer ends every
+    open stream with UNAVAILABLE (resume with after_sequence=N) within the shutdown grace
+    period, then stops the hub. `on_events` is called with every
     batch of committed events (the read cache's invalidation feed)."""
     hub = EventHub(pool, database_url, retention=settings.event_retention)
     if on_events is not None:
         hub.listeners.append(on_events)
     await hub.start()
-    es_grpc.add_EventServiceServicer_to_server(
-        EventServicer(Events(hub, pool, deployments, access), settings, metrics), server
-    )
+    events = Events(hub, pool, deployments, access)
+    es_grpc.add_EventServiceServicer_to_server(EventServicer(events, settings, metrics), server)
 
     async def close() -> None:
         await hub.close_streams(settings.shutdown_grace)
         await hub.stop()
 
-    return close
+    return close, events
