@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from onnx_helpers import onnx_bytes
+
 
 @dataclass
 class Reply:
@@ -62,9 +64,19 @@ SEED = [
 ]
 
 
+def weights(i: int) -> bytes:
+    """The ONNX bytes of seed version `i` (the same within a test run: downloads compare them)."""
+    if i not in _WEIGHTS:
+        _WEIGHTS[i] = onnx_bytes(64 * i)
+    return _WEIGHTS[i]
+
+
+_WEIGHTS: dict[int, bytes] = {}
+
+
 def seed(client, model: str = "det", project: str = "") -> None:
     """Registers the three SEED versions of `model` (v1 in production), with a default config."""
     client.create_model(model, project=project, default_config={"lr": 0.01, "epochs": 3, "imgsz": 640})
     for i, spec in enumerate(SEED, 1):
-        client.register(model, f"weights of v{i}".encode(), filename="model.onnx", dataset_id="coco-mini", **spec)
+        client.register(model, weights(i), filename="model.onnx", dataset_id="coco-mini", **spec)
     client.promote(model, 1, "production", reason="first release")

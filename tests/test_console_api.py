@@ -8,7 +8,7 @@ import hashlib
 
 import grpc
 import pytest
-from console_helpers import console_url, http, seed
+from console_helpers import console_url, http, seed, weights
 from google.protobuf import json_format
 
 from modelreg import Client
@@ -116,9 +116,9 @@ def test_every_json_endpoint_and_a_page_answer_404_for_an_unknown_model(console)
 def test_artifact_download_streams_the_registered_bytes_with_their_digest(console):
     reply = http(console_url(console), "/models/det/versions/2/artifact")
     assert reply.status == 200
-    assert reply.body == b"weights of v2"
-    assert reply.headers["x-modelreg-sha256"] == hashlib.sha256(b"weights of v2").hexdigest()
-    assert reply.headers["content-length"] == str(len(b"weights of v2"))
+    assert reply.body == weights(2)
+    assert reply.headers["x-modelreg-sha256"] == hashlib.sha256(weights(2)).hexdigest()
+    assert reply.headers["content-length"] == str(len(weights(2)))
     assert 'filename="det_v2_model.onnx"' in reply.headers["content-disposition"]
 
 

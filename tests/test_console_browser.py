@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from console_helpers import http, seed
+from console_helpers import http, seed, weights
 from playwright.sync_api import expect, sync_playwright
 
 from modelreg import Client
@@ -257,7 +257,7 @@ def test_version_page_diffs_config_against_the_default_and_the_parent(site, sign
     assert page.locator("#artifact").inner_text().count("sha256") == 1
     with page.expect_download() as download:
         page.click("#download")
-    assert Path(download.value.path()).read_bytes() == b"weights of v3"
+    assert Path(download.value.path()).read_bytes() == weights(3)
     shoot(page, tmp_path, "version")
 
 
