@@ -15,7 +15,11 @@ import pytest
 from auth_helpers import bearer
 from google.protobuf import struct_pb2
 
+from modelreg.v1 import agent_service_pb2 as ag
+from modelreg.v1 import agent_service_pb2_grpc as ag_grpc
 from modelreg.v1 import auth_service_pb2 as au
+from modelreg.v1 import governance_service_pb2 as gs
+from modelreg.v1 import governance_service_pb2_grpc as gs_grpc
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
@@ -164,6 +168,64 @@ def test_a_token_ttl_of_a_year_still_works(secure_registry):
     req = au.CreateTokenRequest(token_id="t-year", principal="admin")
     req.ttl.seconds = 365 * 86400
     assert secure_registry.admin("CreateToken", req).token
+
+
+# ---------------------------------------------------------------- cause 5: version numbers
+
+
+@pytest.mark.parametrize("version", ["9223372036854775808", "99999999999999999999", "\u00b2", "\u0661"])
+def test_a_version_past_int64_or_in_non_ascii_digits_is_invalid_argument(stub, version):
+    """Was INTERNAL: DataError (value out of int64 range) from asyncpg, or ValueError from
+    int('²') after str.isdigit() had said yes."""
+    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
+    for call, req in (
+        (stub.GetModelVersion, rs.GetModelVersionRequest(name=f"models/m/versions/{version}")),
+        (stub.DeleteModelVersion, rs.DeleteModelVersionRequest(name=f"models/m/versions/{version}")),
+    ):
+        err = _refusal(call, req)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        assert repr(version) in err.details()
+
+
+def test_a_forged_page_token_with_a_huge_key_is_invalid_argument(stub):
+    import base64
+
+    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
+    token = base64.urlsafe_b64encode(b"versions:99999999999999999999").decode().rstrip("=")
+    err = _refusal(stub.ListModelVersions, rs.ListModelVersionsRequest(parent="models/m", page_token=token))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in err.details()
+
+
+# ---------------------------------------------------------------- cause 6: gate values stored as JSON
+
+
+@pytest.mark.parametrize("kind", ["GATE_CHECK_TYPE_REQUIRE_CARD", "GATE_CHECK_TYPE_APPROVALS"])
+def test_a_gate_check_with_a_non_finite_value_is_invalid_argument(channel, stub, kind):
+    """Was INTERNAL: the NaN of a require-card check reached Postgres' jsonb (and int(nan) for
+    approvals)."""
+    from modelreg.v1 import governance_pb2 as gv
+
+    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
+    req = gs.SetGatePolicyRequest(model="models/m")
+    req.policy.target = "production"
+    req.policy.checks.add(type=gv.GateCheckType.Value(kind), value=math.nan)
+    err = _refusal(gs_grpc.GovernanceServiceStub(channel).SetGatePolicy, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "policy.checks[0]" in err.details() and "finite" in err.details()
+
+
+# ---------------------------------------------------------------- cause 7: timestamps out of range
+
+
+def test_an_agent_report_with_a_timestamp_out_of_range_is_invalid_argument(channel):
+    """Was INTERNAL: ValueError('Timestamp is not valid') from ToDatetime."""
+    req = ag.ReportAgentStatusRequest()
+    req.agent.agent_id = "node-1"
+    req.agent.start_time.seconds = 2**40
+    err = _refusal(ag_grpc.AgentServiceStub(channel).ReportAgentStatus, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "agent.start_time is out of range" in err.details()
 
 
 # ---------------------------------------------------------------- NaN and Infinity

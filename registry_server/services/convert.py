@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
@@ -94,6 +94,17 @@ def _ints(value: Any) -> Any:
     if isinstance(value, list):
         return [_ints(v) for v in value]
     return value
+
+
+def timestamp(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A Timestamp within its documented range (years 1 to 9999) as an aware datetime."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is out of range ({value.seconds} s, {value.nanos} ns): a Timestamp is between "
+            "0001-01-01 and 9999-12-31 with nanos from 0 to 999,999,999"
+        ) from None
 
 
 # google.protobuf.Duration's documented range: about 10,000 years either way.
@@ -269,9 +280,12 @@ def decode_int_token(kind: str, token: str, default: int) -> int:
     if key is None:
         return default
     try:
-        return int(key)
+        number = int(key)
     except ValueError:
-        raise InvalidArgument("page_token is malformed: pass the next_page_token of the same list call") from None
+        number = -1
+    if not 0 <= number < 2**63:  # what a list call hands out: a bigint key
+        raise InvalidArgument("page_token is malformed: pass the next_page_token of the same list call")
+    return number
 
 
 # ---------------------------------------------------------------------- deployments

@@ -141,7 +141,10 @@ def strings(vocab: Vocabulary, huge: bool = False, naming: bool = False) -> st.S
         st.integers(-5, 2**70).map(str),
         st.text(max_size=12),
     )
-    templated = st.tuples(st.sampled_from(TEMPLATES), segment, segment).map(lambda t: t[0].format(t[1], t[2]))
+    # A name that exists with one segment swapped for a hostile one gets furthest.
+    known = st.sampled_from(vocab.words)
+    first = st.integers(0, 1).flatmap(lambda i: known if i else segment)
+    templated = st.tuples(st.sampled_from(TEMPLATES), first, segment).map(lambda t: t[0].format(t[1], t[2]))
     options = [
         st.sampled_from(vocab.names),
         st.sampled_from(vocab.words),
