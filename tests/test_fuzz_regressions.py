@@ -215,6 +215,22 @@ def test_a_gate_check_with_a_non_finite_value_is_invalid_argument(channel, stub,
     assert "policy.checks[0]" in err.details() and "finite" in err.details()
 
 
+@pytest.mark.parametrize("ratio", [math.nan, math.inf])
+def test_a_canary_policy_with_a_non_finite_latency_ratio_is_invalid_argument(channel, stub, ratio):
+    """Was INTERNAL (make fuzz, SetCanaryPolicy): NaN passed `max_latency_ratio < 0` and
+    reached Postgres' jsonb."""
+    from modelreg.v1 import deployment_service_pb2 as ds
+    from modelreg.v1 import deployment_service_pb2_grpc as ds_grpc
+
+    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
+    req = ds.SetCanaryPolicyRequest(name="models/m/deployment")
+    req.policy.max_error_rate = 0.05
+    req.policy.max_latency_ratio = ratio
+    err = _refusal(ds_grpc.DeploymentServiceStub(channel).SetCanaryPolicy, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_latency_ratio" in err.details()
+
+
 # ---------------------------------------------------------------- cause 7: timestamps out of range
 
 

@@ -30,7 +30,7 @@ INVALID_UTF8 = "\x01\x02NOT-UTF8\x03\x04"
 INVALID_UTF8_BYTES = b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x28\x8c"
 assert len(INVALID_UTF8.encode()) == len(INVALID_UTF8_BYTES)
 
-HUGE = 10 * 1024 * 1024  # "10 MB metadata": one string field this long
+HUGE = 10 * 1024 * 1024  # "10 MB metadata": one string field this long (runner.boundary_cases)
 LARGE = 100_000
 
 FD = FieldDescriptor
@@ -134,7 +134,7 @@ class Vocabulary:
 NAME_FIELDS = {"name", "parent", "model", "model_version", "principal", "project", "token", "resource"}
 
 
-def strings(vocab: Vocabulary, huge: bool = False, naming: bool = False) -> st.SearchStrategy[str]:
+def strings(vocab: Vocabulary, naming: bool = False) -> st.SearchStrategy[str]:
     segment = st.one_of(
         st.sampled_from(vocab.words),
         st.sampled_from(HOSTILE_SEGMENTS),
@@ -152,8 +152,6 @@ def strings(vocab: Vocabulary, huge: bool = False, naming: bool = False) -> st.S
         st.text(max_size=30),
         st.sampled_from(("", " ", INVALID_UTF8, "x" * 129, "x" * 1025, "y" * LARGE)),
     ]
-    if huge:
-        options.append(st.just("z" * HUGE))
     anything = st.one_of(*options)
     if naming:
         known = st.one_of(st.sampled_from(vocab.names), st.sampled_from(vocab.words))
@@ -242,10 +240,10 @@ def well_known(desc: Descriptor, vocab: Vocabulary) -> st.SearchStrategy[Message
     return None
 
 
-def _scalar(field: FieldDescriptor, vocab: Vocabulary, huge: bool) -> st.SearchStrategy[Any]:
+def _scalar(field: FieldDescriptor, vocab: Vocabulary) -> st.SearchStrategy[Any]:
     t = field.type
     if t == FD.TYPE_STRING:
-        return strings(vocab, huge, naming=field.name in NAME_FIELDS)
+        return strings(vocab, naming=field.name in NAME_FIELDS)
     if t == FD.TYPE_BYTES:
         return st.one_of(st.binary(max_size=64), st.sampled_from((b"", b"\x00" * 1024, INVALID_UTF8_BYTES)))
     if t == FD.TYPE_BOOL:
@@ -258,18 +256,18 @@ def _scalar(field: FieldDescriptor, vocab: Vocabulary, huge: bool) -> st.SearchS
     return integers(field)
 
 
-def _value(field: FieldDescriptor, vocab: Vocabulary, depth: int, huge: bool) -> st.SearchStrategy[Any]:
+def _value(field: FieldDescriptor, vocab: Vocabulary, depth: int) -> st.SearchStrategy[Any]:
     if field.type == FD.TYPE_MESSAGE:
-        return messages(field.message_type, vocab, depth + 1, huge)
-    return _scalar(field, vocab, huge)
+        return messages(field.message_type, vocab, depth + 1)
+    return _scalar(field, vocab)
 
 
-def _field(field: FieldDescriptor, vocab: Vocabulary, depth: int, huge: bool) -> st.SearchStrategy[Any]:
+def _field(field: FieldDescriptor, vocab: Vocabulary, depth: int) -> st.SearchStrategy[Any]:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         key_field = field.message_type.fields_by_name["key"]
         value_field = field.message_type.fields_by_name["value"]
-        keys = _scalar(key_field, vocab, False)
-        values = _value(value_field, vocab, depth, False)
+        keys = _scalar(key_field, vocab)
+        values = _value(value_field, vocab, depth)
         many = st.integers(60, 70).map(lambda n: {f"k{i}": None for i in range(n)})
         if key_field.type == FD.TYPE_STRING and value_field.type != FD.TYPE_MESSAGE:
             # Past MAX_TAGS (64) and other count limits, with one generated value each.
@@ -277,9 +275,9 @@ def _field(field: FieldDescriptor, vocab: Vocabulary, depth: int, huge: bool) ->
             return st.one_of(st.dictionaries(keys, values, max_size=4), crowd)
         return st.dictionaries(keys, values, max_size=4)
     if field.is_repeated:
-        elements = _value(field, vocab, depth, False)
+        elements = _value(field, vocab, depth)
         return st.one_of(st.lists(elements, max_size=4), st.lists(elements, min_size=100, max_size=120))
-    return _value(field, vocab, depth, huge)
+    return _value(field, vocab, depth)
 
 
 def message_class(desc: Descriptor) -> type[Message]:
@@ -307,12 +305,12 @@ def build(desc: Descriptor, values: dict[str, Any]) -> Message:
     return msg
 
 
-def messages(desc: Descriptor, vocab: Vocabulary, depth: int = 0, huge: bool = False) -> st.SearchStrategy[Message]:
+def messages(desc: Descriptor, vocab: Vocabulary, depth: int = 0) -> st.SearchStrategy[Message]:
     """Any message of type `desc`; past depth 4 only the empty one (resources nest)."""
     known = well_known(desc, vocab)
     if known is not None:
         return known
     if depth > 4:
         return st.just(message_class(desc)())
-    optional = {f.name: st.deferred(lambda f=f: _field(f, vocab, depth, huge)) for f in desc.fields}
+    optional = {f.name: st.deferred(lambda f=f: _field(f, vocab, depth)) for f in desc.fields}
     return st.fixed_dictionaries({}, optional=optional).map(lambda values: build(desc, values))

@@ -49,8 +49,18 @@ USER = "fz-user"
 USER_TOKEN = "fz-tok"
 ALIAS = "champion"
 AGENT = "fz-agent"
-# Counted before and after every refused call: a refusal must not change any of them.
-COUNTED = ("models", "model_versions", "blobs", "stage_transitions", "deployment_history", "model_aliases")
+# Counted before and after every refused call: a refusal must not change any of them. The
+# canary judge (a background task the fuzzed canary policies may wake) writes history of
+# its own: its rows are left out.
+JUDGE = "actor <> 'modelreg-canary-judge'"
+COUNTED = (
+    "models",
+    "model_versions",
+    "blobs",
+    f"stage_transitions WHERE {JUDGE}",
+    f"deployment_history WHERE {JUDGE}",
+    "model_aliases",
+)
 
 
 def methods():
