@@ -8,7 +8,8 @@ logged with its traceback. Servicers and use cases only raise.
 Request bytes that are not the method's message (corrupt wire format, a string field that
 is not UTF-8, nesting past protobuf's limit) never reach a servicer: they are
 INVALID_ARGUMENT here, naming the message type (grpc itself would answer UNKNOWN, or
-INTERNAL mid-stream).
+INTERNAL mid-stream); a single such request is refused before authentication, as nothing
+in it can be read. Messages are bounded (`bounded`) so they reach the caller.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, cast
 
 import asyncpg
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -189,9 +190,7 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
 
 
 def _request_type(method: str) -> str:
-    """The request message's full name, from the method's descriptor ('' if unknown)."""
-    from google.protobuf import descriptor_pool
-
+    """The request message's full name, from the method's descriptor."""
     service, name = method.strip("/").split("/", 1)
     try:
         return descriptor_pool.Default().FindServiceByName(service).methods_by_name[name].input_type.full_name

@@ -270,7 +270,7 @@ def boundary_cases(method: MethodDescriptor, world: World, vocab: s.Vocabulary, 
 
 def check(world: World, method: MethodDescriptor, case: Case, report: Report) -> None:
     """One call and the invariants on its outcome."""
-    rpc = rpc_id(method)
+    rpc = _row(world, method)
     before = world.counts()
     timeout = STREAM_TIMEOUT if method.server_streaming else UNARY_TIMEOUT
     outcome = wire.call(world.channel, method, case.requests, case.metadata, timeout)
@@ -331,4 +331,9 @@ def run_rpc(
 
     if n:
         prop()
-    alive(world, rpc_id(method), report, Case(b"", world.metadata, "health after the batch"))
+    alive(world, _row(world, method), report, Case(b"", world.metadata, "health after the batch"))
+
+
+def _row(world: World, method: MethodDescriptor) -> str:
+    """The report's row: the RPC, marked when the server runs with auth off."""
+    return rpc_id(method) if world.auth else f"{rpc_id(method)} (auth off)"
