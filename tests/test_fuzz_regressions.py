@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import uuid
 from pathlib import Path
 
 import grpc
 import pytest
-from auth_helpers import bearer
+from auth_helpers import SecureRegistry, admin_token_of, bearer, registry_on_a_new_database
 from google.protobuf import struct_pb2
 
 from modelreg.v1 import agent_service_pb2 as ag
@@ -31,16 +32,45 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def registry(postgres, tmp_path_factory):
+    """One registry (auth off) for the module: every test uses models of its own."""
+    with registry_on_a_new_database(postgres, tmp_path_factory.mktemp("regressions")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def secure_registry(postgres, tmp_path_factory):
+    root = tmp_path_factory.mktemp("regressions-auth")
+    with registry_on_a_new_database(postgres, root, auth="on") as reg:
+        channel = grpc.insecure_channel(reg.address)
+        yield SecureRegistry(reg, reg.address, admin_token_of(root / "data"), channel)
+        channel.close()
+
+
+@pytest.fixture(scope="module")
 def channel(registry):
     ch = grpc.insecure_channel(registry.address)
     yield ch
     ch.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stub(channel) -> rs_grpc.RegistryServiceStub:
     return rs_grpc.RegistryServiceStub(channel)
+
+
+@pytest.fixture
+def model(stub) -> str:
+    """A model of this test's own, created; `fresh` is one that does not exist."""
+    name = f"m-{uuid.uuid4().hex[:10]}"
+    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name=f"models/{name}")), timeout=10)
+    return name
+
+
+@pytest.fixture
+def fresh() -> str:
+    return f"n-{uuid.uuid4().hex[:10]}"
 
 
 def _refusal(fn, *args, **kw) -> grpc.RpcError:
@@ -55,16 +85,17 @@ def _stream(header: rs.RegisterModelVersionHeader, data: bytes) -> list[rs.Regis
     return [rs.RegisterModelVersionRequest(header=header), rs.RegisterModelVersionRequest(chunk=data)]
 
 
-def _nothing_stored(stub, registry, model: str) -> None:
+def _nothing_stored(stub, registry, model: str, data: bytes = b"") -> None:
     """No version of `model` (nor the model, where the registration would have created it)
-    and no blob."""
+    and no blob of `data`."""
     try:
         got = stub.ListModelVersions(rs.ListModelVersionsRequest(parent=f"models/{model}"), timeout=10)
         assert list(got.model_versions) == []
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.NOT_FOUND
-    blobs = Path(registry.settings.artifacts) / "sha256"
-    assert not blobs.exists() or not any(p.is_file() for p in blobs.rglob("*"))
+    if data:
+        blobs = Path(registry.settings.artifacts)
+        assert not list(blobs.rglob(f"*{hashlib.sha256(data).hexdigest()}*"))
 
 
 # ---------------------------------------------------------------- cause 1: undecodable requests
@@ -91,12 +122,11 @@ def test_a_string_field_that_is_not_utf8_is_invalid_argument(channel):
 
 
 def test_an_undecodable_message_inside_the_upload_stream_is_invalid_argument_and_stores_nothing(
-    channel, stub, registry
+    channel, stub, registry, model
 ):
     """Was INTERNAL ('internal error (a bug in modelreg): DecodeError') mid-stream."""
-    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
     header = rs.RegisterModelVersionRequest(
-        header=rs.RegisterModelVersionHeader(parent="models/m", filename="m.onnx", size_bytes=8)
+        header=rs.RegisterModelVersionHeader(parent=f"models/{model}", filename="m.onnx", size_bytes=8)
     )
     call = channel.stream_unary(
         "/modelreg.v1.RegistryService/RegisterModelVersion",
@@ -106,7 +136,7 @@ def test_an_undecodable_message_inside_the_upload_stream_is_invalid_argument_and
     err = _refusal(call, iter([header.SerializeToString(), b"\xff\xff\xff\xff"]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "modelreg.v1.RegisterModelVersionRequest" in err.details()
-    _nothing_stored(stub, registry, "m")
+    _nothing_stored(stub, registry, model)
 
 
 def test_a_config_nested_past_protobufs_limit_is_invalid_argument(channel):
@@ -139,14 +169,16 @@ def test_a_refusal_quoting_a_100_kb_name_reaches_the_caller_shortened(stub):
 # ---------------------------------------------------------------- cause 3: NUL characters
 
 
-def test_a_nul_character_in_a_text_field_is_invalid_argument_and_writes_nothing(stub):
+def test_a_nul_character_in_a_text_field_is_invalid_argument_and_writes_nothing(stub, fresh):
     """Was INTERNAL: CharacterNotInRepertoireError from Postgres, which stores no NUL."""
     err = _refusal(stub.ListModels, rs.ListModelsRequest(project="a\x00b"))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "NUL character" in err.details()
-    err = _refusal(stub.CreateModel, rs.CreateModelRequest(model=res.Model(name="models/m", description="a\x00b")))
+    err = _refusal(
+        stub.CreateModel, rs.CreateModelRequest(model=res.Model(name=f"models/{fresh}", description="a\x00b"))
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert list(stub.ListModels(rs.ListModelsRequest(), timeout=10).models) == []
+    assert _refusal(stub.GetModel, rs.GetModelRequest(name=f"models/{fresh}")).code() == grpc.StatusCode.NOT_FOUND
 
 
 # ---------------------------------------------------------------- cause 4: token ttl overflow
@@ -155,13 +187,13 @@ def test_a_nul_character_in_a_text_field_is_invalid_argument_and_writes_nothing(
 @pytest.mark.parametrize("seconds", [10**12, 2**62])
 def test_a_token_ttl_past_100_years_is_invalid_argument(secure_registry, seconds):
     """Was INTERNAL: OverflowError('date value out of range') computing the expiry."""
-    req = au.CreateTokenRequest(token_id="t-long", principal="admin")
+    req = au.CreateTokenRequest(token_id=f"t-long-{seconds}", principal="admin")
     req.ttl.seconds = seconds
     err = _refusal(secure_registry.auth.CreateToken, req, metadata=bearer(secure_registry.admin_token))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "ttl" in err.details()
     tokens = secure_registry.admin("ListTokens", au.ListTokensRequest(principal="admin")).tokens
-    assert "t-long" not in {t.token_id for t in tokens}
+    assert f"t-long-{seconds}" not in {t.token_id for t in tokens}
 
 
 def test_a_token_ttl_of_a_year_still_works(secure_registry):
@@ -174,25 +206,23 @@ def test_a_token_ttl_of_a_year_still_works(secure_registry):
 
 
 @pytest.mark.parametrize("version", ["9223372036854775808", "99999999999999999999", "\u00b2", "\u0661"])
-def test_a_version_past_int64_or_in_non_ascii_digits_is_invalid_argument(stub, version):
+def test_a_version_past_int64_or_in_non_ascii_digits_is_invalid_argument(stub, model, version):
     """Was INTERNAL: DataError (value out of int64 range) from asyncpg, or ValueError from
     int('²') after str.isdigit() had said yes."""
-    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
     for call, req in (
-        (stub.GetModelVersion, rs.GetModelVersionRequest(name=f"models/m/versions/{version}")),
-        (stub.DeleteModelVersion, rs.DeleteModelVersionRequest(name=f"models/m/versions/{version}")),
+        (stub.GetModelVersion, rs.GetModelVersionRequest(name=f"models/{model}/versions/{version}")),
+        (stub.DeleteModelVersion, rs.DeleteModelVersionRequest(name=f"models/{model}/versions/{version}")),
     ):
         err = _refusal(call, req)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
         assert repr(version) in err.details()
 
 
-def test_a_forged_page_token_with_a_huge_key_is_invalid_argument(stub):
+def test_a_forged_page_token_with_a_huge_key_is_invalid_argument(stub, model):
     import base64
 
-    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
     token = base64.urlsafe_b64encode(b"versions:99999999999999999999").decode().rstrip("=")
-    err = _refusal(stub.ListModelVersions, rs.ListModelVersionsRequest(parent="models/m", page_token=token))
+    err = _refusal(stub.ListModelVersions, rs.ListModelVersionsRequest(parent=f"models/{model}", page_token=token))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in err.details()
 
@@ -201,13 +231,12 @@ def test_a_forged_page_token_with_a_huge_key_is_invalid_argument(stub):
 
 
 @pytest.mark.parametrize("kind", ["GATE_CHECK_TYPE_REQUIRE_CARD", "GATE_CHECK_TYPE_APPROVALS"])
-def test_a_gate_check_with_a_non_finite_value_is_invalid_argument(channel, stub, kind):
+def test_a_gate_check_with_a_non_finite_value_is_invalid_argument(channel, model, kind):
     """Was INTERNAL: the NaN of a require-card check reached Postgres' jsonb (and int(nan) for
     approvals)."""
     from modelreg.v1 import governance_pb2 as gv
 
-    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
-    req = gs.SetGatePolicyRequest(model="models/m")
+    req = gs.SetGatePolicyRequest(model=f"models/{model}")
     req.policy.target = "production"
     req.policy.checks.add(type=gv.GateCheckType.Value(kind), value=math.nan)
     err = _refusal(gs_grpc.GovernanceServiceStub(channel).SetGatePolicy, req)
@@ -216,14 +245,13 @@ def test_a_gate_check_with_a_non_finite_value_is_invalid_argument(channel, stub,
 
 
 @pytest.mark.parametrize("ratio", [math.nan, math.inf])
-def test_a_canary_policy_with_a_non_finite_latency_ratio_is_invalid_argument(channel, stub, ratio):
+def test_a_canary_policy_with_a_non_finite_latency_ratio_is_invalid_argument(channel, model, ratio):
     """Was INTERNAL (make fuzz, SetCanaryPolicy): NaN passed `max_latency_ratio < 0` and
     reached Postgres' jsonb."""
     from modelreg.v1 import deployment_service_pb2 as ds
     from modelreg.v1 import deployment_service_pb2_grpc as ds_grpc
 
-    stub.CreateModel(rs.CreateModelRequest(model=res.Model(name="models/m")), timeout=10)
-    req = ds.SetCanaryPolicyRequest(name="models/m/deployment")
+    req = ds.SetCanaryPolicyRequest(name=f"models/{model}/deployment")
     req.policy.max_error_rate = 0.05
     req.policy.max_latency_ratio = ratio
     err = _refusal(ds_grpc.DeploymentServiceStub(channel).SetCanaryPolicy, req)
@@ -248,46 +276,48 @@ def test_an_agent_report_with_a_timestamp_out_of_range_is_invalid_argument(chann
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-def test_a_non_finite_metric_is_refused_naming_the_key_and_stores_nothing(stub, registry, value):
-    header = rs.RegisterModelVersionHeader(parent="models/m", create_model=True, filename="m.onnx")
+def test_a_non_finite_metric_is_refused_naming_the_key_and_stores_nothing(stub, registry, fresh, value):
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
     header.metrics["accuracy"] = 0.9
     header.metrics["val_loss"] = value
-    err = _refusal(stub.RegisterModelVersion, iter(_stream(header, b"weights")))
+    err = _refusal(stub.RegisterModelVersion, iter(_stream(header, fresh.encode())))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'val_loss'" in err.details() and "finite" in err.details()
-    _nothing_stored(stub, registry, "m")
+    _nothing_stored(stub, registry, fresh, fresh.encode())
 
 
-def test_a_non_finite_metric_history_point_is_refused_naming_the_key_and_step(stub, registry):
+def test_a_non_finite_metric_history_point_is_refused_naming_the_key_and_step(stub, registry, fresh):
     """Was INTERNAL: the NaN reached Postgres' jsonb, which has no NaN."""
-    header = rs.RegisterModelVersionHeader(parent="models/m", create_model=True, filename="m.onnx")
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
     header.metric_history["loss"].points.add(step=1, value=0.5)
     header.metric_history["loss"].points.add(step=2, value=math.nan)
-    err = _refusal(stub.RegisterModelVersion, iter(_stream(header, b"weights")))
+    err = _refusal(stub.RegisterModelVersion, iter(_stream(header, fresh.encode())))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'loss'" in err.details() and "step 2" in err.details()
-    _nothing_stored(stub, registry, "m")
+    _nothing_stored(stub, registry, fresh, fresh.encode())
 
 
-def test_a_non_finite_config_value_is_refused_naming_its_path(stub, registry):
+def test_a_non_finite_config_value_is_refused_naming_its_path(stub, registry, fresh):
     """Was INTERNAL: ValueError('Fail to serialize NaN for Value.number_value')."""
-    header = rs.RegisterModelVersionHeader(parent="models/m", create_model=True, filename="m.onnx")
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
     header.config.update({"optimizer": {"lr": math.inf}, "epochs": 3})
-    err = _refusal(stub.RegisterModelVersion, iter(_stream(header, b"weights")))
+    err = _refusal(stub.RegisterModelVersion, iter(_stream(header, fresh.encode())))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "header.config.optimizer.lr is inf" in err.details()
-    _nothing_stored(stub, registry, "m")
+    _nothing_stored(stub, registry, fresh, fresh.encode())
     config = struct_pb2.Struct()
     config.update({"layers": [1, math.nan]})
-    err = _refusal(stub.CreateModel, rs.CreateModelRequest(model=res.Model(name="models/n", default_config=config)))
+    err = _refusal(
+        stub.CreateModel, rs.CreateModelRequest(model=res.Model(name=f"models/{fresh}-n", default_config=config))
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "model.default_config.layers[1] is nan" in err.details()
 
 
-def test_finite_metrics_and_config_still_register(stub):
-    header = rs.RegisterModelVersionHeader(parent="models/m", create_model=True, filename="m.onnx")
+def test_finite_metrics_and_config_still_register(stub, fresh):
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
     header.metrics["accuracy"] = 1e308
     header.metric_history["loss"].points.add(step=1, value=-0.0)
     header.config.update({"lr": 5e-324})
-    got = stub.RegisterModelVersion(iter(_stream(header, b"weights")), timeout=10).model_version
+    got = stub.RegisterModelVersion(iter(_stream(header, fresh.encode())), timeout=10).model_version
     assert got.version == 1 and got.metrics["accuracy"] == 1e308
