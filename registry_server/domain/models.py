@@ -157,6 +157,15 @@ def validate_new_version(nv: NewVersion) -> None:
             raise InvalidArgument("metric names must not be empty")
         if math.isnan(v) or math.isinf(v):
             raise InvalidArgument(f"metric {k!r} is {v}; metrics must be finite numbers")
+    for k, points in nv.metric_history.items():
+        if not k:
+            raise InvalidArgument("metric_history names must not be empty")
+        for step, value in points:
+            if not math.isfinite(value):
+                raise InvalidArgument(
+                    f"metric_history {k!r} is {value} at step {step}; metric values must be finite numbers "
+                    "(leave the point out, or log a bounded value)"
+                )
     validate_tags(nv.tags, "header.tags")
     if nv.signature is not None:
         ds.validate(nv.signature, "header.signature")

@@ -16,6 +16,7 @@ MODEL_ID_RULE = (
 )
 # Version aliases that resolve at read time.
 VERSION_ALIASES = ("production", "staging", "latest")
+MAX_VERSION = 2**63 - 1  # versions are Postgres bigints
 
 
 def validate_model_id(model_id: str) -> str:
@@ -54,8 +55,12 @@ def parse_version_ref(value: str) -> int | str:
     v = (value or "").strip().lower()
     if v in VERSION_ALIASES:
         return v
-    if v.isdigit() and int(v) >= 1:
+    # ASCII digits only (str.isdigit() also takes '²' and '١'), and within the int64 a version
+    # number is stored as.
+    if v.isascii() and v.isdigit() and 1 <= int(v) <= MAX_VERSION:
         return int(v)
+    if v.isascii() and v.isdigit() and int(v) > MAX_VERSION:
+        raise InvalidArgument(f"version {value!r} is past the largest version number ({MAX_VERSION})")
     if is_alias(v):
         return v
     raise InvalidArgument(

@@ -117,7 +117,7 @@ class AuthServicer(au_grpc.AuthServiceServicer):
     # ---------------------------------------------------------------- tokens
 
     async def CreateToken(self, request, context) -> au.CreateTokenResponse:
-        ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
+        ttl = cv.duration(request.ttl, "ttl") if request.HasField("ttl") else None
         secret, token = await self.identity.create_token(
             caller_of(context), request.token_id, _strip(request.principal, "principals"), ttl
         )

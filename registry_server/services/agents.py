@@ -88,7 +88,7 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
             node=a.node[:256],
             address=a.address[:512],
             healthy=a.healthy,
-            started_at=a.start_time.ToDatetime(tzinfo=UTC) if a.HasField("start_time") else None,
+            started_at=cv.timestamp(a.start_time, "agent.start_time") if a.HasField("start_time") else None,
         )
         for i, m in enumerate(a.models):
             model = parse_model_name(m.model, f"agent.models[{i}].model")
@@ -114,7 +114,11 @@ class AgentServicer(ag_grpc.AgentServiceServicer):
                         request_count=v.request_count,
                         error_count=v.error_count,
                         p95_latency_ms=v.p95_latency_ms,
-                        state_time=v.state_time.ToDatetime(tzinfo=UTC) if v.HasField("state_time") else None,
+                        state_time=(
+                            cv.timestamp(v.state_time, f"agent.models[{i}].versions[{j}].state_time")
+                            if v.HasField("state_time")
+                            else None
+                        ),
                         signature=_reported_signature(v, f"agent.models[{i}].versions[{j}].signature"),
                     )
                 )

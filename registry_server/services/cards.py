@@ -62,7 +62,7 @@ def edit_from_proto(card: gov.ModelCard, mask: list[str]) -> dc.CardEdit:
     content: dict[str, Any] = {}
     for p in paths:
         if p == "extra":
-            content["extra"] = cv.from_struct(card.extra)
+            content["extra"] = cv.from_struct(card.extra, "card.extra")
         elif p != "status":
             content[p] = getattr(card, p)
     status = status_from_proto(card.status) if "status" in paths else None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import resources_pb2 as res
@@ -52,10 +53,39 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
-    out = json_format.MessageToDict(value)
+def from_struct(value: struct_pb2.Struct, field: str = "config") -> dict[str, Any]:
+    """The Struct as JSON. A Struct can carry NaN and +-Infinity, JSON cannot: INVALID_ARGUMENT
+    naming where (`config.lr`, `config.layers[2]`)."""
+    try:
+        out = json_format.MessageToDict(value)
+    except ValueError:
+        where, number = _non_finite(value, field)
+        raise InvalidArgument(
+            f"{where} is {number}: JSON has no NaN or Infinity; send a finite number, null, or a string"
+        ) from None
     # JSON has one number type; keep integral values integral ({"epochs": 100}, not 100.0).
     return _ints(out)
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, float]:
+    """The path and value of the first NaN or infinite number in a Struct, Value or ListValue."""
+    if isinstance(value, struct_pb2.Struct):
+        for key, item in value.fields.items():
+            found = _non_finite(item, f"{path}.{key}")
+            if found[0]:
+                return found
+    elif isinstance(value, struct_pb2.ListValue):
+        for i, item in enumerate(value.values):
+            found = _non_finite(item, f"{path}[{i}]")
+            if found[0]:
+                return found
+    elif isinstance(value, struct_pb2.Value):
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            return path, value.number_value
+        if kind in ("struct_value", "list_value"):
+            return _non_finite(getattr(value, kind), path)
+    return "", 0.0
 
 
 def _ints(value: Any) -> Any:
@@ -66,6 +96,34 @@ def _ints(value: Any) -> Any:
     if isinstance(value, list):
         return [_ints(v) for v in value]
     return value
+
+
+def timestamp(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A Timestamp within its documented range (years 1 to 9999) as an aware datetime."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is out of range ({value.seconds} s, {value.nanos} ns): a Timestamp is between "
+            "0001-01-01 and 9999-12-31 with nanos from 0 to 999,999,999"
+        ) from None
+
+
+# google.protobuf.Duration's documented range: about 10,000 years either way.
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def duration(value: duration_pb2.Duration, field: str) -> timedelta:
+    """A Duration within its documented range (and Python's) as a timedelta."""
+    if abs(value.seconds) > MAX_DURATION_SECONDS or abs(value.nanos) > 999_999_999:
+        raise InvalidArgument(
+            f"{field} is out of range ({value.seconds} s, {value.nanos} ns): a Duration has at most "
+            f"{MAX_DURATION_SECONDS} seconds and nanos within +-999,999,999"
+        )
+    try:
+        return value.ToTimedelta()
+    except (OverflowError, ValueError):
+        raise InvalidArgument(f"{field} is out of range ({value.seconds} s); give a shorter duration") from None
 
 
 def stage_from_proto(value: int, field: str = "stage") -> Stage:
@@ -176,7 +234,7 @@ def new_version_from_header(h: rs.RegisterModelVersionHeader, model: str) -> dm.
         create_model=h.create_model,
         format=fmt,
         model_type=h.model_type,
-        config=from_struct(h.config),
+        config=from_struct(h.config, "header.config"),
         metrics=dict(h.metrics),
         metric_history={k: [(p.step, p.value) for p in s.points] for k, s in h.metric_history.items()},
         lineage=dm.Lineage(
@@ -229,9 +287,12 @@ def decode_int_token(kind: str, token: str, default: int) -> int:
     if key is None:
         return default
     try:
-        return int(key)
+        number = int(key)
     except ValueError:
-        raise InvalidArgument("page_token is malformed: pass the next_page_token of the same list call") from None
+        number = -1
+    if not 0 <= number < 2**63:  # what a list call hands out: a bigint key
+        raise InvalidArgument("page_token is malformed: pass the next_page_token of the same list call")
+    return number
 
 
 # ---------------------------------------------------------------------- deployments

@@ -4,6 +4,12 @@ Every RPC of every service passes through `ErrorInterceptor`. A RegistryError be
 status code with its message (and a google.rpc.ErrorInfo when it has a reason); a lost
 database or store connection becomes UNAVAILABLE; anything else is a bug: INTERNAL,
 logged with its traceback. Servicers and use cases only raise.
+
+Request bytes that are not the method's message (corrupt wire format, a string field that
+is not UTF-8, nesting past protobuf's limit) never reach a servicer: they are
+INVALID_ARGUMENT here, naming the message type (grpc itself would answer UNKNOWN, or
+INTERNAL mid-stream); a single such request is refused before authentication, as nothing
+in it can be read. Messages are bounded (`bounded`) so they reach the caller.
 """
 
 from __future__ import annotations
@@ -11,15 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor, rebuild
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
 from registry_server import errors as e
 from registry_server.domain.gates import GateFailed
 from registry_server.storage.db import BACKEND_DOWN
@@ -79,16 +86,40 @@ def to_status(
     return rpc_status.to_status(proto)
 
 
+# A status message travels in a trailer, and gRPC clients drop a call whose trailers pass
+# 16 KiB (RESOURCE_EXHAUSTED "metadata size exceeds hard limit"), losing the message. Messages
+# quote what the caller sent, so a longer one keeps its head and its tail (which says what
+# to change) and says how much of the middle it cut.
+MAX_MESSAGE_CHARS = 2000
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(message) <= limit:
+        return message
+    keep = (limit - 40) // 2
+    return f"{message[:keep]} …[{len(message) - 2 * keep} characters cut]… {message[-keep:]}"
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status `exc` maps to. Always raises."""
     if isinstance(exc, e.RegistryError):
         code = status_code(exc)
+        message = bounded(exc.message)
+        metadata = {k: bounded(v, 200) for k, v in exc.metadata.items()}
         if isinstance(exc, GateFailed):
-            violations = [(r.type.value, r.subject, r.description) for r in exc.results]
-            await context.abort_with_status(to_status(code, exc.message, exc.reason, exc.metadata, violations))
+            violations = [(r.type.value, bounded(r.subject, 200), bounded(r.description, 500)) for r in exc.results]
+            await context.abort_with_status(to_status(code, message, exc.reason, metadata, violations))
         if exc.reason:
-            await context.abort_with_status(to_status(code, exc.message, exc.reason, exc.metadata))
-        await context.abort(code, exc.message)
+            await context.abort_with_status(to_status(code, message, exc.reason, metadata))
+        await context.abort(code, message)
+    if isinstance(exc, asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError):
+        # Postgres text holds no NUL character (and the statement, in its transaction, wrote
+        # nothing). Strings reach SQL from dozens of fields; the one place to say so is here.
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a text field of the request contains the NUL character (\\x00) or another character the "
+            f"registry cannot store ({bounded(str(exc), 200)}); remove it and send the request again",
+        )
     if isinstance(exc, BACKEND_DOWN):
         log.warning("backend unavailable: %r", exc)
         what = "database" if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) else "database or disk"
@@ -96,15 +127,44 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
             grpc.StatusCode.UNAVAILABLE, f"the registry's {what} is unavailable ({exc!r}); retry shortly"
         )
     log.exception("internal error", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (a bug in modelreg): {exc!r}")
+    await context.abort(grpc.StatusCode.INTERNAL, bounded(f"internal error (a bug in modelreg): {exc!r}"))
 
 
 _PASS = (asyncio.CancelledError, grpc.aio.AbortError)
 
 
+class UndecodableRequest(e.InvalidArgument):
+    """The request's bytes are not a message of the method's request type."""
+
+    def __init__(self, type_name: str, error: DecodeError):
+        detail = str(error).rsplit(": ", 1)[-1] or "wire format was corrupt"
+        super().__init__(
+            f"the request is not a valid {type_name} ({detail}); send a serialized {type_name} "
+            "with UTF-8 text in every string field and nesting within protobuf's limit (100 levels)"
+        )
+
+
+def _deserializer(parse: Callable[[bytes], Any] | None, type_name: str, streamed: bool) -> Callable[[bytes], Any]:
+    """`parse`, with bytes it cannot decode turned into an UndecodableRequest: raised inside
+    a request stream (the servicer's loop raises it on, and `_unary` maps it), returned for
+    a single request (grpc would answer UNKNOWN for a raise; the behaviour aborts instead)."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data) if parse is not None else data
+        except DecodeError as exc:
+            if streamed:
+                raise UndecodableRequest(type_name, exc) from None
+            return UndecodableRequest(type_name, exc)
+
+    return decode
+
+
 def _unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if isinstance(request, UndecodableRequest):
+                raise request
             return await fn(request, context)
         except _PASS:
             raise
@@ -117,6 +177,8 @@ def _unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
 def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            if isinstance(request, UndecodableRequest):
+                raise request
             async for item in fn(request, context):
                 yield item
         except _PASS:
@@ -125,6 +187,15 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
             await abort(context, exc)
 
     return call
+
+
+def _request_type(method: str) -> str:
+    """The request message's full name, from the method's descriptor."""
+    service, name = method.strip("/").split("/", 1)
+    try:
+        return descriptor_pool.Default().FindServiceByName(service).methods_by_name[name].input_type.full_name
+    except KeyError:
+        return "request message"
 
 
 class ErrorInterceptor(WrappingInterceptor):
@@ -139,4 +210,15 @@ class ErrorInterceptor(WrappingInterceptor):
         return method.split("/")[1] in self.services
 
     def wrap(self, handler: Handler, method: str) -> Handler:
-        return rebuild(handler, _unary, _streaming)
+        streamed = bool(handler.request_streaming)
+        kw: dict[str, Any] = {
+            "request_deserializer": _deserializer(handler.request_deserializer, _request_type(method), streamed),
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), **kw)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary), **kw)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_streaming(cast(Any, handler.unary_stream)), **kw)
+        return grpc.stream_stream_rpc_method_handler(_streaming(cast(Any, handler.stream_stream)), **kw)

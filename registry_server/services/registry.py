@@ -43,7 +43,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             description=m.description,
             project=m.project,
             model_type=m.model_type,
-            default_config=cv.from_struct(m.default_config),
+            default_config=cv.from_struct(m.default_config, "model.default_config"),
             tags=dict(m.tags),
         )
         created = await self.models.create_model(caller_of(context), model)
@@ -76,7 +76,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         values = {
             "description": m.description,
             "tags": dict(m.tags),
-            "default_config": cv.from_struct(m.default_config),
+            "default_config": cv.from_struct(m.default_config, "model.default_config"),
             "model_type": m.model_type,
         }
         updated = await self.models.update_model(caller_of(context), name, {p: values[p] for p in paths})

@@ -21,6 +21,7 @@ from registry_server.domain.access import (
     Permission,
     check_role,
     validate_id,
+    validate_ttl,
 )
 from registry_server.errors import (
     FailedPrecondition,
@@ -148,8 +149,7 @@ class Identity:
     async def create_token(self, caller: Caller, name: str, principal: str, ttl: timedelta | None) -> tuple[str, Token]:
         """A new token: (its secret, shown only now; its record)."""
         await self.access.require(caller, P.MANAGE_TOKENS)
-        if ttl is not None and ttl <= timedelta(0):
-            raise InvalidArgument("ttl must be positive; leave it unset for a token that never expires")
+        validate_ttl(ttl)
         secret = new_secret()
         expires = datetime.now(UTC) + ttl if ttl is not None else None
         token = await self.store.create_token(
