@@ -246,6 +246,10 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            # Clients ping a quiet open call every 10 s to detect half-open connections
+            # (modelreg.credentials.KEEPALIVE_OPTIONS); accept pings down to 5 s apart.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(models, deployments), server)

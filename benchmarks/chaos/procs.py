@@ -234,19 +234,19 @@ class Agent:
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.root / f"agent-{name}.log"
-        self.preexec = None
+        self.wrap: list[str] = []  # a command the agent runs under, e.g. prlimit
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> Agent:
         env = dict(os.environ, MODELREG_ACTOR="agent", PYTHONUNBUFFERED="1", YOLO_OFFLINE="1")
         env.update(self.env)
-        args = [str(BIN / "modelreg"), "agent", "--registry", self.registry, "--listen", self.address]
+        args = [*self.wrap, str(BIN / "modelreg"), "agent", "--registry", self.registry, "--listen", self.address]
         args += ["--cache-dir", str(self.cache_dir), "--agent-id", self.name, "--metrics-listen", "off"]
         args += ["--report-interval", "1", "--retry-initial", "0.5", "--retry-max", "2", "--intra-op-threads", "1"]
         for m in self.models:
             args += ["--model", m]
         args += self.extra
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec)
+        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:
             self.wait_serving(timeout)

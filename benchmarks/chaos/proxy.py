@@ -6,7 +6,9 @@ many seconds before forwarding it (a slow link; order is kept). `partition()` bl
 the link: bytes already read are dropped and nothing is forwarded, new connections are
 accepted and then hang, like a network partition that neither side notices at once;
 `heal()` ends it and aborts every connection that lived through it (their streams are
-already broken, as a real partition leaves them).
+already broken, as a real partition leaves them). `blackhole_existing()` silently drops
+everything on the connections open now while new ones work: a NAT or load balancer that
+lost its state, leaving half-open connections that only a timeout on the client notices.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class FaultyProxy:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="proxy")
         self.thread.start()
         self.pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.dead: set[asyncio.StreamWriter] = set()  # the writers of black-holed connections
         self.cuts = 0
         self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -41,7 +44,7 @@ class FaultyProxy:
             while data := await reader.read(65536):
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                if self.partitioned:
+                if self.partitioned or writer in self.dead:
                     continue  # black-holed
                 writer.write(data)
                 await writer.drain()
@@ -102,6 +105,16 @@ class FaultyProxy:
                 self.cuts += 1
 
         self._run(heal_all)
+
+    def blackhole_existing(self) -> int:
+        """Silently drops all traffic of the connections open now; returns how many."""
+
+        def mark() -> int:
+            for pair in self.pairs:
+                self.dead.update(pair)
+            return len(self.pairs)
+
+        return int(self._run(mark))  # type: ignore[call-overload]
 
     def live_connections(self) -> int:
         return len(self.pairs)

@@ -27,6 +27,28 @@ from modelreg import errors
 
 TOKEN_RECHECK_S = 1.0
 
+# HTTP/2 keepalive on channels to the registry: while a call is open (a watch, a download)
+# the client pings after 10 s without traffic and drops the connection when no answer comes
+# within 10 s, so a half-open connection (a NAT or load balancer that lost its state, a
+# partition that sends no reset) fails the call within ~20 s and the channel reconnects,
+# instead of a watch waiting forever (found by the chaos suite: benchmarks/chaos). gRPC
+# 1.6x+ times a keepalive ping out by `grpc.http2.ping_timeout_ms` (60 s by default), so
+# both are set. The registry accepts pings every 5 s.
+KEEPALIVE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def _options(options: Sequence[tuple[str, Any]], keepalive: bool) -> list[tuple[str, Any]]:
+    """The caller's options, over the keepalive defaults (a caller's key wins)."""
+    given = {k for k, _ in options}
+    defaults = [kv for kv in KEEPALIVE_OPTIONS if kv[0] not in given] if keepalive else []
+    return [*defaults, *options]
+
 
 class ConfigError(errors.ModelregError):
     """A credential setting that cannot be used (a missing or unreadable file)."""
@@ -233,15 +255,21 @@ class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
 
 
 def sync_channel(
-    address: str, credentials: Credentials | None = None, options: Sequence[tuple[str, Any]] = ()
+    address: str,
+    credentials: Credentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    keepalive: bool = True,
 ) -> grpc.Channel:
-    """A blocking channel: TLS when the credentials say so, the token on every call."""
+    """A blocking channel: TLS when the credentials say so, the token on every call, and
+    `KEEPALIVE_OPTIONS` unless `keepalive` is False."""
     creds = credentials or Credentials()
     tls = creds.channel_credentials()
+    opts = _options(options, keepalive)
     channel = (
-        grpc.secure_channel(address, tls, options=list(options))
+        grpc.secure_channel(address, tls, options=opts)
         if tls is not None
-        else grpc.insecure_channel(address, options=list(options))
+        else grpc.insecure_channel(address, options=opts)
     )
     if creds.token is None and creds.token_file is None:
         return channel
@@ -249,9 +277,14 @@ def sync_channel(
 
 
 def aio_channel(
-    address: str, credentials: Credentials | None = None, options: Sequence[tuple[str, Any]] = ()
+    address: str,
+    credentials: Credentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    keepalive: bool = True,
 ) -> grpc.aio.Channel:
     """An asyncio channel, likewise."""
+    options = _options(options, keepalive)
     creds = credentials or Credentials()
     tls = creds.channel_credentials()
     interceptors: list[Any] = []
