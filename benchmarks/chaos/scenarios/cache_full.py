@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from benchmarks.chaos.load import InferenceLoad
-from benchmarks.chaos.procs import Agent, Registry, wait_until
+from benchmarks.chaos.procs import Agent, wait_until
 from benchmarks.chaos.report import Row
-from benchmarks.chaos.scenarios.common import Size, promote, register_scaled, states, wait_serves
+from benchmarks.chaos.scenarios.common import Size, promote, register_scaled, registry, states, wait_serves
 from modelreg.v1 import agent_service_pb2 as ag
 
 MODEL = "chaos-disk"
@@ -27,7 +27,7 @@ def _mount(path: Path) -> bool:
 
 
 def run(work: Path, size: Size) -> Row:
-    reg = Registry(work / "reg").start()
+    reg = registry(work / "reg", size)
     agent = Agent(work, reg.address, [MODEL])
     mounted = _mount(agent.cache_dir)
     if not mounted:

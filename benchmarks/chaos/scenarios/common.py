@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.chaos.load import scale_model
-from benchmarks.chaos.procs import Agent, wait_until
+from benchmarks.chaos.procs import Agent, ExternalPostgres, Registry, wait_until
 from modelreg.v1 import agent_service_pb2 as ag
 
 
 @dataclass(frozen=True)
 class Size:
-    """quick: the `make test` sizes (a few seconds each); full: `make chaos`."""
+    """quick: the `make test` sizes (a few seconds each); full: `make chaos`. `database`, when
+    given, makes a fresh database on a running Postgres and returns its URL: scenarios whose
+    fault is not Postgres itself then skip starting one of their own (the tests' session
+    Postgres; `make chaos` leaves it None, so each registry runs the embedded default)."""
 
     quick: bool
+    database: Callable[[], str] | None = None
 
     def pick(self, quick, full):
         return quick if self.quick else full
@@ -26,13 +31,29 @@ class Size:
         return "quick" if self.quick else "full"
 
 
+def registry(root: Path, size: Size, **kw) -> Registry:
+    """A started registry on `size.database()`, else on its embedded Postgres."""
+    return Registry(root, database_url=size.database() if size.database else None, **kw).start()
+
+
+def shared_postgres(work: Path, size: Size) -> tuple[str, ExternalPostgres | None]:
+    """A database URL several replicas can share, and the cluster to stop (None: not ours)."""
+    if size.database:
+        return size.database(), None
+    pg = ExternalPostgres(work / "pg")
+    pg.start()
+    return pg.database("modelreg"), pg
+
+
 def client(address: str, timeout: float = 30.0):
     from modelreg import Client
 
     return Client(address, actor="chaos", timeout=timeout)
 
 
-def register_scaled(address: str, model: str, scale: float, pad_bytes: int = 0, request_id: str = "") -> tuple[str, str]:
+def register_scaled(
+    address: str, model: str, scale: float, pad_bytes: int = 0, request_id: str = ""
+) -> tuple[str, str]:
     """Registers y = x * scale (padded to `pad_bytes`); returns (version name, sha256)."""
     data = scale_model(scale, pad_bytes, seed=int(scale * 1000))
     with client(address, timeout=600) as c:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from benchmarks.chaos import audit
 from benchmarks.chaos.load import InferenceLoad, Watchers
-from benchmarks.chaos.procs import Agent, Registry, wait_until
+from benchmarks.chaos.procs import Agent, wait_until
 from benchmarks.chaos.proxy import FaultyProxy
 from benchmarks.chaos.report import Row
-from benchmarks.chaos.scenarios.common import Size, promote, register_scaled, wait_serves
+from benchmarks.chaos.scenarios.common import Size, promote, register_scaled, registry, wait_serves
 from benchmarks.chaos.scenarios.registry_down import last_sequence
 from benchmarks.env import free_port
 
@@ -58,7 +58,7 @@ class HealthProbe:
 
 def run(work: Path, size: Size) -> Row:
     slow_s, part_s = size.pick(3, 20), size.pick(4, 30)
-    reg = Registry(work / "reg").start()
+    reg = registry(work / "reg", size)
     proxy = FaultyProxy("127.0.0.1", reg.port)
     mport = free_port()
     agent = Agent(work, proxy.address, [MODEL], extra=["--metrics-listen", f"127.0.0.1:{mport}"])
@@ -91,9 +91,11 @@ def run(work: Path, size: Size) -> Row:
         before_heal = _metric(mport, "modelreg_agent_watch_reconnects_total")
         proxy.heal()
         wait_until(
-            lambda: _metric(mport, "modelreg_agent_watch_reconnects_total") > before_heal
-            and _metric(mport, "modelreg_agent_watch_connected") == 1
-            and proxy.live_connections() >= 2,
+            lambda: (
+                _metric(mport, "modelreg_agent_watch_reconnects_total") > before_heal
+                and _metric(mport, "modelreg_agent_watch_connected") == 1
+                and proxy.live_connections() >= 2
+            ),
             30,
             "the agent and the watcher reconnected after the partition",
         )

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from benchmarks.chaos import audit
 from benchmarks.chaos.load import InferenceLoad, Watchers
-from benchmarks.chaos.procs import Agent, ExternalPostgres, Registry
+from benchmarks.chaos.procs import Agent, Registry
 from benchmarks.chaos.report import Row
-from benchmarks.chaos.scenarios.common import Size, promote, register_scaled, wait_serves
+from benchmarks.chaos.scenarios.common import Size, promote, register_scaled, shared_postgres, wait_serves
 from modelreg.watch import list_events
 
 MODEL = "chaos-down"
@@ -32,9 +32,7 @@ def last_sequence(address: str) -> int:
 def run(work: Path, size: Size) -> Row:
     down_s = size.pick(6, 60)
     rate = size.pick(200, 1000)
-    pg = ExternalPostgres(work / "pg")
-    pg.start()
-    url = pg.database("modelreg")
+    url, pg = shared_postgres(work, size)
     shared = {"MODELREG_ARTIFACTS": str(work / "artifacts")}
     a = Registry(work / "a", database_url=url, env=shared).start()
     b = Registry(work / "b", database_url=url, env=shared).start()
@@ -93,4 +91,5 @@ def run(work: Path, size: Size) -> Row:
             ag.stop()
         a.stop()
         b.stop()
-        pg.stop()
+        if pg:
+            pg.stop()

@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks.chaos.load import RETRYABLE, code_of
 from benchmarks.chaos.procs import Registry, wait_until
 from benchmarks.chaos.report import Row
-from benchmarks.chaos.scenarios.common import Size, big_file, client, tmp_uploads
+from benchmarks.chaos.scenarios.common import Size, big_file, client, registry, tmp_uploads
 from modelreg.v1 import resources_pb2 as res
 
 MODEL = "chaos-transfer"
@@ -39,7 +39,7 @@ def upload(work: Path, size: Size) -> Row:
     nbytes = size.pick(48 << 20, 1 << 30)
     src = work / "big.bin"
     digest = big_file(src, nbytes)
-    reg = Registry(work / "reg", env={"MODELREG_UPLOAD_TTL_HOURS": "24"}).start()
+    reg = registry(work / "reg", size)
     violations: list[str] = []
     rid = uuid.uuid4().hex
     sent = [0]
@@ -119,7 +119,7 @@ def download(work: Path, size: Size) -> Row:
     nbytes = size.pick(24 << 20, 256 << 20)
     src = work / "art.bin"
     digest = big_file(src, nbytes, seed=3)
-    reg = Registry(work / "reg").start()
+    reg = registry(work / "reg", size)
     with client(reg.address, timeout=600) as c:
         c.register(MODEL, src)
     src.unlink()
@@ -192,8 +192,7 @@ def download(work: Path, size: Size) -> Row:
             agent_failures=None,
             recover_s=recover,
             violations=violations,
-            notes=f"{clients} clients x {rounds} downloads; {stats['retries']} resumed retries; "
-            f"{stats['bad']} damaged",
+            notes=f"{clients} clients x {rounds} downloads; {stats['retries']} resumed retries; {stats['bad']} damaged",
             size=f"{nbytes / 2**20:.0f} MiB artifact",
         )
     finally:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from benchmarks.chaos import audit
 from benchmarks.chaos.load import RETRYABLE, Watchers, code_of
-from benchmarks.chaos.procs import ExternalPostgres, Registry, wait_until
+from benchmarks.chaos.procs import Registry, wait_until
 from benchmarks.chaos.report import Row
-from benchmarks.chaos.scenarios.common import Size, client, register_scaled
+from benchmarks.chaos.scenarios.common import Size, client, register_scaled, shared_postgres
 from benchmarks.chaos.scenarios.registry_down import last_sequence
 from modelreg.v1 import resources_pb2 as res
 
@@ -33,9 +33,7 @@ def target(addresses: list[str], first: int) -> str:
 def run(work: Path, size: Size) -> Row:
     n_watchers = size.pick(6, 60)
     seconds = size.pick(4, 20)
-    pg = ExternalPostgres(work / "pg")
-    pg.start()
-    url = pg.database("modelreg")
+    url, pg = shared_postgres(work, size)
     shared = {"MODELREG_ARTIFACTS": str(work / "artifacts")}
     reps = [Registry(work / f"r{i}", database_url=url, env=shared).start() for i in range(3)]
     addrs = [r.address for r in reps]
@@ -116,4 +114,5 @@ def run(work: Path, size: Size) -> Row:
             watch.close()
         for r in reps:
             r.stop()
-        pg.stop()
+        if pg:
+            pg.stop()

@@ -10,9 +10,9 @@ import uuid
 from pathlib import Path
 
 from benchmarks.chaos.load import code_of
-from benchmarks.chaos.procs import ObjectStore, Registry, wait_until
+from benchmarks.chaos.procs import ObjectStore, wait_until
 from benchmarks.chaos.report import Row
-from benchmarks.chaos.scenarios.common import Size, big_file, client
+from benchmarks.chaos.scenarios.common import Size, big_file, client, registry
 
 MODEL = "chaos-store"
 
@@ -28,7 +28,7 @@ def run(work: Path, size: Size) -> Row:
     store = ObjectStore(work / "weed")
     store.start()
     bucket = f"chaos-{uuid.uuid4().hex[:8]}"
-    reg = Registry(work / "reg", env=store.registry_env(bucket)).start()
+    reg = registry(work / "reg", size, env=store.registry_env(bucket))
     violations: list[str] = []
     sent = [0]
     outcome: list[BaseException | str] = []
