@@ -40,6 +40,7 @@ from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
 from registry_server.errors import ConfigError, StartupError
 from registry_server.metrics import RegistryMetrics
+from registry_server.outage import quiet_library_outages
 from registry_server.read_cache import VersionCache
 from registry_server.services.access import AuthServicer
 from registry_server.services.agents import AgentServicer
@@ -56,6 +57,7 @@ from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore
 from registry_server.storage.outbox import Outbox
+from registry_server.supervisor import EmbeddedPostgres
 from registry_server.usecases.access import Access
 from registry_server.usecases.agents import Agents
 from registry_server.usecases.aliases import Aliases
@@ -174,6 +176,7 @@ class RunningServer:
     metrics_server: MetricsServer | None = None  # /metrics, when settings.metrics_address is on
     access: Access | None = None
     admin_token_file: Path | None = None  # written at this start (the first with auth on)
+    embedded: EmbeddedPostgres | None = None  # the supervised embedded Postgres, when no URL was given
 
     @property
     def address(self) -> str:
@@ -206,10 +209,13 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
     credentials = server_credentials(settings)
     url = settings.database_url
+    embedded: EmbeddedPostgres | None = None
     if not url:
-        url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
+        url, handle = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
+        embedded = EmbeddedPostgres(settings.data_dir / "postgres", handle)
     pool = await db.open_database(url, settings.db_pool_size)
     await blobs.start()
+    quiet_library_outages("asyncpg.pool")  # its reconnect tracebacks: the outage is logged once
 
     outbox = Outbox(pool)
     cache = VersionCache()
@@ -311,6 +317,9 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             "auth is off on %s, which other machines can reach: anyone there may do anything; use --auth on",
             settings.address,
         )
+    if embedded is not None:  # restarts the embedded Postgres whenever it exits
+        running.embedded = embedded
+        running.tasks.append(asyncio.create_task(embedded.run(), name="modelreg-postgres-supervisor"))
     running.tasks.append(asyncio.create_task(access.run()))
     if metrics_listen:
         try:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from registry_server.outage import Outage
 from registry_server.usecases.deployments import Deployments
 from registry_server.usecases.models import Models
 
@@ -26,13 +27,15 @@ log = logging.getLogger("modelreg.background")
 
 
 async def run_judge(deployments: Deployments, interval: float) -> None:
+    outage = Outage("canary judge", log)
     while True:
         try:
             await deployments.judge_canaries()
+            outage.ok()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the judge must outlive a database hiccup
-            log.exception("canary judge pass failed")
+        except Exception as exc:  # noqa: BLE001 - the judge must outlive a database outage
+            outage.failed(exc)
         await asyncio.sleep(interval)
 
 
