@@ -39,6 +39,7 @@ from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
 from registry_server.errors import ConfigError, StartupError
+from registry_server.health import HealthMonitor
 from registry_server.metrics import RegistryMetrics
 from registry_server.outage import quiet_library_outages
 from registry_server.read_cache import VersionCache
@@ -168,6 +169,7 @@ class RunningServer:
     blobs: BlobStore
     health: health.aio.HealthServicer
     database_url: str
+    monitor: HealthMonitor | None = None  # what `health` says: probes Postgres and the store
     models: Models | None = None
     deployments: Deployments | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -184,6 +186,8 @@ class RunningServer:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.monitor is not None:
+            await self.monitor.close()
         for name in ("",) + SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for closer in self.closers:
@@ -215,7 +219,9 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         embedded = EmbeddedPostgres(settings.data_dir / "postgres", handle)
     pool = await db.open_database(url, settings.db_pool_size)
     await blobs.start()
-    quiet_library_outages("asyncpg.pool")  # its reconnect tracebacks: the outage is logged once
+    quiet_library_outages("asyncpg.pool")  # its reconnect tracebacks; the monitor reports outages
+    health_servicer = health.aio.HealthServicer()
+    monitor = HealthMonitor(health_servicer, SERVICE_NAMES, url, blobs, settings.health_interval)
 
     outbox = Outbox(pool)
     cache = VersionCache()
@@ -245,7 +251,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             *([MetricsInterceptor(metrics)] if metrics_listen else []),
             *interceptors,
             *tracing.server_interceptors(),
-            ErrorInterceptor(SERVICE_NAMES),
+            ErrorInterceptor(SERVICE_NAMES, diagnose=monitor.cause),
             AuthInterceptor(access, SERVICE_NAMES),
         ],
         options=[
@@ -262,7 +268,6 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         GovernanceServicer(gates, cards, aliases, models),
         server,
     )
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     def on_events(rows) -> None:
@@ -302,6 +307,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         blobs=blobs,
         health=health_servicer,
         database_url=url,
+        monitor=monitor,
         models=models,
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
@@ -331,8 +337,8 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
                 "MODELREG_METRICS_ADDRESS (or --metrics-listen) to a free host:port, or 'off'"
             ) from None
         running.tasks.append(asyncio.create_task(metrics.sample(pool, agents)))
-    for name in ("",) + SERVICE_NAMES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await monitor.check()  # SERVING: both answered a moment ago
+    running.tasks.append(asyncio.create_task(monitor.run(), name="modelreg-health"))
     running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running

@@ -94,6 +94,11 @@ class BlobStore(abc.ABC):
         """Releases resources."""
 
     @abc.abstractmethod
+    async def probe(self) -> None:
+        """Raises (OSError, or Unavailable) when the store cannot take uploads or serve reads
+        now; the health monitor calls it every second, so it is one cheap request."""
+
+    @abc.abstractmethod
     async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
         """Starts an upload. `expected_sha256` is the digest the client declared, if any: a
         store may stage the bytes where that digest's blob will live (never visible there

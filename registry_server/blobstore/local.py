@@ -98,6 +98,16 @@ class LocalBlobStore(BlobStore):
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
+    async def probe(self) -> None:
+        def check() -> None:
+            for folder in (self.root / "sha256", self.root / "tmp"):
+                if not folder.is_dir():
+                    raise FileNotFoundError(f"{folder} is missing")
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise PermissionError(f"{folder} is not writable")
+
+        await asyncio.to_thread(check)
+
     async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
         return _LocalUpload(self, self.root / "tmp" / f"upload-{uuid.uuid4().hex}")
 

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: The google.rpc.ErrorInfo reason of every Unavailable this store raises.
+STORE_UNAVAILABLE = "ARTIFACT_STORE_UNAVAILABLE"
+
 #: Size of one uploaded part. S3 allows at most 10,000 parts, so one upload holds up to 156 GiB.
 DEFAULT_PART_SIZE = 16 * MiB
 #: Above this size commit copies in parts (UploadPartCopy) instead of one CopyObject, which S3
@@ -172,12 +175,14 @@ class S3BlobStore(BlobStore):
             raise Unavailable(
                 f"the artifact store s3://{self.bucket} at {self.endpoint} refused to {what} "
                 f"({e.code}: {e.message}); check the MODELREG_S3_* settings and the bucket's permissions, "
-                "then retry"
+                "then retry",
+                reason=STORE_UNAVAILABLE,
             ) from e
         except (MinioException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
             raise Unavailable(
                 f"the artifact store at {self.endpoint} is unreachable; could not {what} ({_reason(e)}); "
-                "check that it is running and that MODELREG_S3_ENDPOINT points at it, then retry"
+                "check that it is running and that MODELREG_S3_ENDPOINT points at it, then retry",
+                reason=STORE_UNAVAILABLE,
             ) from e
 
     async def stored_size(self, key: str) -> int | None:
@@ -283,6 +288,13 @@ class S3BlobStore(BlobStore):
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def probe(self) -> None:
+        if not await self.call(f"check bucket {self.bucket}", self.client.bucket_exists, self.bucket):
+            raise Unavailable(
+                f"the bucket {self.bucket} at {self.endpoint} is gone; create it again or fix MODELREG_ARTIFACTS",
+                reason=STORE_UNAVAILABLE,
+            )
 
     async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
         return S3Upload(self, expected_sha256)
