@@ -34,7 +34,7 @@ from modelreg.v1 import (
 )
 from modelreg_runtime import logs, tracing
 from modelreg_runtime.metrics_http import MetricsServer
-from registry_server.background import run_janitor, run_judge
+from registry_server.background import run_heartbeat, run_janitor, run_judge
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
@@ -58,6 +58,7 @@ from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore
 from registry_server.storage.outbox import Outbox
+from registry_server.storage.uploads import UploadLeases
 from registry_server.supervisor import EmbeddedPostgres
 from registry_server.usecases.access import Access
 from registry_server.usecases.agents import Agents
@@ -67,6 +68,7 @@ from registry_server.usecases.deployments import Deployments
 from registry_server.usecases.gates import Gates
 from registry_server.usecases.identity import Identity
 from registry_server.usecases.models import Models
+from registry_server.usecases.uploads import Uploads
 
 log = logging.getLogger("modelreg.server")
 
@@ -79,7 +81,6 @@ SERVICE_NAMES = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     governance_service_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
 )
-JANITOR_INTERVAL = 3600.0
 
 
 def quiet_noisy_loggers() -> None:
@@ -178,6 +179,7 @@ class RunningServer:
     metrics_server: MetricsServer | None = None  # /metrics, when settings.metrics_address is on
     access: Access | None = None
     admin_token_file: Path | None = None  # written at this start (the first with auth on)
+    uploads: Uploads | None = None  # this server's upload lease
     embedded: EmbeddedPostgres | None = None  # the supervised embedded Postgres, when no URL was given
 
     @property
@@ -195,6 +197,9 @@ class RunningServer:
         if self.metrics_server is not None:
             await self.metrics_server.close()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.uploads is not None:  # every upload has ended: give up the lease
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.uploads.stop(), 5)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -222,6 +227,8 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     quiet_library_outages("asyncpg.pool")  # its reconnect tracebacks; the monitor reports outages
     health_servicer = health.aio.HealthServicer()
     monitor = HealthMonitor(health_servicer, SERVICE_NAMES, url, blobs, settings.health_interval)
+    uploads = Uploads(UploadLeases(pool, settings.upload_lease), blobs, settings.upload_ttl, monitor.database_up_for)
+    await uploads.start()  # before any upload: each is named for this server's lease
 
     outbox = Outbox(pool)
     cache = VersionCache()
@@ -308,6 +315,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         health=health_servicer,
         database_url=url,
         monitor=monitor,
+        uploads=uploads,
         models=models,
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
@@ -339,7 +347,8 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         running.tasks.append(asyncio.create_task(metrics.sample(pool, agents)))
     await monitor.check()  # SERVING: both answered a moment ago
     running.tasks.append(asyncio.create_task(monitor.run(), name="modelreg-health"))
-    running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
+    running.tasks.append(asyncio.create_task(run_janitor(uploads, settings.janitor_interval), name="modelreg-janitor"))
+    running.tasks.append(asyncio.create_task(run_heartbeat(uploads), name="modelreg-upload-lease"))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     return running
 
