@@ -217,7 +217,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     (ConfigError for a bad setting) when a dependency or the address fails."""
     blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
     credentials = server_credentials(settings)
-    url = settings.database_url
+    url: str = settings.database_url or ""
     embedded: EmbeddedPostgres | None = None
     if not url:
         url, handle = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)

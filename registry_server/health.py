@@ -73,8 +73,9 @@ class HealthMonitor:
         if self._conn is None or self._conn.is_closed():
             self._conn = None
             self._conn = await asyncio.wait_for(db.connect(self.database_url), self.timeout)
+        conn: asyncpg.Connection = self._conn
         try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self.timeout)
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), self.timeout)
         except BaseException:
             conn, self._conn = self._conn, None
             if conn is not None:

@@ -428,8 +428,8 @@ class S3BlobStore(BlobStore):
                 out.append((o.object_name, rest.split("/", 1)[0], now - o.last_modified))
             return out
 
-        for name, owner, age in await self.call("list temporary uploads", owned_objects):
-            if orphans.removable(owner, age):
+        for name, owner_id, age in await self.call("list temporary uploads", owned_objects):
+            if orphans.removable(owner_id, age):
                 try:
                     await self.call(f"remove {name}", self.client.remove_object, self.bucket, name)
                     removed += 1
