@@ -13,6 +13,7 @@ needs no restart. Nothing here logs or formats a secret: `repr(Credentials)` mas
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -254,6 +255,30 @@ class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
         return await continuation(_aio_details(client_call_details, self._token()), request_iterator)
 
 
+#: The service config of a channel to several registry replicas: spread calls over every
+#: address (round_robin), and skip a replica whose grpc.health.v1 says NOT_SERVING (its
+#: database or store is unreachable) until it says SERVING again.
+REPLICAS_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+
+
+def several_addresses(address: str) -> bool:
+    """Whether `address` is a gRPC target listing several addresses (`ipv4:a:1,b:2`,
+    `ipv6:[::1]:1,[::1]:2`): replicas of one registry."""
+    scheme, _, rest = address.partition(":")
+    return scheme in ("ipv4", "ipv6") and "," in rest
+
+
+def channel_options(address: str, options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """`options`, plus the replicas' service config when `address` lists several addresses
+    (unless `options` sets a service config of its own)."""
+    out = list(options)
+    if several_addresses(address) and not any(k == "grpc.service_config" for k, _ in out):
+        out.append(("grpc.service_config", REPLICAS_SERVICE_CONFIG))
+    return out
+
+
 def sync_channel(
     address: str,
     credentials: Credentials | None = None,
@@ -261,8 +286,10 @@ def sync_channel(
     *,
     keepalive: bool = True,
 ) -> grpc.Channel:
-    """A blocking channel: TLS when the credentials say so, the token on every call, and
-    `KEEPALIVE_OPTIONS` unless `keepalive` is False."""
+    """A blocking channel: TLS when the credentials say so, the token on every call; several
+    addresses are load-balanced (`channel_options`); `KEEPALIVE_OPTIONS` unless `keepalive`
+    is False."""
+    options = channel_options(address, options)
     creds = credentials or Credentials()
     tls = creds.channel_credentials()
     opts = _options(options, keepalive)
@@ -284,7 +311,7 @@ def aio_channel(
     keepalive: bool = True,
 ) -> grpc.aio.Channel:
     """An asyncio channel, likewise."""
-    options = _options(options, keepalive)
+    options = _options(channel_options(address, options), keepalive)
     creds = credentials or Credentials()
     tls = creds.channel_credentials()
     interceptors: list[Any] = []

@@ -79,7 +79,35 @@ def to_status(
     return rpc_status.to_status(proto)
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+#: Says what a backend failure was: "database", "artifact store", or "" when unknown. The
+#: health monitor's `cause` (it also probes at once, so health flips without waiting a tick).
+Diagnose = Callable[[], Awaitable[str]]
+
+#: google.rpc.ErrorInfo reasons of UNAVAILABLE, by what is down; the SDK and CLI tell "cannot
+#: connect to the registry" apart from "the registry is up but its database is not" by them.
+UNAVAILABLE_REASONS = {"database": "DATABASE_UNAVAILABLE", "artifact store": "ARTIFACT_STORE_UNAVAILABLE"}
+
+
+async def backend_down(context: grpc.aio.ServicerContext, exc: BaseException, diagnose: Diagnose | None) -> None:
+    """Ends the call with UNAVAILABLE for a lost database or store connection, naming which
+    one (an ErrorInfo reason from UNAVAILABLE_REASONS) when it can tell. Always raises."""
+    log.warning("backend unavailable: %r", exc)
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        what = "database"
+        if diagnose is not None:
+            await diagnose()  # flips health now
+    else:
+        what = (await diagnose() if diagnose is not None else "") or ""
+    message = (
+        f"the registry's {what} is unavailable ({exc!r}); retry shortly"
+        if what
+        else f"the registry's database or artifact store is unavailable ({exc!r}); retry shortly"
+    )
+    reason = UNAVAILABLE_REASONS.get(what, "BACKEND_UNAVAILABLE")
+    await context.abort_with_status(to_status(grpc.StatusCode.UNAVAILABLE, message, reason))
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, diagnose: Diagnose | None = None) -> None:
     """Ends the call with the status `exc` maps to. Always raises."""
     if isinstance(exc, e.RegistryError):
         code = status_code(exc)
@@ -90,11 +118,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
             await context.abort_with_status(to_status(code, exc.message, exc.reason, exc.metadata))
         await context.abort(code, exc.message)
     if isinstance(exc, BACKEND_DOWN):
-        log.warning("backend unavailable: %r", exc)
-        what = "database" if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) else "database or disk"
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"the registry's {what} is unavailable ({exc!r}); retry shortly"
-        )
+        await backend_down(context, exc, diagnose)
     log.exception("internal error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (a bug in modelreg): {exc!r}")
 
@@ -102,19 +126,19 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
 _PASS = (asyncio.CancelledError, grpc.aio.AbortError)
 
 
-def _unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _unary(fn: Callable[..., Awaitable[Any]], diagnose: Diagnose | None) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(request, context)
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped, not swallowed
-            await abort(context, exc)
+            await abort(context, exc, diagnose)
 
     return call
 
 
-def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _streaming(fn: Callable[..., AsyncIterator[Any]], diagnose: Diagnose | None) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for item in fn(request, context):
@@ -122,7 +146,7 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001
-            await abort(context, exc)
+            await abort(context, exc, diagnose)
 
     return call
 
@@ -131,12 +155,14 @@ class ErrorInterceptor(WrappingInterceptor):
     """Maps what a servicer raises to a status, for every method of our services (our
     servicers are async functions and async generators)."""
 
-    def __init__(self, services: tuple[str, ...]):
+    def __init__(self, services: tuple[str, ...], diagnose: Diagnose | None = None):
         super().__init__()
         self.services = services  # full service names whose methods are wrapped
+        self.diagnose = diagnose  # names what a lost connection was (and flips health at once)
 
     def wraps(self, method: str) -> bool:
         return method.split("/")[1] in self.services
 
     def wrap(self, handler: Handler, method: str) -> Handler:
-        return rebuild(handler, _unary, _streaming)
+        d = self.diagnose
+        return rebuild(handler, lambda fn: _unary(fn, d), lambda fn: _streaming(fn, d))
