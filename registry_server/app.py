@@ -265,9 +265,9 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
-            # Clients ping a quiet open call every 10 s to detect half-open connections
-            # (modelreg.credentials.KEEPALIVE_OPTIONS); accept pings down to 5 s apart.
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            # Clients ping a quiet open call (every 10 s by default) to detect half-open
+            # connections (modelreg.credentials.keepalive_options); accept pings 1 s apart.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )

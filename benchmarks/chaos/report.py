@@ -30,6 +30,7 @@ class Row:
     violations: list[str] = field(default_factory=list)
     notes: str = ""
     size: str = ""
+    key: str = ""  # the scenario's id (`--only KEY`)
 
     @property
     def ok(self) -> bool:

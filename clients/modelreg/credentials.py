@@ -29,25 +29,40 @@ from modelreg import errors
 TOKEN_RECHECK_S = 1.0
 
 # HTTP/2 keepalive on channels to the registry: while a call is open (a watch, a download)
-# the client pings after 10 s without traffic and drops the connection when no answer comes
-# within 10 s, so a half-open connection (a NAT or load balancer that lost its state, a
-# partition that sends no reset) fails the call within ~20 s and the channel reconnects,
-# instead of a watch waiting forever (found by the chaos suite: benchmarks/chaos). gRPC
-# 1.6x+ times a keepalive ping out by `grpc.http2.ping_timeout_ms` (60 s by default), so
-# both are set. The registry accepts pings every 5 s.
-KEEPALIVE_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.ping_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.http2.max_pings_without_data", 0),
-)
+# the client pings after MODELREG_KEEPALIVE_SECONDS (default 10) without traffic and drops
+# the connection when no answer comes within as long again, so a half-open connection (a
+# NAT or load balancer that lost its state, a partition that sends no reset) fails the call
+# within ~20 s and the channel reconnects, instead of a watch waiting forever (found by the
+# chaos suite, benchmarks/chaos). gRPC 1.6x+ times a keepalive ping out by
+# `grpc.http2.ping_timeout_ms` (60 s by default), so both are set. The registry accepts
+# pings down to 1 s apart.
+KEEPALIVE_DEFAULT_S = 10.0
+
+
+def keepalive_options() -> tuple[tuple[str, Any], ...]:
+    raw = os.environ.get("MODELREG_KEEPALIVE_SECONDS", "").strip()
+    try:
+        seconds = float(raw) if raw else KEEPALIVE_DEFAULT_S
+        if not 1 <= seconds <= 3600:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"MODELREG_KEEPALIVE_SECONDS={raw!r} is not a number of seconds from 1 to 3600; set it like 10"
+        ) from None
+    ms = int(seconds * 1000)
+    return (
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.http2.ping_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+    )
 
 
 def _options(options: Sequence[tuple[str, Any]], keepalive: bool) -> list[tuple[str, Any]]:
     """The caller's options, over the keepalive defaults (a caller's key wins)."""
     given = {k for k, _ in options}
-    defaults = [kv for kv in KEEPALIVE_OPTIONS if kv[0] not in given] if keepalive else []
+    defaults = [kv for kv in keepalive_options() if kv[0] not in given] if keepalive else []
     return [*defaults, *options]
 
 
@@ -287,7 +302,7 @@ def sync_channel(
     keepalive: bool = True,
 ) -> grpc.Channel:
     """A blocking channel: TLS when the credentials say so, the token on every call; several
-    addresses are load-balanced (`channel_options`); `KEEPALIVE_OPTIONS` unless `keepalive`
+    addresses are load-balanced (`channel_options`); `keepalive_options()` unless `keepalive`
     is False."""
     options = channel_options(address, options)
     creds = credentials or Credentials()

@@ -12,6 +12,7 @@ Time to recover: from the half-open cut to the agent serving v3."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.request
@@ -57,11 +58,14 @@ class HealthProbe:
 
 
 def run(work: Path, size: Size) -> Row:
-    slow_s, part_s = size.pick(3, 20), size.pick(4, 30)
+    slow_s, part_s = size.pick(2, 20), size.pick(3, 30)
     reg = registry(work / "reg", size)
     proxy = FaultyProxy("127.0.0.1", reg.port)
     mport = free_port()
-    agent = Agent(work, proxy.address, [MODEL], extra=["--metrics-listen", f"127.0.0.1:{mport}"])
+    # The quick version pings a silent connection after 2 s instead of 10 (the half-open phase).
+    keepalive = {"MODELREG_KEEPALIVE_SECONDS": str(size.pick(2, 10))}
+    os.environ.update(keepalive)  # the watcher's channel, made in this process
+    agent = Agent(work, proxy.address, [MODEL], extra=["--metrics-listen", f"127.0.0.1:{mport}"], env=keepalive)
     load = probe = watch = None
     violations: list[str] = []
     try:
@@ -149,3 +153,4 @@ def run(work: Path, size: Size) -> Row:
         proxy.close()
         reg.stop()
         reg.stop_postgres()
+        os.environ.pop("MODELREG_KEEPALIVE_SECONDS", None)

@@ -30,7 +30,7 @@ def last_sequence(address: str) -> int:
 
 
 def run(work: Path, size: Size) -> Row:
-    down_s = size.pick(6, 60)
+    down_s = size.pick(4, 60)
     rate = size.pick(200, 1000)
     url, pg = shared_postgres(work, size)
     shared = {"MODELREG_ARTIFACTS": str(work / "artifacts")}
