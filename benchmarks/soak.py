@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks.chaos.load import InferenceLoad, Watchers, scale_model
 from benchmarks.chaos.procs import Agent, Registry, wait_until
+from benchmarks.env import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 MODELS = [f"soak-{i}" for i in range(4)]
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     print(f"[soak] {args.seconds:.0f} s in {work}", file=sys.stderr, flush=True)
-    reg = Registry(work / "reg").start()
+    # Metrics on, as `make run` has them (per-version series are part of what could grow).
+    reg = Registry(work / "reg", env={"MODELREG_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"}).start()
     agents: list[Agent] = []
     watch = infer = load = None
     try:

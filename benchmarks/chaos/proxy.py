@@ -32,6 +32,7 @@ class FaultyProxy:
         self.pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self.dead: set[asyncio.StreamWriter] = set()  # the writers of black-holed connections
         self.cuts = 0
+        self.opened = 0  # connections made to the target, ever
         self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
         self.port = self.server.sockets[0].getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
@@ -63,6 +64,7 @@ class FaultyProxy:
             return
         pair = (cwriter, uwriter)
         self.pairs.append(pair)
+        self.opened += 1
         try:
             await asyncio.gather(self._pipe(creader, uwriter), self._pipe(ureader, cwriter))
         finally:

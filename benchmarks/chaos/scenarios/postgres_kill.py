@@ -65,6 +65,13 @@ def run(work: Path, size: Size, *, external: bool) -> Row:
             found.add("the registry process exited")
         acked = regs.acked()
         unacked = [o for o in regs.ops if o.acked_version is None]
+        for f in proms.failed:
+            if "INTERNAL" in f or "UNKNOWN" in f:
+                found.add(f"promotion {f}")
+        for o in unacked:
+            last = o.errors[-1] if o.errors else "no error (still in flight at the end)"
+            if "INTERNAL" in last or "UNKNOWN" in last:
+                found.add(f"request {o.request_id} ended with {last}")
         return Row(
             scenario=f"Postgres killed under load ({'external, pg_ctl -m immediate' if pg else 'embedded, SIGKILL'})",
             unit="registrations + promotions",
@@ -76,7 +83,8 @@ def run(work: Path, size: Size, *, external: bool) -> Row:
             recover_s=recover,
             violations=found.violations,
             notes=f"{clients} clients; {sum(o.attempts - 1 for o in regs.ops)} retries with the same request id; "
-            f"{len(unacked)} never acknowledged",
+            f"{len(proms.failed)} promotions refused; {len(unacked)} registrations never acknowledged"
+            + "".join(f" ({o.errors[-1][:160] if o.errors else 'in flight at the end'})" for o in unacked[:3]),
             size=f"{clients} clients, 2 KiB artifacts",
         )
     finally:
