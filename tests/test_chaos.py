@@ -63,3 +63,34 @@ def test_registry_channels_detect_half_open_connections(monkeypatch):
     monkeypatch.setenv("MODELREG_KEEPALIVE_SECONDS", "soon")
     with pytest.raises(ValueError, match="MODELREG_KEEPALIVE_SECONDS='soon'.*set it like 10"):
         keepalive_options()
+
+
+async def test_a_connection_asyncpg_corrupted_by_a_dying_session_is_unavailable_not_internal():
+    """The Postgres scenario's finding: during a SIGKILL of Postgres a registration came back
+    INTERNAL with asyncpg's InternalClientError (asyncpg#1069). It is a lost database: the
+    caller gets UNAVAILABLE with the DATABASE_UNAVAILABLE reason, and retries."""
+    import asyncpg
+    import grpc
+
+    from registry_server.services.errors import abort
+
+    class Aborted(Exception):
+        pass
+
+    class Context:  # the two calls abort() makes; a unit test of the mapping alone
+        status = None
+
+        async def abort_with_status(self, status):
+            self.status = status
+            raise Aborted
+
+        async def abort(self, code, details):
+            self.status = (code, details)
+            raise Aborted
+
+    ctx = Context()
+    with pytest.raises(Aborted):
+        await abort(ctx, asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"))
+    assert ctx.status.code == grpc.StatusCode.UNAVAILABLE
+    details = dict(ctx.status.trailing_metadata)["grpc-status-details-bin"]
+    assert b"DATABASE_UNAVAILABLE" in details

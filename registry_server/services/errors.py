@@ -92,7 +92,7 @@ async def backend_down(context: grpc.aio.ServicerContext, exc: BaseException, di
     """Ends the call with UNAVAILABLE for a lost database or store connection, naming which
     one (an ErrorInfo reason from UNAVAILABLE_REASONS) when it can tell. Always raises."""
     log.warning("backend unavailable: %r", exc)
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError):
         what = "database"
         if diagnose is not None:
             await diagnose()  # flips health now

@@ -24,10 +24,14 @@ from registry_server.errors import ConfigError, StartupError
 
 # A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
 # OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
+# InternalClientError ("cannot switch to state 12; another operation (2) is in progress") is
+# what asyncpg raises on a pooled connection whose session died mid-operation (asyncpg#1069);
+# the chaos suite got it as INTERNAL from a registration while Postgres was SIGKILLed.
 DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.exceptions.AdminShutdownError,
     OSError,
 )
