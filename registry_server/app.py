@@ -280,6 +280,7 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         server,
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await monitor.starting()
 
     def on_events(rows) -> None:
         cache.on_events(rows)

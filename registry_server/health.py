@@ -67,6 +67,12 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self.closed = False
 
+    async def starting(self) -> None:
+        """Every name NOT_SERVING until the first probe (a check while the server starts gets an
+        answer, not NOT_FOUND)."""
+        for name in self.names:
+            await self.servicer.set(name, NOT_SERVING)
+
     # ------------------------------------------------------------------ probing
 
     async def _probe_database(self) -> None:

@@ -5,6 +5,7 @@ or the artifact store is unreachable, SERVING again within seconds of recovery; 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import grpc
@@ -61,7 +62,8 @@ def private_pg():
     pg.close()
 
 
-def test_health_is_not_serving_while_postgres_is_down_and_serving_after(make_registry, private_pg):
+def test_health_is_not_serving_while_postgres_is_down_and_serving_after(make_registry, private_pg, caplog):
+    caplog.set_level(logging.INFO)
     reg = make_registry(database_url=private_pg.url("health"), health_interval=0.2)
     assert set(statuses(reg.address).values()) == {SERVING}
     c = Client(reg.address, actor="t")
@@ -81,6 +83,13 @@ def test_health_is_not_serving_while_postgres_is_down_and_serving_after(make_reg
     assert wait_for_status(reg.address, SERVING) < 5
     assert c.get_model("m").name == "models/m"
     c.close()
+    # An external database: the server stayed up and logged the outage without a traceback,
+    # once when it went and once when it came back.
+    tracebacks = [f"{r.name}: {r.getMessage()} ({r.exc_info[1]!r})" for r in caplog.records if r.exc_info]
+    assert tracebacks == []
+    health_lines = [r.getMessage() for r in caplog.records if r.name == "modelreg.health"]
+    assert len(health_lines) == 2, health_lines
+    assert "NOT_SERVING" in health_lines[0] and "SERVING" in health_lines[1]
 
 
 def test_health_is_not_serving_while_the_artifact_store_is_gone(make_registry, tmp_path):
