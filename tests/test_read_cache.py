@@ -67,7 +67,6 @@ def test_get_version_answers_memo_lets_go_of_versions_the_cache_dropped(registry
     """Found by `make soak`: the GetModelVersion response memo held every version object it
     had answered for (up to 10,000) after the read cache had dropped them, so RSS grew for
     as long as registrations invalidated the cache. Entries now go with their version."""
-    import asyncio
     import gc
 
     from registry_server.services.registry import RegistryServicer
