@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     "interval": args.interval,
                     "watchers": args.watchers,
                     "operations": load.ops,
+                    "events": newest,
                     "errors": len(load.errors),
                     "inference": {"sent": infer.sent, "failed": infer.failed + infer.wrong},
                     "rows": rows,
