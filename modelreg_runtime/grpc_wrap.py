@@ -15,14 +15,17 @@ Behaviour: TypeAlias = Callable[..., Any]
 
 
 def rebuild(
-    handler: Handler, unary: Callable[[Behaviour], Behaviour], streaming: Callable[[Behaviour], Behaviour]
+    handler: Handler,
+    unary: Callable[[Behaviour], Behaviour],
+    streaming: Callable[[Behaviour], Behaviour],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> Handler:
     """The same method with its behaviour wrapped: `unary(fn)` for a single response
-    (unary and client-streaming calls), `streaming(fn)` for a response stream. (grpc's
-    stubs type behaviours as sync functions; ours are coroutines and async generators,
-    hence the casts.)"""
+    (unary and client-streaming calls), `streaming(fn)` for a response stream, and its
+    request deserializer replaced when one is given. (grpc's stubs type behaviours as sync
+    functions; ours are coroutines and async generators, hence the casts.)"""
     kw: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

@@ -37,7 +37,7 @@ from modelreg.v1 import (
 )
 from modelreg_runtime import logs, tracing
 from modelreg_runtime.metrics_http import MetricsServer
-from registry_server.background import run_janitor, run_judge
+from registry_server.background import run_heartbeat, run_janitor, run_judge
 from registry_server.blobstore.base import BlobStore
 from registry_server.blobstore.local import LocalBlobStore
 from registry_server.config import Settings
@@ -46,7 +46,9 @@ from registry_server.console.deps import UseCases
 from registry_server.console.server import ConsoleServer
 from registry_server.domain.webhooks import RetryPolicy
 from registry_server.errors import ConfigError, StartupError
+from registry_server.health import HealthMonitor
 from registry_server.metrics import RegistryMetrics
+from registry_server.outage import quiet_library_outages
 from registry_server.read_cache import VersionCache
 from registry_server.services.access import AuthServicer
 from registry_server.services.agents import AgentServicer
@@ -64,7 +66,9 @@ from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore
 from registry_server.storage.models import ModelStore
 from registry_server.storage.outbox import Outbox
+from registry_server.storage.uploads import UploadLeases
 from registry_server.storage.webhooks import WebhookStore
+from registry_server.supervisor import EmbeddedPostgres
 from registry_server.usecases.access import Access
 from registry_server.usecases.agents import Agents
 from registry_server.usecases.aliases import Aliases
@@ -73,6 +77,7 @@ from registry_server.usecases.deployments import Deployments
 from registry_server.usecases.gates import Gates
 from registry_server.usecases.identity import Identity
 from registry_server.usecases.models import Models
+from registry_server.usecases.uploads import Uploads
 from registry_server.usecases.webhooks import Webhooks
 from registry_server.webhooks.deliverer import Deliverer
 from registry_server.webhooks.keys import SecretBox
@@ -90,7 +95,6 @@ SERVICE_NAMES = (
     governance_service_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
     webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
-JANITOR_INTERVAL = 3600.0
 
 
 def quiet_noisy_loggers() -> None:
@@ -180,6 +184,7 @@ class RunningServer:
     blobs: BlobStore
     health: health.aio.HealthServicer
     database_url: str
+    monitor: HealthMonitor | None = None  # what `health` says: probes Postgres and the store
     models: Models | None = None
     deployments: Deployments | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -189,6 +194,8 @@ class RunningServer:
     console: ConsoleServer | None = None  # the web console and /api/v1/, when settings.http_address is on
     access: Access | None = None
     admin_token_file: Path | None = None  # written at this start (the first with auth on)
+    uploads: Uploads | None = None  # this server's upload lease
+    embedded: EmbeddedPostgres | None = None  # the supervised embedded Postgres, when no URL was given
 
     @property
     def address(self) -> str:
@@ -196,6 +203,8 @@ class RunningServer:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.monitor is not None:
+            await self.monitor.close()
         for name in ("",) + SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for closer in self.closers:
@@ -205,6 +214,9 @@ class RunningServer:
         if self.metrics_server is not None:
             await self.metrics_server.close()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.uploads is not None:  # every upload has ended: give up the lease
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.uploads.stop(), 5)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -222,11 +234,18 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
     (ConfigError for a bad setting) when a dependency or the address fails."""
     blobs = make_blobstore(settings)  # first: a bad store setting is reported before any I/O
     credentials = server_credentials(settings)
-    url = settings.database_url
+    url: str = settings.database_url or ""
+    embedded: EmbeddedPostgres | None = None
     if not url:
-        url = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
+        url, handle = await asyncio.to_thread(db.start_embedded_postgres, settings.data_dir)
+        embedded = EmbeddedPostgres(settings.data_dir / "postgres", handle)
     pool = await db.open_database(url, settings.db_pool_size)
     await blobs.start()
+    quiet_library_outages("asyncpg.pool")  # its reconnect tracebacks; the monitor reports outages
+    health_servicer = health.aio.HealthServicer()
+    monitor = HealthMonitor(health_servicer, SERVICE_NAMES, url, blobs, settings.health_interval)
+    uploads = Uploads(UploadLeases(pool, settings.upload_lease), blobs, settings.upload_ttl, monitor.database_up_for)
+    await uploads.start()  # before any upload: each is named for this server's lease
 
     outbox = Outbox(pool)
     cache = VersionCache()
@@ -268,13 +287,17 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             *([MetricsInterceptor(metrics)] if metrics_listen else []),
             *interceptors,
             *tracing.server_interceptors(),
-            ErrorInterceptor(SERVICE_NAMES),
+            ErrorInterceptor(SERVICE_NAMES, diagnose=monitor.cause),
             AuthInterceptor(access, SERVICE_NAMES),
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            # Clients ping a quiet open call (every 10 s by default) to detect half-open
+            # connections (modelreg.credentials.keepalive_options); accept pings 1 s apart.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(models, deployments), server)
@@ -286,8 +309,8 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         server,
     )
     webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks), server)
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await monitor.starting()
 
     def on_events(rows) -> None:
         cache.on_events(rows)
@@ -326,6 +349,8 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
         blobs=blobs,
         health=health_servicer,
         database_url=url,
+        monitor=monitor,
+        uploads=uploads,
         models=models,
         deployments=deployments,
         closers=[c for c in extra_closers if c is not None],
@@ -341,6 +366,9 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
             "auth is off on %s, which other machines can reach: anyone there may do anything; use --auth on",
             settings.address,
         )
+    if embedded is not None:  # restarts the embedded Postgres whenever it exits
+        running.embedded = embedded
+        running.tasks.append(asyncio.create_task(embedded.run(), name="modelreg-postgres-supervisor"))
     running.tasks.append(asyncio.create_task(access.run()))
     if metrics_listen:
         try:
@@ -363,9 +391,10 @@ async def start(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterc
                 f"cannot serve the web console on {settings.http_address}: {e.strerror or e}; set "
                 "MODELREG_HTTP_ADDRESS (or --http-listen) to a free host:port, or 'off'"
             ) from None
-    for name in ("",) + SERVICE_NAMES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running.tasks.append(asyncio.create_task(run_janitor(models, settings.upload_ttl, JANITOR_INTERVAL)))
+    await monitor.check()  # SERVING: both answered a moment ago
+    running.tasks.append(asyncio.create_task(monitor.run(), name="modelreg-health"))
+    running.tasks.append(asyncio.create_task(run_janitor(uploads, settings.janitor_interval), name="modelreg-janitor"))
+    running.tasks.append(asyncio.create_task(run_heartbeat(uploads), name="modelreg-upload-lease"))
     running.tasks.append(asyncio.create_task(run_judge(deployments, settings.canary_judge_interval)))
     running.tasks.append(asyncio.create_task(deliverer.run(), name="modelreg-webhooks"))
     return running

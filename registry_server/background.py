@@ -9,41 +9,62 @@
   by the same use case as an operator's, so its event reaches every agent. Several replicas
   may judge at once: a verdict is applied only if the same canary is still running (checked
   under the model's row lock).
-- The janitor removes uploads that never completed (a client or a server that died
-  mid-upload) once they are older than the upload TTL.
+- The janitor removes uploads that never completed: at once those of a server that died
+  mid-upload (its upload lease is gone, `usecases.uploads`), and any older than the upload
+  TTL. The heartbeat renews this server's own lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 
+from registry_server.outage import Outage
 from registry_server.usecases.deployments import Deployments
-from registry_server.usecases.models import Models
+from registry_server.usecases.uploads import Uploads
 
 log = logging.getLogger("modelreg.background")
 
 
 async def run_judge(deployments: Deployments, interval: float) -> None:
+    outage = Outage("canary judge", log)
     while True:
         try:
             await deployments.judge_canaries()
+            outage.ok()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the judge must outlive a database hiccup
-            log.exception("canary judge pass failed")
+        except Exception as exc:  # noqa: BLE001 - the judge must outlive a database outage
+            outage.failed(exc)
         await asyncio.sleep(interval)
 
 
-async def run_janitor(models: Models, ttl: timedelta, interval: float) -> None:
+async def run_janitor(uploads: Uploads, interval: float) -> None:
+    """A pass at once (a restarted server removes what its crashed predecessor left), then
+    every `interval` seconds."""
+    outage = Outage("upload janitor", log)
     while True:
         try:
-            removed = await models.remove_stale_uploads(ttl)
-            if removed:
-                log.info("janitor removed %d stale uploads", removed)
+            orphaned, stale = await uploads.sweep()
+            if stale:
+                log.info("janitor removed %d uploads older than the upload TTL", stale)
+            outage.ok()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the janitor must survive a flaky store
-            log.exception("janitor sweep failed")
+        except Exception as exc:  # noqa: BLE001 - the janitor must survive a flaky store
+            outage.failed(exc)
         await asyncio.sleep(interval)
+
+
+async def run_heartbeat(uploads: Uploads) -> None:
+    """Renews this server's upload lease every third of the lease."""
+    outage = Outage("upload lease heartbeat", log)
+    while True:
+        await asyncio.sleep(uploads.heartbeat_interval)
+        try:
+            await uploads.heartbeat()
+            outage.ok()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - renewed at the next beat
+            outage.failed(exc)

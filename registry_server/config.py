@@ -117,6 +117,14 @@ class Settings:
     event_retention: timedelta = timedelta(days=7)
     # Unfinished uploads older than this are removed by the janitor (MODELREG_UPLOAD_TTL_HOURS).
     upload_ttl: timedelta = timedelta(hours=24)
+    # A server's upload lease: its uploads are another replica's to remove once it has not
+    # renewed it for this long (MODELREG_UPLOAD_LEASE_SECONDS); renewed every third of it.
+    upload_lease: timedelta = timedelta(seconds=30)
+    # Seconds between janitor passes over unfinished uploads (MODELREG_JANITOR_INTERVAL).
+    janitor_interval: float = 60.0
+    # Seconds between probes of Postgres and the artifact store behind grpc.health.v1
+    # (MODELREG_HEALTH_INTERVAL).
+    health_interval: float = 1.0
     # Seconds streams get to finish on SIGTERM (MODELREG_SHUTDOWN_GRACE).
     shutdown_grace: float = 5.0
     # Seconds between canary-policy judgements from agent reports (MODELREG_CANARY_JUDGE_INTERVAL).
@@ -176,6 +184,9 @@ class Settings:
             bookmark_interval=_float("MODELREG_BOOKMARK_INTERVAL", 10.0, above=True),
             event_retention=timedelta(hours=_float("MODELREG_EVENT_RETENTION_HOURS", 24 * 7, above=True)),
             upload_ttl=timedelta(hours=_float("MODELREG_UPLOAD_TTL_HOURS", 24, above=True)),
+            upload_lease=timedelta(seconds=_float("MODELREG_UPLOAD_LEASE_SECONDS", 30, above=True)),
+            janitor_interval=_float("MODELREG_JANITOR_INTERVAL", 60.0, above=True),
+            health_interval=_float("MODELREG_HEALTH_INTERVAL", 1.0, above=True),
             shutdown_grace=_float("MODELREG_SHUTDOWN_GRACE", 5.0),
             canary_judge_interval=_float("MODELREG_CANARY_JUDGE_INTERVAL", 2.0, above=True),
             agent_stale_after=timedelta(seconds=_float("MODELREG_AGENT_STALE_SECONDS", 30, above=True)),

@@ -207,6 +207,10 @@ class Agent:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def ready(self) -> bool:
         if self._stopping:
             return False

@@ -152,11 +152,19 @@ async def serve(
 
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task] = set()
+    closing = False  # set on SIGTERM: every name reports NOT_SERVING from then on
 
     async def set_health(ready: bool) -> None:
+        """ "" and InferenceService: every followed model has a version loaded. Each model's
+        own name (as --model gives it, without `models/` or `@alias`): that model has one."""
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, status)
+        for name, mgr in agent.models.items():
+            loaded = not closing and not agent.stopping and bool(mgr.ready())
+            await health_servicer.set(
+                name, health_pb2.HealthCheckResponse.SERVING if loaded else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
 
     def on_ready(ready: bool) -> None:
         t = loop.create_task(set_health(ready))
@@ -193,6 +201,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("shutting down", file=sys.stderr, flush=True)
+    closing = True
     await set_health(False)
     await server.stop(2)
     if metrics_server is not None:

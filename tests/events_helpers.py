@@ -1,12 +1,10 @@
-"""Helpers for the event-stream tests: a cutting TCP proxy, stream collectors, a private
+"""Helpers for the event-stream tests: a cutting TCP proxy (benchmarks.chaos.proxy), stream collectors, a private
 Postgres that can be restarted."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -19,83 +17,10 @@ from pathlib import Path
 
 import grpc
 
+# One proxy for the tests and the chaos suite (it also delays and partitions).
+from benchmarks.chaos.proxy import FaultyProxy as CuttingProxy  # noqa: F401 - re-exported
 from modelreg.v1 import event_service_pb2 as es
 from modelreg.v1 import event_service_pb2_grpc as es_grpc
-
-
-class CuttingProxy:
-    """An asyncio TCP proxy on 127.0.0.1 in a background thread. `cut()` aborts one
-    random live connection (both sides), like a load balancer or a NAT dropping it."""
-
-    def __init__(self, target_host: str, target_port: int):
-        self.target = (target_host, target_port)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="proxy")
-        self.thread.start()
-        self.pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self.cuts = 0
-        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-
-    async def _start(self) -> asyncio.base_events.Server:
-        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
-        try:
-            ureader, uwriter = await asyncio.open_connection(*self.target)
-        except OSError:
-            cwriter.close()
-            return
-        pair = (cwriter, uwriter)
-        self.pairs.append(pair)
-        try:
-            await asyncio.gather(self._pipe(creader, uwriter), self._pipe(ureader, cwriter))
-        finally:
-            with contextlib.suppress(ValueError):
-                self.pairs.remove(pair)
-
-    async def _cut(self) -> bool:
-        if not self.pairs:
-            return False
-        client, upstream = random.choice(self.pairs)
-        client.transport.abort()
-        upstream.transport.abort()
-        self.cuts += 1
-        return True
-
-    def cut(self) -> bool:
-        """Aborts one random connection; False when none is open."""
-        return asyncio.run_coroutine_threadsafe(self._cut(), self.loop).result(10)
-
-    def live_connections(self) -> int:
-        return len(self.pairs)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.close()
-            for a, b in list(self.pairs):
-                a.transport.abort()
-                b.transport.abort()
-            # The handlers end by themselves once their sockets are aborted (cancelling
-            # them would make asyncio's stream callback log an error).
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            if tasks:
-                await asyncio.wait(tasks, timeout=5)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 class Collector:

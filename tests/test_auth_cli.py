@@ -176,7 +176,7 @@ def test_ca_cert_against_a_plaintext_registry_says_it_does_not_speak_tls(registr
     ca.cert_pem.write_to_path(str(ca_file))
     proc = run_cli("models", "list", "--ca-cert", str(ca_file), address=registry.address, check=False)
     assert proc.returncode == 1
-    assert "cannot reach the registry" in proc.stderr
+    assert "cannot connect to the registry" in proc.stderr
     assert "does not speak TLS" in proc.stderr
 
 
@@ -418,7 +418,7 @@ def test_the_cli_verifies_the_registry_over_tls_with_ca_cert(make_registry, tmp_
     )
     assert wrong.returncode == 1 and "not signed by the CA given" in wrong.stderr
     plaintext = run_cli("auth", "whoami", address=reg.address, env={"MODELREG_TOKEN": admin}, check=False)
-    assert plaintext.returncode == 1 and "cannot reach the registry" in plaintext.stderr
+    assert plaintext.returncode == 1 and "cannot connect to the registry" in plaintext.stderr
     assert "--ca-cert" in plaintext.stderr
     for proc in (ok, via_env, wrong, plaintext):
         assert admin not in proc.stdout + proc.stderr

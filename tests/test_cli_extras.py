@@ -79,7 +79,7 @@ def test_the_sdk_cli_works_without_the_server_and_agent_extras(tmp_path):
 
     proc = run([str(BIN / "modelreg"), "models", "list", "--address", "127.0.0.1:1"], env, tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("Error: cannot reach the registry"), proc.stderr
+    assert proc.stderr.startswith("Error: cannot connect to the registry"), proc.stderr
     assert len(proc.stderr.splitlines()) == 1
 
     code = (

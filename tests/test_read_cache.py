@@ -61,3 +61,26 @@ def test_the_echo_of_an_own_commit_keeps_the_cache_and_anothers_event_drops_it()
     assert cache.get("m", "production") is version
     cache.on_events([SimpleNamespace(sequence=9, model="m")])  # another replica's write
     assert cache.get("m", "production") is None
+
+
+def test_get_version_answers_memo_lets_go_of_versions_the_cache_dropped(registry, client):
+    """Found by `make soak`: the GetModelVersion response memo held every version object it
+    had answered for (up to 10,000) after the read cache had dropped them, so RSS grew for
+    as long as registrations invalidated the cache. Entries now go with their version."""
+    import gc
+
+    from registry_server.services.registry import RegistryServicer
+
+    client.register("memo", b"v1")
+    for i in range(30):
+        assert client.get_version("memo", 1).name == "models/memo/versions/1"
+        client.get_version("memo", 1)
+        client.register("memo", f"v{i + 2}".encode())  # its event drops the model's cached versions
+
+    async def collect() -> None:
+        gc.collect()
+
+    registry.call(collect())
+    servicer = next(o for o in gc.get_objects() if isinstance(o, RegistryServicer))
+    assert len(servicer._responses) <= 2
+    assert client.get_version("memo", 1).name == "models/memo/versions/1"

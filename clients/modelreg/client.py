@@ -171,7 +171,7 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin, Web
         try:
             return method(request, metadata=self._metadata, timeout=self.timeout if timeout == -1.0 else timeout)
         except grpc.RpcError as e:
-            raise errors.from_rpc_error(e) from None
+            raise errors.from_rpc_error(e, self.address) from None
 
     def _pages(self, method, request, field: str) -> Iterator[Any]:
         """Every item of a paged List call's `field`, following `next_page_token` to the end."""
@@ -477,7 +477,7 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin, Web
                     if progress:
                         progress(done, mv.artifact.size_bytes)
         except grpc.RpcError as e:
-            err = errors.from_rpc_error(e)
+            err = errors.from_rpc_error(e, self.address)
             if isinstance(err, errors.DataLoss):
                 part.unlink(missing_ok=True)
             raise err from None

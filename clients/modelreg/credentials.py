@@ -13,6 +13,7 @@ needs no restart. Nothing here logs or formats a secret: `repr(Credentials)` mas
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -26,6 +27,43 @@ import grpc
 from modelreg import errors
 
 TOKEN_RECHECK_S = 1.0
+
+# HTTP/2 keepalive on channels to the registry: while a call is open (a watch, a download)
+# the client pings after MODELREG_KEEPALIVE_SECONDS (default 10) without traffic and drops
+# the connection when no answer comes within as long again, so a half-open connection (a
+# NAT or load balancer that lost its state, a partition that sends no reset) fails the call
+# within ~20 s and the channel reconnects, instead of a watch waiting forever (found by the
+# chaos suite, benchmarks/chaos). gRPC 1.6x+ times a keepalive ping out by
+# `grpc.http2.ping_timeout_ms` (60 s by default), so both are set. The registry accepts
+# pings down to 1 s apart.
+KEEPALIVE_DEFAULT_S = 10.0
+
+
+def keepalive_options() -> tuple[tuple[str, Any], ...]:
+    raw = os.environ.get("MODELREG_KEEPALIVE_SECONDS", "").strip()
+    try:
+        seconds = float(raw) if raw else KEEPALIVE_DEFAULT_S
+        if not 1 <= seconds <= 3600:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"MODELREG_KEEPALIVE_SECONDS={raw!r} is not a number of seconds from 1 to 3600; set it like 10"
+        ) from None
+    ms = int(seconds * 1000)
+    return (
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.http2.ping_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+    )
+
+
+def _options(options: Sequence[tuple[str, Any]], keepalive: bool) -> list[tuple[str, Any]]:
+    """The caller's options, over the keepalive defaults (a caller's key wins)."""
+    given = {k for k, _ in options}
+    defaults = [kv for kv in keepalive_options() if kv[0] not in given] if keepalive else []
+    return [*defaults, *options]
 
 
 class ConfigError(errors.ModelregError):
@@ -232,16 +270,48 @@ class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
         return await continuation(_aio_details(client_call_details, self._token()), request_iterator)
 
 
+#: The service config of a channel to several registry replicas: spread calls over every
+#: address (round_robin), and skip a replica whose grpc.health.v1 says NOT_SERVING (its
+#: database or store is unreachable) until it says SERVING again.
+REPLICAS_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+
+
+def several_addresses(address: str) -> bool:
+    """Whether `address` is a gRPC target listing several addresses (`ipv4:a:1,b:2`,
+    `ipv6:[::1]:1,[::1]:2`): replicas of one registry."""
+    scheme, _, rest = address.partition(":")
+    return scheme in ("ipv4", "ipv6") and "," in rest
+
+
+def channel_options(address: str, options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """`options`, plus the replicas' service config when `address` lists several addresses
+    (unless `options` sets a service config of its own)."""
+    out = list(options)
+    if several_addresses(address) and not any(k == "grpc.service_config" for k, _ in out):
+        out.append(("grpc.service_config", REPLICAS_SERVICE_CONFIG))
+    return out
+
+
 def sync_channel(
-    address: str, credentials: Credentials | None = None, options: Sequence[tuple[str, Any]] = ()
+    address: str,
+    credentials: Credentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    keepalive: bool = True,
 ) -> grpc.Channel:
-    """A blocking channel: TLS when the credentials say so, the token on every call."""
+    """A blocking channel: TLS when the credentials say so, the token on every call; several
+    addresses are load-balanced (`channel_options`); `keepalive_options()` unless `keepalive`
+    is False."""
+    options = channel_options(address, options)
     creds = credentials or Credentials()
     tls = creds.channel_credentials()
+    opts = _options(options, keepalive)
     channel = (
-        grpc.secure_channel(address, tls, options=list(options))
+        grpc.secure_channel(address, tls, options=opts)
         if tls is not None
-        else grpc.insecure_channel(address, options=list(options))
+        else grpc.insecure_channel(address, options=opts)
     )
     if creds.token is None and creds.token_file is None:
         return channel
@@ -249,9 +319,14 @@ def sync_channel(
 
 
 def aio_channel(
-    address: str, credentials: Credentials | None = None, options: Sequence[tuple[str, Any]] = ()
+    address: str,
+    credentials: Credentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    keepalive: bool = True,
 ) -> grpc.aio.Channel:
     """An asyncio channel, likewise."""
+    options = _options(channel_options(address, options), keepalive)
     creds = credentials or Credentials()
     tls = creds.channel_credentials()
     interceptors: list[Any] = []

@@ -139,15 +139,43 @@ def _connect_hint(details: str) -> str:
     return "is it running? set MODELREG_ADDRESS or --address"
 
 
-def from_rpc_error(err: grpc.RpcError) -> ModelregError:
-    """The error class for the status code. A connection failure (UNAVAILABLE below gRPC)
-    says what to check; every other status keeps the server's message as it is."""
+#: google.rpc.ErrorInfo reasons of an UNAVAILABLE the registry itself sent: it is up, but
+#: what it depends on is not.
+BACKEND_REASONS = {
+    "DATABASE_UNAVAILABLE": "database",
+    "ARTIFACT_STORE_UNAVAILABLE": "artifact store",
+    "BACKEND_UNAVAILABLE": "database or artifact store",
+}
+
+
+def _unhealthy_everywhere(lowered: str) -> bool:
+    """gRPC's own message when every address of a round_robin channel reports NOT_SERVING."""
+    return "backend unhealthy" in lowered or "health check" in lowered
+
+
+def from_rpc_error(err: grpc.RpcError, address: str = "") -> ModelregError:
+    """The error class for the status code. UNAVAILABLE says which of two failures it was:
+    "cannot connect to the registry at ADDR" (no answer: wrong address, not running, TLS) or
+    "the registry at ADDR is up but its database is unavailable" (the server answered, with a
+    DATABASE_UNAVAILABLE / ARTIFACT_STORE_UNAVAILABLE reason). Every other status keeps the
+    server's message as it is. `address` is the target the caller dialed, for the message."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
+    reason = error_reason(err)
     lowered = (details or "").lower()
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        not details or "failed to connect" in lowered or "connection refused" in lowered
+    where = f"the registry at {address}" if address else "the registry"
+    if code == grpc.StatusCode.UNAVAILABLE and reason in BACKEND_REASONS:
+        details = f"{where} is up but its {BACKEND_REASONS[reason]} is unavailable: {details}"
+    elif code == grpc.StatusCode.UNAVAILABLE and not reason and _unhealthy_everywhere(lowered):
+        details = (
+            f"every registry at {address or 'the address given'} reports NOT_SERVING (its database or artifact "
+            f"store is unavailable) ({details}); retry shortly"
+        )
+    elif (
+        code == grpc.StatusCode.UNAVAILABLE
+        and not reason
+        and (not details or "failed to connect" in lowered or "connection refused" in lowered)
     ):
-        details = f"cannot reach the registry ({details}); {_connect_hint(details or '')}"
+        details = f"cannot connect to {where} ({details}); {_connect_hint(details or '')}"
     cls = _BY_CODE.get(code, ModelregError)
-    return cls(code, details or code.name, error_reason(err), error_violations(err))
+    return cls(code, details or code.name, reason, error_violations(err))

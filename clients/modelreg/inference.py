@@ -118,6 +118,7 @@ class InferenceClient:
                     ("grpc.max_receive_message_length", MAX_MESSAGE),
                     ("grpc.max_send_message_length", MAX_MESSAGE),
                 ],
+                keepalive=False,  # short calls to a local agent, whose server keeps gRPC's ping limits
             )
         )
         self.stub = inf_grpc.InferenceServiceStub(self.channel)

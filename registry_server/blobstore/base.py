@@ -13,7 +13,9 @@ import abc
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 DEFAULT_CHUNK = 1024 * 1024
 
@@ -24,6 +26,33 @@ Observer = Callable[[bytes], None]
 
 def blob_key(sha256: str) -> str:
     return f"sha256/{sha256}"
+
+
+class UploadOwner(Protocol):
+    """This server process as the owner of its uploads (`registry_server.storage.uploads`):
+    its id goes into every temporary upload's name, and S3 multipart uploads staged under a
+    final key are recorded with it."""
+
+    owner: str
+
+    async def multipart_started(self, key: str, upload_id: str) -> None: ...
+
+    async def multipart_ended(self, upload_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Orphans:
+    """What the janitor knows about owners, for `BlobStore.remove_orphaned_uploads`."""
+
+    dead: set[str]  # owners judged dead: their uploads go
+    known: set[str]  # every owner with a row (alive or dead)
+    #: An upload named for an owner without a row (a new replica between its row and the
+    #: janitor's read, or one forgotten half-way) goes only once older than this.
+    grace: timedelta
+    multipart_owners: dict[str, str] = field(default_factory=dict)  # upload id -> owner
+
+    def removable(self, owner: str, age: timedelta) -> bool:
+        return owner in self.dead or (owner not in self.known and age > self.grace)
 
 
 class BlobUpload(abc.ABC):
@@ -85,6 +114,8 @@ class BlobStore(abc.ABC):
 
     #: Human-readable location, for the start-up banner.
     description: str = ""
+    #: Who owns the uploads this store begins; None names them by a random id alone.
+    owner: UploadOwner | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -92,6 +123,11 @@ class BlobStore(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Releases resources."""
+
+    @abc.abstractmethod
+    async def probe(self) -> None:
+        """Raises (OSError, or Unavailable) when the store cannot take uploads or serve reads
+        now; the health monitor calls it every second, so it is one cheap request."""
 
     @abc.abstractmethod
     async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
@@ -121,4 +157,10 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def remove_stale_uploads(self, older_than: timedelta) -> int:
-        """The janitor: removes temporary uploads older than `older_than`. Returns how many."""
+        """The janitor: removes temporary uploads older than `older_than`, whoever owns them
+        (the upload TTL caps how long one may take). Returns how many."""
+
+    @abc.abstractmethod
+    async def remove_orphaned_uploads(self, orphans: Orphans) -> int:
+        """The janitor: removes the temporary uploads of dead owners (`Orphans.removable`),
+        never one of a live owner. Returns how many."""

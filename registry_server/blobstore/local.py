@@ -1,4 +1,5 @@
-"""Blobs in a local directory: `<root>/sha256/<hex>`, uploads in `<root>/tmp/`.
+"""Blobs in a local directory: `<root>/sha256/<hex>`, uploads in `<root>/tmp/`, named
+`upload-<owner>-<uuid>` (`upload-<uuid>` without an owner).
 
 File I/O runs in worker threads so the event loop never waits on the disk. A commit is an
 atomic rename, so a blob is either absent or complete under its final name. A read takes
@@ -17,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer
+from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer, Orphans
 from registry_server.errors import FailedPrecondition
 
 #: Bytes one worker-thread call reads (in chunks of the caller's size) before handing them
@@ -98,8 +99,19 @@ class LocalBlobStore(BlobStore):
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
+    async def probe(self) -> None:
+        def check() -> None:
+            for folder in (self.root / "sha256", self.root / "tmp"):
+                if not folder.is_dir():
+                    raise FileNotFoundError(f"{folder} is missing")
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise PermissionError(f"{folder} is not writable")
+
+        await asyncio.to_thread(check)
+
     async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
-        return _LocalUpload(self, self.root / "tmp" / f"upload-{uuid.uuid4().hex}")
+        owner = f"{self.owner.owner}-" if self.owner is not None else ""
+        return _LocalUpload(self, self.root / "tmp" / f"upload-{owner}{uuid.uuid4().hex}")
 
     async def size(self, sha256: str) -> int | None:
         try:
@@ -168,6 +180,22 @@ class LocalBlobStore(BlobStore):
             for p in (self.root / "tmp").glob("upload-*"):
                 try:
                     if p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+            return removed
+
+        return await asyncio.to_thread(_sweep)
+
+    async def remove_orphaned_uploads(self, orphans: Orphans) -> int:
+        def _sweep() -> int:
+            now = time.time()
+            removed = 0
+            for p in (self.root / "tmp").glob("upload-*-*"):
+                owner = p.name.split("-")[1]
+                try:
+                    if orphans.removable(owner, timedelta(seconds=now - p.stat().st_mtime)):
                         p.unlink()
                         removed += 1
                 except FileNotFoundError:

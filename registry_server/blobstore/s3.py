@@ -2,8 +2,9 @@
 
 Layout under `s3://<bucket>/<prefix>`:
     sha256/<hex>   committed, content-addressed blobs (final keys)
-    tmp/<uuid>     uploads in progress without a declared digest (multipart uploads, then
-                   briefly a completed object)
+    tmp/<owner>/<uuid>  uploads in progress without a declared digest (multipart uploads,
+                   then briefly a completed object); <owner> is the server process's upload
+                   lease (`storage.uploads`), tmp/<uuid> without one
 
 The store's settings are parsed in `s3_settings`, one upload's multipart state machine lives
 in `s3_upload`; this module holds the store: the client, reads, deletes, presigned URLs, the
@@ -39,7 +40,7 @@ from minio.credentials import AWSConfigProvider, ChainedProvider, EnvAWSProvider
 from minio.datatypes import Part
 from minio.error import MinioException, S3Error
 
-from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer, blob_key
+from registry_server.blobstore.base import DEFAULT_CHUNK, BlobStore, BlobUpload, Observer, Orphans, blob_key
 from registry_server.blobstore.s3_settings import S3Settings, parse_endpoint
 from registry_server.blobstore.s3_upload import MAX_PARTS, MIN_PART_SIZE, GiB, MiB, S3Upload
 from registry_server.errors import ConfigError, StartupError, Unavailable
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The google.rpc.ErrorInfo reason of every Unavailable this store raises.
+STORE_UNAVAILABLE = "ARTIFACT_STORE_UNAVAILABLE"
 
 #: Size of one uploaded part. S3 allows at most 10,000 parts, so one upload holds up to 156 GiB.
 DEFAULT_PART_SIZE = 16 * MiB
@@ -172,12 +176,14 @@ class S3BlobStore(BlobStore):
             raise Unavailable(
                 f"the artifact store s3://{self.bucket} at {self.endpoint} refused to {what} "
                 f"({e.code}: {e.message}); check the MODELREG_S3_* settings and the bucket's permissions, "
-                "then retry"
+                "then retry",
+                reason=STORE_UNAVAILABLE,
             ) from e
         except (MinioException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
             raise Unavailable(
                 f"the artifact store at {self.endpoint} is unreachable; could not {what} ({_reason(e)}); "
-                "check that it is running and that MODELREG_S3_ENDPOINT points at it, then retry"
+                "check that it is running and that MODELREG_S3_ENDPOINT points at it, then retry",
+                reason=STORE_UNAVAILABLE,
             ) from e
 
     async def stored_size(self, key: str) -> int | None:
@@ -283,6 +289,13 @@ class S3BlobStore(BlobStore):
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def probe(self) -> None:
+        if not await self.call(f"check bucket {self.bucket}", self.client.bucket_exists, self.bucket):
+            raise Unavailable(
+                f"the bucket {self.bucket} at {self.endpoint} is gone; create it again or fix MODELREG_ARTIFACTS",
+                reason=STORE_UNAVAILABLE,
+            )
 
     async def begin_upload(self, expected_sha256: str = "") -> BlobUpload:
         return S3Upload(self, expected_sha256)
@@ -397,6 +410,61 @@ class S3BlobStore(BlobStore):
                     except S3Error:
                         pass
             # Every upload has its own key, so the key marker alone pages correctly.
+            if not page.is_truncated or not page.next_key_marker or page.next_key_marker == marker:
+                return removed
+            marker = page.next_key_marker
+
+    async def remove_orphaned_uploads(self, orphans: Orphans) -> int:
+        now = datetime.now(UTC)
+        tmp = self.key("tmp/")
+        removed = 0
+
+        def owned_objects() -> list[tuple[str, str, timedelta]]:
+            out = []
+            for o in self.client.list_objects(self.bucket, prefix=tmp, recursive=True):
+                rest = o.object_name[len(tmp) :]
+                if o.is_dir or "/" not in rest or o.last_modified is None:
+                    continue  # tmp/<uuid>: no owner, the TTL's
+                out.append((o.object_name, rest.split("/", 1)[0], now - o.last_modified))
+            return out
+
+        for name, owner_id, age in await self.call("list temporary uploads", owned_objects):
+            if orphans.removable(owner_id, age):
+                try:
+                    await self.call(f"remove {name}", self.client.remove_object, self.bucket, name)
+                    removed += 1
+                except S3Error:
+                    pass
+
+        marker: str | None = None
+        while True:
+            page = await self.call(
+                "list incomplete multipart uploads",
+                self.client._list_multipart_uploads,
+                self.bucket,
+                prefix=self.key(""),
+                key_marker=marker,
+            )
+            for upload in page.uploads:
+                name = upload.object_name or ""
+                if name.startswith(tmp) and "/" in name[len(tmp) :]:
+                    owner: str | None = name[len(tmp) :].split("/", 1)[0]
+                else:
+                    owner = orphans.multipart_owners.get(upload.upload_id or "")
+                if owner is None or upload.initiated_time is None:
+                    continue  # unrecorded: the TTL's
+                if orphans.removable(owner, now - upload.initiated_time):
+                    try:
+                        await self.call(
+                            f"abort the upload of {name}",
+                            self.client._abort_multipart_upload,
+                            self.bucket,
+                            name,
+                            upload.upload_id,
+                        )
+                        removed += 1
+                    except S3Error:
+                        pass
             if not page.is_truncated or not page.next_key_marker or page.next_key_marker == marker:
                 return removed
             marker = page.next_key_marker

@@ -15,12 +15,14 @@ Where the bytes go:
   commit completes it only after the registry verified the digest (or aborts it when the blob
   is stored already: a committed key is never rewritten); a mismatch aborts it.
 - Without a declared digest the key is unknown until the end, so the parts go to
-  `tmp/<uuid>`; commit completes that, server-side copies it to `sha256/<hex>` and deletes
-  the temporary object.
+  `tmp/<owner>/<uuid>` (the owner: this server process, `storage.uploads`); commit completes
+  that, server-side copies it to `sha256/<hex>` and deletes the temporary object.
 
 NOTHING EVER APPEARS UNDER A FINAL KEY BEFORE THE REGISTRY VERIFIED THE DIGEST. A failed or
-cancelled upload is aborted; whatever an abort could not remove (the store was down) is swept
-by the store's `remove_stale_uploads`, the janitor.
+cancelled upload is aborted; whatever an abort could not remove (the store was down), or a
+crashed server left, is swept by the janitor: at once once its owner is dead
+(`remove_orphaned_uploads`; a multipart upload under a final key is recorded with its owner
+for that), else after the upload TTL (`remove_stale_uploads`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ class S3Upload(BlobUpload):
         self.store = store
         #: The declared digest whose final key the parts go to; "" stages them under tmp/.
         self.expected = expected_sha256
-        self.key = store.key(blob_key(expected_sha256) if expected_sha256 else f"tmp/{uuid.uuid4().hex}")
+        owner = f"{store.owner.owner}/" if store.owner is not None else ""
+        self.key = store.key(blob_key(expected_sha256) if expected_sha256 else f"tmp/{owner}{uuid.uuid4().hex}")
+        #: Recorded with its owner (a key under sha256/ names none), so the janitor knows whose it is.
+        self._recorded: str | None = None
         self.size = 0
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -95,6 +100,9 @@ class S3Upload(BlobUpload):
                 self.key,
                 {"Content-Type": "application/octet-stream"},
             )
+            if self.expected and self.store.owner is not None:
+                await self.store.owner.multipart_started(self.key, self._upload_id)
+                self._recorded = self._upload_id
         number = len(self._parts) + len(self._sending) + 1
         if number > MAX_PARTS:
             raise InvalidArgument(
@@ -193,6 +201,17 @@ class S3Upload(BlobUpload):
             self._parts,
         )
         self._upload_id = None
+        await self._forget_record()
+
+    async def _forget_record(self) -> None:
+        """Drops the multipart upload's owner record (best effort: the owner's own rows go when
+        it stops or is judged dead)."""
+        if self._recorded is not None and self.store.owner is not None:
+            upload_id, self._recorded = self._recorded, None
+            try:
+                await self.store.owner.multipart_ended(upload_id)
+            except Exception as e:  # noqa: BLE001 - the commit or abort itself succeeded
+                log.warning("could not drop the record of multipart upload %s (%r)", upload_id, e)
 
     async def _abort_multipart(self) -> None:
         sending, self._sending = self._sending, []
@@ -213,6 +232,8 @@ class S3Upload(BlobUpload):
                 )
             except Exception as e:  # noqa: BLE001 - best effort; the janitor retries
                 log.warning("could not abort multipart upload %s (%s); the janitor will remove it", self.key, e)
+                return
+            await self._forget_record()
 
     async def abort(self) -> None:
         self._done = True

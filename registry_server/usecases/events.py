@@ -103,4 +103,6 @@ class Events:
         try:
             return await store.fetch_after(self.pool, after, limit, models=models, types=types, projects=projects)
         except DATABASE_DOWN as exc:
-            raise Unavailable(f"the registry's database is unavailable ({exc!r}); retry shortly") from exc
+            raise Unavailable(
+                f"the registry's database is unavailable ({exc!r}); retry shortly", reason="DATABASE_UNAVAILABLE"
+            ) from exc

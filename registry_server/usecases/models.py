@@ -159,7 +159,8 @@ class Models:
                 except Exception as e:  # the store went away mid-commit
                     await upload.inner.abort()
                     raise Unavailable(
-                        f"the artifact store failed while storing the bytes ({e}); retry the upload"
+                        f"the artifact store failed while storing the bytes ({e}); retry the upload",
+                        reason="ARTIFACT_STORE_UNAVAILABLE",
                     ) from e
 
         try:
