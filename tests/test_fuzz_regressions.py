@@ -126,7 +126,7 @@ def test_an_undecodable_message_inside_the_upload_stream_is_invalid_argument_and
 ):
     """Was INTERNAL ('internal error (a bug in modelreg): DecodeError') mid-stream."""
     header = rs.RegisterModelVersionRequest(
-        header=rs.RegisterModelVersionHeader(parent=f"models/{model}", filename="m.onnx", size_bytes=8)
+        header=rs.RegisterModelVersionHeader(parent=f"models/{model}", filename="m.bin", size_bytes=8)
     )
     call = channel.stream_unary(
         "/modelreg.v1.RegistryService/RegisterModelVersion",
@@ -277,7 +277,7 @@ def test_an_agent_report_with_a_timestamp_out_of_range_is_invalid_argument(chann
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_metric_is_refused_naming_the_key_and_stores_nothing(stub, registry, fresh, value):
-    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.bin")
     header.metrics["accuracy"] = 0.9
     header.metrics["val_loss"] = value
     err = _refusal(stub.RegisterModelVersion, iter(_stream(header, fresh.encode())))
@@ -288,7 +288,7 @@ def test_a_non_finite_metric_is_refused_naming_the_key_and_stores_nothing(stub, 
 
 def test_a_non_finite_metric_history_point_is_refused_naming_the_key_and_step(stub, registry, fresh):
     """Was INTERNAL: the NaN reached Postgres' jsonb, which has no NaN."""
-    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.bin")
     header.metric_history["loss"].points.add(step=1, value=0.5)
     header.metric_history["loss"].points.add(step=2, value=math.nan)
     err = _refusal(stub.RegisterModelVersion, iter(_stream(header, fresh.encode())))
@@ -299,7 +299,7 @@ def test_a_non_finite_metric_history_point_is_refused_naming_the_key_and_step(st
 
 def test_a_non_finite_config_value_is_refused_naming_its_path(stub, registry, fresh):
     """Was INTERNAL: ValueError('Fail to serialize NaN for Value.number_value')."""
-    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.bin")
     header.config.update({"optimizer": {"lr": math.inf}, "epochs": 3})
     err = _refusal(stub.RegisterModelVersion, iter(_stream(header, fresh.encode())))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -315,7 +315,7 @@ def test_a_non_finite_config_value_is_refused_naming_its_path(stub, registry, fr
 
 
 def test_finite_metrics_and_config_still_register(stub, fresh):
-    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.onnx")
+    header = rs.RegisterModelVersionHeader(parent=f"models/{fresh}", create_model=True, filename="m.bin")
     header.metrics["accuracy"] = 1e308
     header.metric_history["loss"].points.add(step=1, value=-0.0)
     header.config.update({"lr": 5e-324})
