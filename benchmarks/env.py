@@ -348,6 +348,23 @@ class BenchEnv:
 
     # ------------------------------------------------------------------ teardown
 
+    def stop_spawned_since(self, mark: int) -> None:
+        """Stops the processes started after `self.procs[:mark]`, except the shared server
+        (`ours`): a benchmark's own servers end with it, so the ones that follow don't run
+        out of Postgres connections (each server holds a pool of 20)."""
+        shared = self._ours[0] if self._ours is not None else None
+        extra = [p for p in self.procs[mark:] if p is not shared]
+        for p in extra:
+            if p.poll() is None:
+                p.terminate()
+        for p in extra:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = self.procs[:mark] + ([shared] if shared in self.procs[mark:] else [])
+
     def close(self) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:

@@ -124,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for m in selected:
             log(f"running {m.NAME} (goal {m.GOALS})")
-            started = time.time()
+            started, mark = time.time(), len(env.procs)
             try:
                 rows += [r.evaluate() for r in m.run(env, cfg)]
             except Exception as e:  # noqa: BLE001 - one broken benchmark must not hide the others
                 traceback.print_exc()
                 failures[m.NAME] = f"{type(e).__name__}: {e}"
                 rows.append(Row(goal=m.GOALS, bench=m.NAME, figure=m.NAME, note=f"benchmark failed: {e}"[:200]))
+            finally:
+                env.stop_spawned_since(mark)
             log(f"{m.NAME} took {time.time() - started:.1f}s")
     finally:
         env.close()
