@@ -106,7 +106,10 @@ class HealthMonitor:
         return down
 
     async def check(self) -> dict[str, str]:
-        """Probes now (or joins the probe under way) and returns what is down -> why."""
+        """Probes now (or joins the probe under way) and returns what is down -> why. After
+        `close()` it probes no more and returns the last answer."""
+        if self.closed:
+            return dict(self.down)
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(self._run_probe())
         return dict(await asyncio.shield(self._probe))
@@ -157,12 +160,23 @@ class HealthMonitor:
             )
 
     async def run(self) -> None:
-        """Until cancelled: probes every `interval` s, or at once after `suspect()`."""
-        while True:
-            self._wake.clear()
-            await self.check()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+        """Until cancelled or closed: probes every `interval` s, or at once after `suspect()`.
+        A probe under way when it is cancelled is cancelled with it (none outlives the loop)."""
+        try:
+            while not self.closed:
+                self._wake.clear()
+                await self.check()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+        finally:
+            await self._cancel_probe()
+
+    async def _cancel_probe(self) -> None:
+        probe = self._probe
+        if probe is not None and not probe.done():
+            probe.cancel()
+            with contextlib.suppress(BaseException):
+                await probe
 
     async def close(self) -> None:
         """Reports NOT_SERVING from now on (the server is stopping) and closes the probe's connection."""
@@ -170,10 +184,7 @@ class HealthMonitor:
         self.serving = False
         for name in self.names:
             await self.servicer.set(name, NOT_SERVING)
-        if self._probe is not None and not self._probe.done():
-            self._probe.cancel()
-            with contextlib.suppress(BaseException):
-                await self._probe
+        await self._cancel_probe()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -48,8 +48,16 @@ def test_killing_one_of_three_replicas_under_load_loses_nothing_and_watchers_fai
     c = Client(target, actor="ops", timeout=10)
     versions = [c.register("served", onnx_scale_model(float(s)), format="onnx").version for s in (1, 2, 3)]
     c.promote("served", versions[0], "production")
-    agent = agents(target, ["served"])
     watcher = Collector(c.watch(["served", "load"], after_sequence=0, snapshot=False, backoff_first=0.1))
+    # The replica the watcher's stream is on: the one to kill.
+    victim = wait_until(
+        lambda: (
+            [r for r in replicas if watch_streams(r[2]) == 1] if sum(watch_streams(r[2]) for r in replicas) == 1 else []
+        ),
+        timeout=15,
+        what="the watcher's stream to open",
+    )[0]
+    agent = agents(target, ["served"])
     agent.wait_serving(60)
     # The CLI takes the same target.
     assert "served" in run_cli("models", "list", address=target).stdout
@@ -105,8 +113,6 @@ def test_killing_one_of_three_replicas_under_load_loses_nothing_and_watchers_fai
     for t in threads:
         t.start()
     wait_until(lambda: len(acknowledged) >= 15, timeout=30, what="registrations under way")
-    # Kill the replica that holds the watcher's stream (the most streams open).
-    victim = max(replicas, key=lambda r: watch_streams(r[2]))
     assert watch_streams(victim[2]) >= 1
     victim[0].send_signal(signal.SIGKILL)
     victim[0].wait(10)
