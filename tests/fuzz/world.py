@@ -26,22 +26,20 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelreg.v1 import agent_service_pb2 as ag
 from modelreg.v1 import auth_service_pb2 as au
 from modelreg.v1 import auth_service_pb2_grpc as au_grpc
-from modelreg.v1 import deployment_service_pb2 as ds
-from modelreg.v1 import event_service_pb2 as es
 from modelreg.v1 import governance_service_pb2 as gs
 from modelreg.v1 import governance_service_pb2_grpc as gs_grpc
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
 from modelreg.v1 import resources_pb2 as res
+from registry_server.app import SERVICE_NAMES
 
 from .strategies import Vocabulary
 
-# The registry's services, from the descriptors: every RPC of each is fuzzed.
-SERVICE_MODULES = (rs, ds, es, ag, au, gs)
-SERVICES = tuple(service for module in SERVICE_MODULES for service in module.DESCRIPTOR.services_by_name.values())
+# The registry's services, as the server registers them (registry_server.app.SERVICE_NAMES, so
+# a new service is fuzzed without a line here): every RPC of each is fuzzed.
+SERVICES = tuple(descriptor_pool.Default().FindServiceByName(name) for name in SERVICE_NAMES)
 
 MODELS = ("fz-a", "fz-b")
 PROJECT = "fz"
@@ -96,8 +94,9 @@ def vocabulary() -> Vocabulary:
     )
     fields: set[str] = set()
     pool = descriptor_pool.Default()
-    for module in (*SERVICE_MODULES, res):
-        for msg in module.DESCRIPTOR.message_types_by_name.values():
+    files = {service.file for service in SERVICES} | {res.DESCRIPTOR}
+    for file in files:
+        for msg in file.message_types_by_name.values():
             fields.update(f.name for f in pool.FindMessageTypeByName(msg.full_name).fields)
     return Vocabulary(words=words, names=names, fields=tuple(sorted(fields)))
 
