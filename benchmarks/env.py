@@ -140,6 +140,7 @@ class BenchEnv:
         self.tmp = Path(workdir or tempfile.mkdtemp(prefix="modelreg-bench-"))
         self._own_tmp = workdir is None
         self.procs: list[subprocess.Popen] = []
+        self.servers: list[subprocess.Popen] = []  # what spawn_server started (also in procs)
         self.pg = None
         self._ours: tuple[subprocess.Popen, str] | None = None
         self._mlflow: str | None = None
@@ -193,6 +194,7 @@ class BenchEnv:
         log(f"starting our server: modelreg server on 127.0.0.1:{port} (artifacts: {env['MODELREG_ARTIFACTS']})")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "wb"))
         self.procs.append(proc)
+        self.servers.append(proc)
         try:
             wait_for_port(port, 60, proc)
         except RuntimeError as e:
@@ -348,12 +350,13 @@ class BenchEnv:
 
     # ------------------------------------------------------------------ teardown
 
-    def stop_spawned_since(self, mark: int) -> None:
-        """Stops the processes started after `self.procs[:mark]`, except the shared server
-        (`ours`): a benchmark's own servers end with it, so the ones that follow don't run
-        out of Postgres connections (each server holds a pool of 20)."""
+    def stop_servers_since(self, mark: int) -> None:
+        """Stops the servers `spawn_server` started after `self.servers[:mark]`, except the
+        shared one (`ours`): a benchmark's own servers end with it, so the ones that follow
+        don't run Postgres out of connections (each server holds a pool of 20). The shared
+        processes (ours, the floor, MLflow) live until `close`."""
         shared = self._ours[0] if self._ours is not None else None
-        extra = [p for p in self.procs[mark:] if p is not shared]
+        extra = [p for p in self.servers[mark:] if p is not shared]
         for p in extra:
             if p.poll() is None:
                 p.terminate()
@@ -363,7 +366,7 @@ class BenchEnv:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.procs = self.procs[:mark] + ([shared] if shared in self.procs[mark:] else [])
+        del self.servers[mark:]
 
     def close(self) -> None:
         for p in reversed(self.procs):

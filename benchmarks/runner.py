@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for m in selected:
             log(f"running {m.NAME} (goal {m.GOALS})")
-            started, mark = time.time(), len(env.procs)
+            started, mark = time.time(), len(env.servers)
             try:
                 rows += [r.evaluate() for r in m.run(env, cfg)]
             except Exception as e:  # noqa: BLE001 - one broken benchmark must not hide the others
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures[m.NAME] = f"{type(e).__name__}: {e}"
                 rows.append(Row(goal=m.GOALS, bench=m.NAME, figure=m.NAME, note=f"benchmark failed: {e}"[:200]))
             finally:
-                env.stop_spawned_since(mark)
+                env.stop_servers_since(mark)
             log(f"{m.NAME} took {time.time() - started:.1f}s")
     finally:
         env.close()
