@@ -52,7 +52,14 @@ def _server(env, versions: int):
                     "loss": [(e, 2.0 / (e + i % 5)) for e in range(1, 21)],
                     "map50": [(e, 0.3 + e / 50) for e in range(1, 21)],
                 }
-                c.register(MODEL, f"console-{i}".encode(), filename="m.onnx", metrics=metrics, metric_history=history)
+                c.register(
+                    MODEL,
+                    f"console-{i}".encode(),
+                    filename="m.bin",
+                    format="other",
+                    metrics=metrics,
+                    metric_history=history,
+                )
 
     with Client(address, actor="bench") as c:
         c.create_model(MODEL, default_config={"lr": 0.01})
