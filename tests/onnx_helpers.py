@@ -22,12 +22,7 @@ def onnx_bytes(size: int = 2000) -> bytes:
 
 def onnx_unknown_op() -> bytes:
     """A well-formed ONNX model (the registry accepts it) whose one node is an operator no
-    runtime knows, so onnxruntime refuses to load it (INVALID_GRAPH)."""
-    from onnx import TensorProto, helper
+    runtime knows, so onnxruntime refuses to load it (INVALID_GRAPH). The chaos suite's."""
+    from benchmarks.chaos.load import unloadable_onnx
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "unloadable", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return unloadable_onnx()

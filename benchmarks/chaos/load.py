@@ -48,6 +48,19 @@ def scale_model(scale: float, pad_bytes: int = 0, seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
+def unloadable_onnx() -> bytes:
+    """A well-formed ONNX model (the registry accepts it) whose one node is an operator no
+    runtime knows, so the agent's onnxruntime refuses to load it."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "unloadable", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def code_of(e: BaseException) -> grpc.StatusCode | None:
     code = getattr(e, "code", None)
     if callable(code):

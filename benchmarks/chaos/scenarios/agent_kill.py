@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.chaos.load import InferenceLoad
+from benchmarks.chaos.load import InferenceLoad, unloadable_onnx
 from benchmarks.chaos.procs import Agent, wait_until
 from benchmarks.chaos.report import Row
 from benchmarks.chaos.scenarios.common import Size, client, promote, register_scaled, registry, states, wait_serves
@@ -78,7 +78,7 @@ def run(work: Path, size: Size, *, during: str) -> Row:
         acked = 2
         if during == "swap":
             with client(reg.address) as c:
-                bad = c.register(MODEL, b"these bytes are not an ONNX graph", format="onnx", filename="bad.onnx")
+                bad = c.register(MODEL, unloadable_onnx(), format="onnx", filename="bad.onnx")
             load = InferenceLoad([agent.address], MODEL, 100, scales).start()
             promote(reg.address, bad.name)
             attempted += 1
