@@ -21,6 +21,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "grpc_reflection",
         "prometheus_client",
         "onnx",
+        "psutil",
         "starlette",
         "uvicorn",
         "jinja2",
