@@ -15,9 +15,11 @@ new block cannot escape the test by being forgotten.
 The blocks run with bash, one after the other, in a fresh working directory that holds only
 `.venv` (the venv the tests run in), against a real `modelreg server` started as `make run`
 starts it (the console script with the venv's bin on PATH, embedded Postgres in
-`./.modelreg`), on a free port instead of 50051: `127.0.0.1:50051` and `127.0.0.1:50052` (the
-agent's default) in a block are replaced by the test's ports, and MODELREG_ADDRESS /
-MODELREG_AGENT_LISTEN point at them, as they would for a user who set them. A terminal
+`./.modelreg`), on a free port instead of 50051: `127.0.0.1:50051`, `127.0.0.1:50052` (the
+agent's default) and `127.0.0.1:8080` (the web console's) in a block are replaced by the
+test's ports, and MODELREG_ADDRESS / MODELREG_AGENT_LISTEN / MODELREG_HTTP_ADDRESS point at
+them, as they would for a user who set them (a fixed port another process on the machine
+holds would fail the test for a reason that is not the README's). A terminal
 starts with the venv neither activated nor on PATH: its first block must say how to get
 there. What `make run` prints to try must work in such a terminal too.
 A block that exits non-zero, or a background block that exits while it should run, fails
@@ -52,6 +54,7 @@ BASH_FENCE = re.compile(r"^```bash$", re.MULTILINE)
 BLOCK_TIMEOUT = 60.0
 DEFAULT_REGISTRY = "127.0.0.1:50051"
 DEFAULT_AGENT = "127.0.0.1:50052"
+DEFAULT_CONSOLE = "127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class Session:
         self.workdir = workdir
         self.registry = f"127.0.0.1:{free_port()}"
         self.agent = f"127.0.0.1:{free_port()}"
+        self.console = f"127.0.0.1:{free_port()}"
         self.logs = workdir.parent / "logs"
         self.logs.mkdir()
         path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != BIN.resolve()]
@@ -146,6 +150,7 @@ class Session:
             PATH=os.pathsep.join(path),
             MODELREG_ADDRESS=self.registry,
             MODELREG_AGENT_LISTEN=self.agent,
+            MODELREG_HTTP_ADDRESS=self.console,
             PYTHONUNBUFFERED="1",
         )
         #: A new terminal: the venv is neither active nor on PATH.
@@ -192,7 +197,11 @@ class Session:
         """The block as its terminal runs it: a foreground block continues the shell of the
         blocks of the same name before it (variables, functions, the directory: an activated
         venv stays activated), and leaves its own state for the next one."""
-        body = block.text.replace(DEFAULT_REGISTRY, self.registry).replace(DEFAULT_AGENT, self.agent)
+        body = (
+            block.text.replace(DEFAULT_REGISTRY, self.registry)
+            .replace(DEFAULT_AGENT, self.agent)
+            .replace(DEFAULT_CONSOLE, self.console)
+        )
         if block.background:
             return "set -e\n" + body
         state = shlex.quote(str(self.logs / f"terminal-{block.name}.sh"))
