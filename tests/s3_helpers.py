@@ -90,6 +90,11 @@ class SeaweedFS:
             "-ip.bind=127.0.0.1",
             "-admin.ui=false",
             "-webdav=false",
+            # Every bucket is a collection with volumes of its own, and with -volume.max 0 weed caps
+            # the volumes at free disk / volume size: on a fuller disk the tests' many buckets
+            # ran out of volumes and uploads got "too many 500 error responses". Volumes are
+            # not preallocated, so a high cap costs nothing.
+            "-volume.max=2000",
             "-master.telemetry=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
