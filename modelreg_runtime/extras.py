@@ -26,6 +26,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "uvicorn",
         "jinja2",
         "multipart",
+        "httpx",
+        "cryptography",
     ),
     "agent": ("numpy", "onnxruntime", "grpc_health", "grpc_reflection", "prometheus_client"),
 }

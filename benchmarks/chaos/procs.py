@@ -83,6 +83,7 @@ class Registry:
             MODELREG_SHUTDOWN_GRACE="1",
             MODELREG_BOOKMARK_INTERVAL="1",
             MODELREG_METRICS_ADDRESS="off",
+            MODELREG_HTTP_ADDRESS="off",  # several servers at once: no console on 8080 for each
             MODELREG_ACTOR="chaos",
         )
         env.pop("MODELREG_DATABASE_URL", None)
