@@ -35,10 +35,15 @@ MIB = 1 << 20
 
 def onnx_model(weight_bytes: int, seed: int) -> bytes:
     """y = x * W[0:1], x float32 [N, 4]; W is float32 [rows, 4] of `weight_bytes`."""
+    rows = max(1, weight_bytes // 16)
+    return slice_mul_model(np.random.default_rng(seed).random((rows, 4), dtype=np.float32), "bench")
+
+
+def slice_mul_model(w: np.ndarray, graph_name: str) -> bytes:
+    """The ONNX graph y = x * W[0:1] for a float32 W of shape [rows, 4], x float32 [N, 4]: the
+    rows past the first only give the file its size. (The chaos suite builds its models too.)"""
     from onnx import TensorProto, helper, numpy_helper
 
-    rows = max(1, weight_bytes // 16)
-    w = np.random.default_rng(seed).random((rows, 4), dtype=np.float32)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
     inits = [
@@ -48,7 +53,7 @@ def onnx_model(weight_bytes: int, seed: int) -> bytes:
     ]
     nodes = [helper.make_node("Slice", ["W", "start", "end"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
     model = helper.make_model(
-        helper.make_graph(nodes, "bench", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+        helper.make_graph(nodes, graph_name, [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
     )
     model.ir_version = 8
     return model.SerializeToString()

@@ -89,7 +89,9 @@ def test_health_is_not_serving_while_postgres_is_down_and_serving_after(make_reg
     assert tracebacks == []
     health_lines = [r.getMessage() for r in caplog.records if r.name == "modelreg.health"]
     assert len(health_lines) == 2, health_lines
-    assert "NOT_SERVING" in health_lines[0] and "SERVING" in health_lines[1]
+    assert "reports NOT_SERVING" in health_lines[0]
+    assert "answer again" in health_lines[1] and "reports SERVING" in health_lines[1], health_lines[1]
+    assert "NOT_SERVING" not in health_lines[1]
 
 
 def test_health_is_not_serving_while_the_artifact_store_is_gone(make_registry, tmp_path):

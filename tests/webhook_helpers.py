@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import agent_helpers
+
 
 @dataclass(frozen=True)
 class Received:
@@ -104,9 +106,5 @@ class Receiver:
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """agent_helpers.wait_until with this file's positional (timeout, what)."""
+    agent_helpers.wait_until(predicate, timeout, what=what)

@@ -28,24 +28,12 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 def scale_model(scale: float, pad_bytes: int = 0, seed: int = 0) -> bytes:
     """An ONNX graph y = x * W[0], x float32 [N, 4]; W[0] is `scale` (it tells versions apart)
     and `pad_bytes` of seeded random rows make the file as big as a test needs."""
-    from onnx import TensorProto, helper, numpy_helper
+    from benchmarks.bench_agent import slice_mul_model
 
     rows = 1 + max(0, pad_bytes // 16)
     w = np.random.default_rng(seed).random((rows, 4), dtype=np.float32)
     w[0, :] = scale
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    inits = [
-        numpy_helper.from_array(w, "W"),
-        numpy_helper.from_array(np.array([0], np.int64), "start"),
-        numpy_helper.from_array(np.array([1], np.int64), "end"),
-    ]
-    nodes = [helper.make_node("Slice", ["W", "start", "end"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
-    model = helper.make_model(
-        helper.make_graph(nodes, "chaos", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
-    )
-    model.ir_version = 8
-    return model.SerializeToString()
+    return slice_mul_model(w, "chaos")
 
 
 def unloadable_onnx() -> bytes:

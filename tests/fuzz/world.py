@@ -23,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from conftest import free_port, wait_for_port
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -231,30 +232,8 @@ class World:
         self.channel.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"modelreg server exited with {proc.returncode} before listening")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"modelreg server not listening on {port} after {timeout}s")
-
-
 def _spawn(database_url: str, root: Path, auth: bool) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         MODELREG_ADDRESS=f"127.0.0.1:{port}",
@@ -273,7 +252,7 @@ def _spawn(database_url: str, root: Path, auth: bool) -> tuple[subprocess.Popen,
 
 
 def _connect(proc: subprocess.Popen, port: int, database_url: str, root: Path, auth: bool) -> World:
-    _wait_listening(port, proc)
+    wait_for_port(port, 60, proc)
     address = f"127.0.0.1:{port}"
     big = 64 * 1024 * 1024  # so the server, not this client, decides what is too large
     channel = grpc.insecure_channel(
