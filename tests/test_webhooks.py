@@ -392,3 +392,29 @@ def test_an_unknown_webhook_is_not_found(make_registry):
             assert "webhooks/nope" in missing.value.message
         with pytest.raises(errors.InvalidArgument):
             c.get_webhook("bad name!")
+
+
+def test_the_secret_is_stored_sealed_and_the_key_file_is_private(make_registry, database_url, tmp_path, receiver):
+    """What the README's Safety says: the database holds the secret encrypted (Fernet, with the
+    key in `<data dir>/webhook.key`, mode 0600), never the secret itself."""
+    import asyncio
+    import stat
+
+    import asyncpg
+
+    reg = make_registry(**FAST)
+    with Client(reg.address) as c:
+        _, secret = c.create_webhook("sealed", receiver.url, ["stage_changed"])
+
+    async def stored() -> bytes:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetchval("SELECT secret FROM webhooks WHERE name = 'sealed'")
+        finally:
+            await conn.close()
+
+    sealed = bytes(asyncio.run(stored()))
+    assert sealed and secret.encode() not in sealed
+    assert sealed.startswith(b"gAAAA")  # a Fernet token
+    key = tmp_path / "data" / "webhook.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
