@@ -16,6 +16,7 @@ from modelreg.v1 import deployment_service_pb2 as ds
 from modelreg.v1 import deployment_service_pb2_grpc as ds_grpc
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
+from modelreg.v1 import resources_pb2 as res
 from registry_server.config import DEFAULT_HTTP_ADDRESS, Settings
 from registry_server.errors import ConfigError
 
@@ -162,6 +163,52 @@ def test_a_post_without_the_csrf_token_is_refused(console):
     assert reply.status == 403 and "CSRF token" in reply.text
     with Client(console.address) as c:
         assert c.get_model("det").production_version == 1
+
+
+def test_a_nul_in_an_action_reason_is_400_with_the_grpc_edges_message(console):
+    base = console_url(console)
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Cookie": "modelreg_csrf=tok",
+        "HX-Request": "true",
+    }
+    form = b"csrf=tok&version=2&stage=staging&reason=a%00b"
+    reply = http(base, "/models/det/promote", method="POST", data=form, headers=headers)
+    assert reply.status == 400, reply.text
+    assert "contains the NUL character" in html_text(reply) and "remove it and send the request again" in html_text(reply)
+    with Client(console.address) as c:
+        assert c.get_version("det", 2).stage == res.STAGE_NONE
+
+
+def test_an_unexpected_error_under_api_is_a_json_500():
+    import asyncio
+    from types import SimpleNamespace
+
+    import httpx
+
+    from registry_server.console.app import create_app
+    from registry_server.domain.access import Caller
+
+    async def authenticate(*_):
+        return Caller("console")
+
+    async def list_models(*_):
+        raise RuntimeError("boom")
+
+    use_cases = SimpleNamespace(
+        access=SimpleNamespace(enabled=False, authenticate=authenticate),
+        models=SimpleNamespace(list_models=list_models),
+    )
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(create_app(use_cases), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+            return await client.get("/api/v1/models")
+
+    reply = asyncio.run(get())
+    assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
+    error = reply.json()["error"]
+    assert error["status"] == "INTERNAL" and "RuntimeError('boom')" in error["message"]
 
 
 def test_settings_default_the_console_to_8080_and_off_disables_it(monkeypatch):
