@@ -114,6 +114,23 @@ def test_every_json_endpoint_and_a_page_answer_404_for_an_unknown_model(console)
     assert http(base, "/api/v1/models/Bad%20Name").status == 400
 
 
+def test_the_version_json_memo_lets_go_of_versions_the_cache_dropped():
+    import gc
+
+    from registry_server.console.api import VersionJson
+
+    class Version:  # stands in for a cached ModelVersion
+        pass
+
+    memo = VersionJson()._memo
+    kept, dropped = Version(), Version()
+    assert memo.get(kept, lambda v: b"kept") == b"kept" and memo.get(dropped, lambda v: b"dropped") == b"dropped"
+    assert memo.get(kept, lambda v: b"rebuilt") == b"kept"  # built once per object
+    del dropped
+    gc.collect()
+    assert len(memo) == 1
+
+
 def test_artifact_download_streams_the_registered_bytes_with_their_digest(console):
     reply = http(console_url(console), "/models/det/versions/2/artifact")
     assert reply.status == 200
