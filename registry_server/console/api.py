@@ -115,10 +115,7 @@ def _version_json(version: dm.ModelVersion) -> bytes:
 
 async def get_deployment(request: Request) -> Response:
     uc = request.app.state.use_cases
-    caller, model = await caller_of(request), model_param(request)
-    d = await uc.deployments.get(caller, model)
-    if not d.revision:
-        await uc.models.get_model(caller, model)  # an unknown model is 404, not an empty deployment
+    d = await uc.deployments.get(await caller_of(request), model_param(request))  # ModelNotFound: 404
     return json_response(ds.GetDeploymentResponse(deployment=cv.deployment_to_proto(d)))
 
 
