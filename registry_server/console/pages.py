@@ -74,9 +74,10 @@ async def models_page(request: Request) -> Response:
             break
         after = batch[-1].name
     found = found[:MODELS_PAGE]
+    deployments = await uc.deployments.get_many(caller, [m.name for m in found])  # one query, not one a row
     rows = []
     for m in found:
-        d = await uc.deployments.get(caller, m.name)
+        d = deployments[m.name]
         production = None
         if m.production_version:
             with contextlib.suppress(NotFound):
