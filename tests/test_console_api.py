@@ -131,6 +131,14 @@ def test_the_version_json_memo_lets_go_of_versions_the_cache_dropped():
     assert len(memo) == 1
 
 
+def test_the_event_stream_takes_as_many_models_as_watch_events(console):
+    from registry_server.services.events import MAX_WATCHED_MODELS
+
+    query = "&".join(f"model=m{i}" for i in range(MAX_WATCHED_MODELS + 1))
+    reply = http(console_url(console), f"/events/stream?{query}")
+    assert reply.status == 400 and f"the maximum is {MAX_WATCHED_MODELS}" in reply.json()["error"]["message"]
+
+
 def test_artifact_download_streams_the_registered_bytes_with_their_digest(console):
     reply = http(console_url(console), "/models/det/versions/2/artifact")
     assert reply.status == 200
