@@ -190,6 +190,37 @@ def test_a_post_without_the_csrf_token_is_refused(console):
         assert c.get_model("det").production_version == 1
 
 
+def test_a_basic_authorization_header_does_not_bypass_csrf(console):
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Basic dXNlcjpwYXNz"}
+    form = b"version=2&stage=production&reason=ship"
+    reply = http(console_url(console), "/models/det/promote", method="POST", data=form, headers=headers)
+    assert reply.status == 403 and "CSRF token" in reply.text
+    with Client(console.address) as c:
+        assert c.get_model("det").production_version == 1
+
+
+def test_a_cross_origin_post_is_refused_even_with_the_csrf_token_whose_cookie_is_secure_over_https(console):
+    base = console_url(console)
+    own = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": "modelreg_csrf=tok", "HX-Request": "true"}
+    form = b"csrf=tok&version=2&stage=production&reason=forged"
+    for forged, says in (
+        ({"Origin": "http://evil.example"}, "another origin (http://evil.example"),
+        ({"Sec-Fetch-Site": "cross-site"}, "another site (Sec-Fetch-Site: cross-site)"),
+        ({"Sec-Fetch-Site": "same-site", "Origin": base}, "another site (Sec-Fetch-Site: same-site)"),
+    ):
+        reply = http(base, "/models/det/promote", method="POST", data=form, headers={**own, **forged})
+        assert reply.status == 403 and says in html_text(reply), (forged, reply.text)
+    with Client(console.address) as c:
+        assert c.get_model("det").production_version == 1
+    plain = http(base, "/").headers["set-cookie"]
+    assert plain.startswith("modelreg_csrf=") and "secure" not in plain.lower()
+    behind_tls = http(base, "/", headers={"X-Forwarded-Proto": "https"}).headers["set-cookie"]  # uvicorn trusts loopback
+    assert behind_tls.startswith("modelreg_csrf=") and "secure" in behind_tls.lower()
+    same = {**own, "Origin": base, "Sec-Fetch-Site": "same-origin"}  # the console's own page
+    reply = http(base, "/models/det/promote", method="POST", data=form, headers=same)
+    assert reply.status == 200 and "v2 moved to production" in reply.text, reply.text
+
+
 def test_a_nul_in_an_action_reason_is_400_with_the_grpc_edges_message(console):
     base = console_url(console)
     headers = {
