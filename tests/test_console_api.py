@@ -175,6 +175,25 @@ def test_with_auth_on_the_api_takes_a_bearer_token_and_shows_only_readable_proje
     assert "/signin" in page.text or page.headers.get("location", "").startswith("/signin")
 
 
+def test_revoking_the_token_over_grpc_ends_its_console_session_and_api_access(make_registry, tmp_path):
+    from auth_helpers import SecureRegistry, admin_token_of
+
+    reg = make_registry(auth="on", http_address="127.0.0.1:0")
+    admin = admin_token_of(tmp_path / "data")
+    with grpc.insecure_channel(reg.address) as channel:
+        sr = SecureRegistry(reg, reg.address, admin, channel)
+        sr.project("vision")
+        vera = sr.principal("vera", ("viewer", "vision"))
+        base = console_url(reg)
+        session = {"Cookie": f"modelreg_session={vera}"}  # what signing in set
+        for headers in ({"Authorization": f"Bearer {vera}"}, session):
+            assert http(base, "/api/v1/models", headers=headers).status == 200
+        sr.revoke("vera-token")
+    for headers in ({"Authorization": f"Bearer {vera}"}, session):
+        reply = http(base, "/api/v1/models", headers=headers)
+        assert reply.status == 401 and reply.json()["error"]["status"] == "UNAUTHENTICATED", reply.text
+
+
 def test_a_post_without_the_csrf_token_is_refused(console):
     base = console_url(console)
     form = b"version=2&stage=production&reason=ship"
