@@ -233,7 +233,8 @@ def test_a_cross_origin_post_is_refused_even_with_the_csrf_token_whose_cookie_is
         assert c.get_model("det").production_version == 1
     plain = http(base, "/").headers["set-cookie"]
     assert plain.startswith("modelreg_csrf=") and "secure" not in plain.lower()
-    behind_tls = http(base, "/", headers={"X-Forwarded-Proto": "https"}).headers["set-cookie"]  # uvicorn trusts loopback
+    # uvicorn takes X-Forwarded-Proto from loopback: the request came over https
+    behind_tls = http(base, "/", headers={"X-Forwarded-Proto": "https"}).headers["set-cookie"]
     assert behind_tls.startswith("modelreg_csrf=") and "secure" in behind_tls.lower()
     same = {**own, "Origin": base, "Sec-Fetch-Site": "same-origin"}  # the console's own page
     reply = http(base, "/models/det/promote", method="POST", data=form, headers=same)
@@ -250,7 +251,8 @@ def test_a_nul_in_an_action_reason_is_400_with_the_grpc_edges_message(console):
     form = b"csrf=tok&version=2&stage=staging&reason=a%00b"
     reply = http(base, "/models/det/promote", method="POST", data=form, headers=headers)
     assert reply.status == 400, reply.text
-    assert "contains the NUL character" in html_text(reply) and "remove it and send the request again" in html_text(reply)
+    message = html_text(reply)
+    assert "contains the NUL character" in message and "remove it and send the request again" in message
     with Client(console.address) as c:
         assert c.get_version("det", 2).stage == res.STAGE_NONE
 

@@ -141,6 +141,6 @@ def _check_origin(request: Request) -> None:
     own = f"{request.url.scheme}://{request.url.netloc}"
     if origin is not None and origin.lower() != own.lower():
         raise PermissionDenied(
-            f"this request came from another origin ({origin[:200]}, not {own}); the console takes actions only from its "
-            "own pages: open the page on this server and submit there"
+            f"this request came from another origin ({origin[:200]}, not {own}); the console takes actions only "
+            "from its own pages: open the page on this server and submit there"
         )
