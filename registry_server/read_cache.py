@@ -21,12 +21,17 @@ only throw away entries read since; the cache remembers its own sequences and sk
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from registry_server.domain.models import ModelVersion
 
 MAX_ENTRIES = 50_000
 MAX_OWN_SEQUENCES = 10_000
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class VersionCache:
@@ -104,3 +109,37 @@ class VersionCache:
             else:
                 theirs.add(r.model)
         self.invalidate_models(theirs)
+
+
+class ObjectMemo(Generic[T, R]):
+    """What was built from an object, once per object: the cache hands out the same
+    immutable ModelVersion until an event replaces it, so a response built from it can be
+    reused (GetModelVersion's message, the console's JSON). Keyed by identity and checked
+    against the object itself; an entry holds its object weakly and goes when the object
+    does (the cache dropped it). Holding it strongly kept up to `max_entries` dead versions
+    and their responses alive, the soak's steady RSS growth under registrations and reads."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: dict[int, tuple[weakref.ref[T], R]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, obj: T, build: Callable[[T], R]) -> R:
+        key = id(obj)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        value = build(obj)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        entries = self._entries
+
+        def forget(ref: weakref.ref[T]) -> None:
+            current = entries.get(key)
+            if current is not None and current[0] is ref:  # not a newer object at a reused id
+                del entries[key]
+
+        entries[key] = (weakref.ref(obj, forget), value)
+        return value

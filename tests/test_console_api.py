@@ -16,6 +16,7 @@ from modelreg.v1 import deployment_service_pb2 as ds
 from modelreg.v1 import deployment_service_pb2_grpc as ds_grpc
 from modelreg.v1 import registry_service_pb2 as rs
 from modelreg.v1 import registry_service_pb2_grpc as rs_grpc
+from modelreg.v1 import resources_pb2 as res
 from registry_server.config import DEFAULT_HTTP_ADDRESS, Settings
 from registry_server.errors import ConfigError
 
@@ -113,6 +114,31 @@ def test_every_json_endpoint_and_a_page_answer_404_for_an_unknown_model(console)
     assert http(base, "/api/v1/models/Bad%20Name").status == 400
 
 
+def test_the_version_json_memo_lets_go_of_versions_the_cache_dropped():
+    import gc
+
+    from registry_server.console.api import VersionJson
+
+    class Version:  # stands in for a cached ModelVersion
+        pass
+
+    memo = VersionJson()._memo
+    kept, dropped = Version(), Version()
+    assert memo.get(kept, lambda v: b"kept") == b"kept" and memo.get(dropped, lambda v: b"dropped") == b"dropped"
+    assert memo.get(kept, lambda v: b"rebuilt") == b"kept"  # built once per object
+    del dropped
+    gc.collect()
+    assert len(memo) == 1
+
+
+def test_the_event_stream_takes_as_many_models_as_watch_events(console):
+    from registry_server.services.events import MAX_WATCHED_MODELS
+
+    query = "&".join(f"model=m{i}" for i in range(MAX_WATCHED_MODELS + 1))
+    reply = http(console_url(console), f"/events/stream?{query}")
+    assert reply.status == 400 and f"the maximum is {MAX_WATCHED_MODELS}" in reply.json()["error"]["message"]
+
+
 def test_artifact_download_streams_the_registered_bytes_with_their_digest(console):
     reply = http(console_url(console), "/models/det/versions/2/artifact")
     assert reply.status == 200
@@ -149,6 +175,25 @@ def test_with_auth_on_the_api_takes_a_bearer_token_and_shows_only_readable_proje
     assert "/signin" in page.text or page.headers.get("location", "").startswith("/signin")
 
 
+def test_revoking_the_token_over_grpc_ends_its_console_session_and_api_access(make_registry, tmp_path):
+    from auth_helpers import SecureRegistry, admin_token_of
+
+    reg = make_registry(auth="on", http_address="127.0.0.1:0")
+    admin = admin_token_of(tmp_path / "data")
+    with grpc.insecure_channel(reg.address) as channel:
+        sr = SecureRegistry(reg, reg.address, admin, channel)
+        sr.project("vision")
+        vera = sr.principal("vera", ("viewer", "vision"))
+        base = console_url(reg)
+        session = {"Cookie": f"modelreg_session={vera}"}  # what signing in set
+        for headers in ({"Authorization": f"Bearer {vera}"}, session):
+            assert http(base, "/api/v1/models", headers=headers).status == 200
+        sr.revoke("vera-token")
+    for headers in ({"Authorization": f"Bearer {vera}"}, session):
+        reply = http(base, "/api/v1/models", headers=headers)
+        assert reply.status == 401 and reply.json()["error"]["status"] == "UNAUTHENTICATED", reply.text
+
+
 def test_a_post_without_the_csrf_token_is_refused(console):
     base = console_url(console)
     form = b"version=2&stage=production&reason=ship"
@@ -162,6 +207,85 @@ def test_a_post_without_the_csrf_token_is_refused(console):
     assert reply.status == 403 and "CSRF token" in reply.text
     with Client(console.address) as c:
         assert c.get_model("det").production_version == 1
+
+
+def test_a_basic_authorization_header_does_not_bypass_csrf(console):
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Basic dXNlcjpwYXNz"}
+    form = b"version=2&stage=production&reason=ship"
+    reply = http(console_url(console), "/models/det/promote", method="POST", data=form, headers=headers)
+    assert reply.status == 403 and "CSRF token" in reply.text
+    with Client(console.address) as c:
+        assert c.get_model("det").production_version == 1
+
+
+def test_a_cross_origin_post_is_refused_even_with_the_csrf_token_whose_cookie_is_secure_over_https(console):
+    base = console_url(console)
+    own = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": "modelreg_csrf=tok", "HX-Request": "true"}
+    form = b"csrf=tok&version=2&stage=production&reason=forged"
+    for forged, says in (
+        ({"Origin": "http://evil.example"}, "another origin (http://evil.example"),
+        ({"Sec-Fetch-Site": "cross-site"}, "another site (Sec-Fetch-Site: cross-site)"),
+        ({"Sec-Fetch-Site": "same-site", "Origin": base}, "another site (Sec-Fetch-Site: same-site)"),
+    ):
+        reply = http(base, "/models/det/promote", method="POST", data=form, headers={**own, **forged})
+        assert reply.status == 403 and says in html_text(reply), (forged, reply.text)
+    with Client(console.address) as c:
+        assert c.get_model("det").production_version == 1
+    plain = http(base, "/").headers["set-cookie"]
+    assert plain.startswith("modelreg_csrf=") and "secure" not in plain.lower()
+    # uvicorn takes X-Forwarded-Proto from loopback: the request came over https
+    behind_tls = http(base, "/", headers={"X-Forwarded-Proto": "https"}).headers["set-cookie"]
+    assert behind_tls.startswith("modelreg_csrf=") and "secure" in behind_tls.lower()
+    same = {**own, "Origin": base, "Sec-Fetch-Site": "same-origin"}  # the console's own page
+    reply = http(base, "/models/det/promote", method="POST", data=form, headers=same)
+    assert reply.status == 200 and "v2 moved to production" in reply.text, reply.text
+
+
+def test_a_nul_in_an_action_reason_is_400_with_the_grpc_edges_message(console):
+    base = console_url(console)
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Cookie": "modelreg_csrf=tok",
+        "HX-Request": "true",
+    }
+    form = b"csrf=tok&version=2&stage=staging&reason=a%00b"
+    reply = http(base, "/models/det/promote", method="POST", data=form, headers=headers)
+    assert reply.status == 400, reply.text
+    message = html_text(reply)
+    assert "contains the NUL character" in message and "remove it and send the request again" in message
+    with Client(console.address) as c:
+        assert c.get_version("det", 2).stage == res.STAGE_NONE
+
+
+def test_an_unexpected_error_under_api_is_a_json_500():
+    import asyncio
+    from types import SimpleNamespace
+
+    import httpx
+
+    from registry_server.console.app import create_app
+    from registry_server.domain.access import Caller
+
+    async def authenticate(*_):
+        return Caller("console")
+
+    async def list_models(*_):
+        raise RuntimeError("boom")
+
+    use_cases = SimpleNamespace(
+        access=SimpleNamespace(enabled=False, authenticate=authenticate),
+        models=SimpleNamespace(list_models=list_models),
+    )
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(create_app(use_cases), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+            return await client.get("/api/v1/models")
+
+    reply = asyncio.run(get())
+    assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
+    error = reply.json()["error"]
+    assert error["status"] == "INTERNAL" and "RuntimeError('boom')" in error["message"]
 
 
 def test_settings_default_the_console_to_8080_and_off_disables_it(monkeypatch):

@@ -26,6 +26,7 @@ from registry_server.domain import models as dm
 from registry_server.domain.names import VersionRef, parse_model_name, parse_version_ref
 from registry_server.domain.stages import parse_stage
 from registry_server.errors import InvalidArgument
+from registry_server.read_cache import ObjectMemo
 from registry_server.services import convert as cv
 
 JSON = "application/json"
@@ -96,31 +97,25 @@ async def list_versions(request: Request) -> Response:
 
 
 class VersionJson:
-    """GET of one version. The read cache hands out the same immutable ModelVersion until an
-    event replaces it, so its JSON is built once per object (keyed by identity, checked
-    against the object itself), as RegistryServicer memoizes its responses."""
+    """GET of one version. Its JSON is built once per cached version object (a weak
+    `ObjectMemo`), as RegistryServicer memoizes its responses."""
 
     def __init__(self) -> None:
-        self._memo: dict[int, tuple[dm.ModelVersion, bytes]] = {}
+        self._memo: ObjectMemo[dm.ModelVersion, bytes] = ObjectMemo(MAX_MEMO)
 
     async def get(self, request: Request) -> Response:
         uc = request.app.state.use_cases
         version = await uc.models.resolve(await caller_of(request), version_ref(request))
-        memo = self._memo.get(id(version))
-        if memo is None or memo[0] is not version:
-            if len(self._memo) >= MAX_MEMO:
-                self._memo.clear()
-            memo = (version, proto_json(rs.GetModelVersionResponse(model_version=cv.version_to_proto(version))))
-            self._memo[id(version)] = memo
-        return Response(memo[1], media_type=JSON)
+        return Response(self._memo.get(version, _version_json), media_type=JSON)
+
+
+def _version_json(version: dm.ModelVersion) -> bytes:
+    return proto_json(rs.GetModelVersionResponse(model_version=cv.version_to_proto(version)))
 
 
 async def get_deployment(request: Request) -> Response:
     uc = request.app.state.use_cases
-    caller, model = await caller_of(request), model_param(request)
-    d = await uc.deployments.get(caller, model)
-    if not d.revision:
-        await uc.models.get_model(caller, model)  # an unknown model is 404, not an empty deployment
+    d = await uc.deployments.get(await caller_of(request), model_param(request))  # ModelNotFound: 404
     return json_response(ds.GetDeploymentResponse(deployment=cv.deployment_to_proto(d)))
 
 

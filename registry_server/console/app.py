@@ -1,6 +1,7 @@
 """The console's Starlette app: routes, static files, and the error handling of every
-route (`errors.http_error` decides the status; this module only chooses JSON for /api/ and
-/events/stream, a redirect to sign in for a page without a session, or an HTML page)."""
+route, a bug's included (`errors.http_error` decides the status; this module only chooses
+JSON for /api/ and /events/stream, a redirect to sign in for a page without a session, or
+an HTML page)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""The one place domain errors become HTTP statuses (the gRPC edge has services.errors).
+"""Domain errors as HTTP statuses. The gRPC code comes from the gRPC edge's table
+(`services.errors.status_code`); this module only maps codes to HTTP.
 
-The codes follow Google's published gRPC-to-HTTP mapping (google/rpc/code.proto), so a
+The HTTP codes follow Google's published gRPC-to-HTTP mapping (google/rpc/code.proto), so a
 failed gate (FAILED_PRECONDITION) is 400 and a stale etag (ABORTED) 409. The JSON body is
 Google's error shape: {"error": {"code": 404, "status": "NOT_FOUND", "message": "..."}}.
-A lost database is 503; anything else is a bug: 500, logged with its traceback.
+Text Postgres cannot store (a NUL) is 400 with the gRPC edge's message, a lost database
+503; anything else is a bug: 500, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -11,26 +13,30 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import grpc
+
 from registry_server import errors as e
 from registry_server.domain.gates import GateFailed
+from registry_server.services.errors import UNSTORABLE_TEXT, status_code, unstorable_text_message
 from registry_server.storage.db import BACKEND_DOWN
 
 log = logging.getLogger("modelreg.console")
 
-# What the app's exception handlers catch: caller errors and a lost backend.
-HANDLED: tuple[type[BaseException], ...] = (e.RegistryError, *BACKEND_DOWN)
+# What the app's exception handlers catch: everything (a bug is a 500 in the route's
+# format, JSON under /api/, not Starlette's plain-text page).
+HANDLED: tuple[type[BaseException], ...] = (e.RegistryError, *UNSTORABLE_TEXT, *BACKEND_DOWN, Exception)
 
-# Most specific first: the first class in an error's MRO that is listed gives its status.
-STATUS: dict[type[e.RegistryError], tuple[int, str]] = {
-    e.InvalidArgument: (400, "INVALID_ARGUMENT"),
-    e.NotFound: (404, "NOT_FOUND"),
-    e.AlreadyExists: (409, "ALREADY_EXISTS"),
-    e.FailedPrecondition: (400, "FAILED_PRECONDITION"),
-    e.Aborted: (409, "ABORTED"),
-    e.Unauthenticated: (401, "UNAUTHENTICATED"),
-    e.PermissionDenied: (403, "PERMISSION_DENIED"),
-    e.DataLoss: (500, "DATA_LOSS"),
-    e.Unavailable: (503, "UNAVAILABLE"),
+# google/rpc/code.proto's HTTP mapping of the codes RegistryErrors have; any other is 500.
+HTTP_CODES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
 }
 
 
@@ -56,15 +62,14 @@ class HttpError:
 
 def http_error(exc: BaseException) -> HttpError:
     if isinstance(exc, e.RegistryError):
-        code, status = 500, "UNKNOWN"
-        for cls in type(exc).__mro__:
-            if cls in STATUS:
-                code, status = STATUS[cls]
-                break
+        grpc_code = status_code(exc)
+        code, status = HTTP_CODES.get(grpc_code, 500), grpc_code.name
         violations: tuple[tuple[str, str, str], ...] = ()
         if isinstance(exc, GateFailed):
             violations = tuple((r.type.value, r.subject, r.description) for r in exc.results)
         return HttpError(code, status, exc.message, exc.reason, violations)
+    if isinstance(exc, UNSTORABLE_TEXT):
+        return HttpError(400, "INVALID_ARGUMENT", unstorable_text_message(exc))
     if isinstance(exc, BACKEND_DOWN):
         log.warning("backend unavailable: %r", exc)
         return HttpError(503, "UNAVAILABLE", f"the registry's database or disk is unavailable ({exc!r}); retry shortly")

@@ -74,9 +74,10 @@ async def models_page(request: Request) -> Response:
             break
         after = batch[-1].name
     found = found[:MODELS_PAGE]
+    deployments = await uc.deployments.get_many(caller, [m.name for m in found])  # one query, not one a row
     rows = []
     for m in found:
-        d = await uc.deployments.get(caller, m.name)
+        d = deployments[m.name]
         production = None
         if m.production_version:
             with contextlib.suppress(NotFound):
@@ -138,9 +139,12 @@ async def model_page(request: Request) -> Response:
     if len(selected) >= 2:
         comparison = await uc.models.compare(caller, name, selected)
     by_number = {v.version: v for v in versions}
-    missing = [n for n in selected if n not in by_number]
-    for n in missing:
-        by_number[n] = await uc.models.resolve(caller, VersionRef(name, number=n))
+    if comparison is not None:  # it has every selected version already
+        for v in comparison.versions:
+            by_number.setdefault(v.version, v)
+    for n in selected:
+        if n not in by_number:  # one version selected, off this page
+            by_number[n] = await uc.models.resolve(caller, VersionRef(name, number=n))
     chart_versions = [by_number[n] for n in selected] if selected else versions[:DEFAULT_CURVES]
     curve_keys = views.history_keys(chart_versions)
     curve_metric = request.query_params.get("curve", "") or (curve_keys[0] if curve_keys else "")
@@ -157,7 +161,6 @@ async def model_page(request: Request) -> Response:
         "versions": shown,
         "rows": rows,
         "keys": keys,
-        "best": best,
         "lower_is_better": {k: views.lower_is_better(k) for k in keys},
         "selected": selected,
         "comparison": comparison,

@@ -9,8 +9,11 @@
   serves it, and signing out or revoking the token ends it.
 - CSRF: every state-changing request (POST) made with cookies must carry the CSRF token
   as the `csrf` form field or the `X-CSRF-Token` header, equal to the `modelreg_csrf`
-  cookie (a random value, SameSite=Strict; double submit). A request with an
-  Authorization header carries no ambient credential and is exempt.
+  cookie (a random value, SameSite=Strict, Secure over https; double submit), and must
+  not come from another origin: a `Sec-Fetch-Site` header other than `same-origin`, or an
+  `Origin` header other than the request's own, is refused. Only a request with an
+  `Authorization: Bearer` header is exempt: a browser never sends one by itself (a Basic
+  header it may, so that one is checked like a cookie).
 """
 
 from __future__ import annotations
@@ -98,15 +101,18 @@ def remember_csrf(request: Request, response: Response) -> None:
     """Sets the CSRF cookie when this request made a fresh token."""
     token = getattr(request.state, "new_csrf", "")
     if token:
-        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", path="/")
+        response.set_cookie(
+            CSRF_COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+        )
 
 
 async def check_csrf(request: Request) -> dict[str, str]:
     """The form of a POST, after its CSRF check; raises PermissionDenied (403) naming the
     fix when the token is missing or wrong."""
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    if request.headers.get("authorization"):
+    if _bearer(request):
         return form
+    _check_origin(request)
     sent = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD, "")
     expected = request.cookies.get(CSRF_COOKIE, "")
     if not expected or not sent or not hmac.compare_digest(sent, expected):
@@ -115,3 +121,26 @@ async def check_csrf(request: Request) -> dict[str, str]:
             "and submit again"
         )
     return form
+
+
+def _bearer(request: Request) -> bool:
+    """Whether the request carries `Authorization: Bearer ...`, which no browser sends unasked."""
+    scheme, _, secret = request.headers.get("authorization", "").strip().partition(" ")
+    return scheme.lower() == "bearer" and bool(secret.strip())
+
+
+def _check_origin(request: Request) -> None:
+    """Refuses a POST a browser says came from another origin (PermissionDenied, 403)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        raise PermissionDenied(
+            f"this request came from another site (Sec-Fetch-Site: {site[:40]}); the console takes actions only from "
+            "its own pages: open the page on this server and submit there"
+        )
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if origin is not None and origin.lower() != own.lower():
+        raise PermissionDenied(
+            f"this request came from another origin ({origin[:200]}, not {own}); the console takes actions only "
+            "from its own pages: open the page on this server and submit there"
+        )

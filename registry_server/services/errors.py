@@ -100,6 +100,23 @@ def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{message[:keep]} …[{len(message) - 2 * keep} characters cut]… {message[-keep:]}"
 
 
+# Postgres text holds no NUL character (and the statement, in its transaction, wrote
+# nothing). Strings reach SQL from dozens of fields; the one place to say so is at each edge
+# (here and the console's errors), with this message.
+UNSTORABLE_TEXT: tuple[type[BaseException], ...] = (
+    asyncpg.CharacterNotInRepertoireError,
+    asyncpg.UntranslatableCharacterError,
+)
+
+
+def unstorable_text_message(exc: BaseException) -> str:
+    """What a request with a character Postgres cannot store (an UNSTORABLE_TEXT error) is told."""
+    return (
+        "a text field of the request contains the NUL character (\\x00) or another character the "
+        f"registry cannot store ({bounded(str(exc), 200)}); remove it and send the request again"
+    )
+
+
 #: Says what a backend failure was: "database", "artifact store", or "" when unknown. The
 #: health monitor's `cause` (it also probes at once, so health flips without waiting a tick).
 Diagnose = Callable[[], Awaitable[str]]
@@ -140,14 +157,8 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException, diagnose:
         if exc.reason:
             await context.abort_with_status(to_status(code, message, exc.reason, metadata))
         await context.abort(code, message)
-    if isinstance(exc, asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError):
-        # Postgres text holds no NUL character (and the statement, in its transaction, wrote
-        # nothing). Strings reach SQL from dozens of fields; the one place to say so is here.
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "a text field of the request contains the NUL character (\\x00) or another character the "
-            f"registry cannot store ({bounded(str(exc), 200)}); remove it and send the request again",
-        )
+    if isinstance(exc, UNSTORABLE_TEXT):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, unstorable_text_message(exc))
     if isinstance(exc, BACKEND_DOWN):
         await backend_down(context, exc, diagnose)
     log.exception("internal error", exc_info=exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 from datetime import UTC, datetime, timedelta
 
 from modelreg.v1 import registry_service_pb2 as rs
@@ -12,6 +11,7 @@ from modelreg.v1 import resources_pb2 as res
 from registry_server.domain import models as dm
 from registry_server.domain.names import parse_model_name, parse_version_name
 from registry_server.errors import InvalidArgument
+from registry_server.read_cache import ObjectMemo
 from registry_server.services import convert as cv
 from registry_server.services.auth import caller_of
 from registry_server.services.gates import request_to_proto
@@ -26,17 +26,16 @@ CANCEL_GRACE_S = 0.05
 MAX_MEMO_RESPONSES = 10_000
 
 
+def _version_response(version: dm.ModelVersion) -> rs.GetModelVersionResponse:
+    return rs.GetModelVersionResponse(model_version=cv.version_to_proto(version))
+
+
 class RegistryServicer(rs_grpc.RegistryServiceServicer):
     def __init__(self, models: Models, deployments: Deployments):
         self.models = models
         self.deployments = deployments
-        # GetModelVersion answers built once per cached version object: the read cache hands
-        # out the same immutable ModelVersion until an event replaces it, so its response
-        # can be reused (keyed by identity, checked against the object itself). An entry
-        # holds its version weakly and goes when the version does (the read cache dropped
-        # it): holding it strongly kept up to MAX_MEMO_RESPONSES dead versions and their
-        # responses alive, the soak's steady RSS growth under registrations and reads.
-        self._responses: dict[int, tuple[weakref.ref[dm.ModelVersion], rs.GetModelVersionResponse]] = {}
+        # GetModelVersion answers built once per cached version object, held weakly (ObjectMemo).
+        self._responses: ObjectMemo[dm.ModelVersion, rs.GetModelVersionResponse] = ObjectMemo(MAX_MEMO_RESPONSES)
 
     # ------------------------------------------------------------------ models
 
@@ -116,22 +115,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
 
     async def GetModelVersion(self, request: rs.GetModelVersionRequest, context) -> rs.GetModelVersionResponse:
         version = await self.models.resolve(caller_of(context), parse_version_name(request.name))
-        key = id(version)
-        memo = self._responses.get(key)
-        if memo is not None and memo[0]() is version:
-            return memo[1]
-        response = rs.GetModelVersionResponse(model_version=cv.version_to_proto(version))
-        if len(self._responses) >= MAX_MEMO_RESPONSES:
-            self._responses.clear()
-        responses = self._responses
-
-        def forget(ref: weakref.ref[dm.ModelVersion]) -> None:
-            entry = responses.get(key)
-            if entry is not None and entry[0] is ref:  # not a newer object at a reused id
-                del responses[key]
-
-        responses[key] = (weakref.ref(version, forget), response)
-        return response
+        return self._responses.get(version, _version_response)
 
     async def ListModelVersions(self, request: rs.ListModelVersionsRequest, context) -> rs.ListModelVersionsResponse:
         model = parse_model_name(request.parent, "parent")

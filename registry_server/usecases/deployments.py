@@ -11,6 +11,7 @@ deployment, the history and the events never disagree.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from registry_server.domain.gates import STAGE_TARGETS, GateFailed
 from registry_server.domain.models import ModelVersion, StageTransition
 from registry_server.domain.names import VersionRef
 from registry_server.domain.stages import Stage
+from registry_server.errors import ModelNotFound
 from registry_server.metrics import RegistryMetrics
 from registry_server.storage.agents import AgentStore
 from registry_server.storage.deployments import DeploymentStore, DeploymentTx, HistoryEntry
@@ -69,6 +71,16 @@ class Deployments:
     async def get(self, caller: Caller, model: str) -> dd.Deployment:
         await self.access.require(caller, Permission.READ, model=model)
         return await self.store.get(model)
+
+    async def get_many(self, caller: Caller, models: Sequence[str]) -> dict[str, dd.Deployment]:
+        """`get` of each model, read in one statement; ModelNotFound for one that does not exist."""
+        for model in models:
+            await self.access.require(caller, Permission.READ, model=model)
+        by_name = {d.model: d for d in (await self.store.snapshot(models))[1]} if models else {}
+        for model in models:
+            if model not in by_name:
+                raise ModelNotFound(model)
+        return by_name
 
     async def history(self, caller: Caller, model: str, before_id: int, limit: int) -> list[tuple[int, HistoryEntry]]:
         await self.access.require(caller, Permission.READ, model=model)

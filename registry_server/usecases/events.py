@@ -46,7 +46,7 @@ class Events:
         self.deployments = deployments
         self.access = access
 
-    async def _authorize(self, caller: Caller, models: Sequence[str]) -> _Watchable | None:
+    async def authorize(self, caller: Caller, models: Sequence[str]) -> _Watchable | None:
         """events.watch in the project of every named model that exists, and in some
         project at all; the filter the stream then applies (None with auth off)."""
         if not caller.authenticated:
@@ -72,7 +72,7 @@ class Events:
         snapshot: bool,
         bookmark_interval: float,
     ) -> AsyncIterator[Snapshot | store.EventRow | Bookmark]:
-        visibility = await self._authorize(caller, models)
+        visibility = await self.authorize(caller, models)
         stream = EventStream(
             self.hub,
             self.pool,
@@ -98,7 +98,7 @@ class Events:
     async def list(
         self, caller: Caller, after: int, limit: int, models: Sequence[str], types: Sequence[str]
     ) -> list[store.EventRow]:
-        visibility = await self._authorize(caller, models)
+        visibility = await self.authorize(caller, models)
         projects = visibility.projects() if visibility is not None else None
         try:
             return await store.fetch_after(self.pool, after, limit, models=models, types=types, projects=projects)
