@@ -157,14 +157,20 @@ async def serve(
     async def set_health(ready: bool) -> None:
         """ "" and InferenceService: every followed model has a version loaded. Each model's
         own name (as --model gives it, without `models/` or `@alias`): that model has one."""
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, status)
-        for name, mgr in agent.models.items():
-            loaded = not closing and not agent.stopping and bool(mgr.ready())
-            await health_servicer.set(
-                name, health_pb2.HealthCheckResponse.SERVING if loaded else health_pb2.HealthCheckResponse.NOT_SERVING
+
+        def status(up: bool) -> int:
+            # `closing` read at each name: a change that arrives during shutdown (or a call
+            # begun before it) never flips a name back to SERVING
+            return (
+                health_pb2.HealthCheckResponse.SERVING
+                if up and not closing
+                else health_pb2.HealthCheckResponse.NOT_SERVING
             )
+
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status(ready))
+        for name, mgr in agent.models.items():
+            await health_servicer.set(name, status(bool(mgr.ready())))
 
     def on_ready(ready: bool) -> None:
         t = loop.create_task(set_health(ready))
