@@ -124,17 +124,20 @@ class OnnxLoader(Loader):
         return self._signature
 
     def sample_inputs(self) -> dict[str, np.ndarray]:
+        """Zeros of each input's shape, a dynamic dimension 1, or for a YOLO export's images
+        a dynamic height and width its image size (a 1x1 image does not pass its network)."""
         out: dict[str, np.ndarray] = {}
+        size = self.delegate.imgsz if self.delegate is not None else None
         for spec in self._signature.inputs:
             if spec.dtype is None or spec.dtype == np.dtype(object):
                 raise ValueError(f"input {spec.name!r} has a type the agent cannot build a sample for")
-            shape = [d if d > 0 else 1 for d in spec.shape or ()]
+            shape = [d if d > 0 else size if size and i >= 2 else 1 for i, d in enumerate(spec.shape or ())]
             out[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return out
 
     def warmup(self) -> None:
-        if self.delegate is not None:
-            return self.delegate.warmup()
+        if self.delegate is not None:  # a YOLO export: Detect's ultralytics model, and below the
+            self.delegate.warmup()  # raw session that tensor requests (Predict, ModelInfer) run on
         self.session.run(None, self.sample_inputs())
 
     def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
