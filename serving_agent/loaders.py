@@ -85,7 +85,8 @@ class Loader:
         raise NotImplementedError
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
-        raise WrongModelKind(f"{self.spec.name} is a detector; call Detect with an image instead of Predict")
+        """Only on a loader with `tensors`: Agent.predict refuses the others (WrongModelKind)."""
+        raise NotImplementedError
 
     def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
         raise WrongModelKind(f"{self.spec.name} is a tensor model; call Predict with named tensors instead of Detect")
