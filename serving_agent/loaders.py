@@ -113,6 +113,7 @@ class OnnxLoader(Loader):
             so.intra_op_num_threads = self.options.intra_op_threads
         self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=choose_providers(self.options))
         self._signature = from_ort(self.session)
+        self._output_names = list(self._signature.output_names)  # what a request without output_names runs
         meta = self.session.get_modelmeta().custom_metadata_map
         if "names" in meta and "stride" in meta:  # a YOLO export: Detect goes through ultralytics,
             # tensors (Predict, ModelInfer) through this session, the raw graph
@@ -147,7 +148,7 @@ class OnnxLoader(Loader):
         return super().detect(image, conf, iou, max_det)
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
-        names = list(output_names) if output_names else [o.name for o in self._signature.outputs]
+        names = output_names or self._output_names
         try:
             values = self.session.run(names, inputs)
         except Exception as e:  # a check the signature cannot express (a dimension tied to another)

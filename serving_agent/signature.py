@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -92,8 +93,28 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
     platform: str = "onnxruntime_onnx"  # the Open Inference Protocol's `platform` (Triton's names)
 
+    # Derived once per signature (a loaded version's is frozen): every request reads them.
+    @cached_property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @cached_property
+    def inputs_by_name(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.inputs}
+
+    @cached_property
+    def _output_set(self) -> frozenset[str]:
+        return frozenset(self.output_names)
+
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self.inputs_by_name.get(name)
+
+    def has_output(self, name: str) -> bool:
+        return name in self._output_set
 
 
 def ort_shape(shape: Sequence[object] | None) -> tuple[int, ...] | None:
@@ -119,10 +140,11 @@ def check_request(
     """Raises BadInput (INVALID_ARGUMENT) unless `inputs` are exactly the model's inputs, each of
     its dtype and a shape it accepts, and every requested output exists. `served_by` names the
     version in the message ('models/m/versions/3'). Costs microseconds: it runs on every request."""
-    wanted = [t.name for t in sig.inputs]
-    missing = [n for n in wanted if n not in inputs]
-    extra = [n for n in inputs if sig.input(n) is None]
-    if missing or extra:
+    by_name = sig.inputs_by_name
+    if len(inputs) != len(by_name) or not all(n in by_name for n in inputs):
+        wanted = list(sig.input_names)
+        missing = [n for n in wanted if n not in inputs]
+        extra = [n for n in inputs if n not in by_name]
         parts = [f"missing {missing}"] if missing else []
         parts += [f"unknown {extra}"] if extra else []
         raise BadInput(f"{served_by} takes inputs {wanted}; {'; '.join(parts)}")
@@ -134,11 +156,9 @@ def check_request(
                 f"input {spec.name!r} of {served_by}: expected {describe(spec.dtype)} with shape "
                 f"{_shape(spec.shape)}, got {describe(arr.dtype)} with shape {list(arr.shape)}"
             )
-    if output_names:
-        known = [t.name for t in sig.outputs]
-        unknown = [n for n in output_names if n not in known]
-        if unknown:
-            raise BadInput(f"unknown outputs {unknown}; {served_by} has outputs {known}")
+    if output_names and not all(sig.has_output(n) for n in output_names):
+        unknown = [n for n in output_names if not sig.has_output(n)]
+        raise BadInput(f"unknown outputs {unknown}; {served_by} has outputs {list(sig.output_names)}")
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
