@@ -188,13 +188,25 @@ class YoloLoader(Loader):
         self.device = "cuda:0" if self._use_cuda() else "cpu"
         names = getattr(self.model, "names", None) or {}
         size = self.imgsz or DEFAULT_IMGSZ
+        rows = 4 + len(names)
         # The network's own tensors, as its ONNX export has them: a batch of RGB images scaled to
-        # 0..1 in, (x, y, w, h, one score per class) for every anchor out.
+        # 0..1 in, (x, y, w, h, one score per class) for every anchor out. Requests may send any
+        # batch (`shape`); the registry records the export's exact form (`dims`): batch 1 and the
+        # anchors, the grid cells of every stride ((imgsz / stride)^2 each).
+        f32 = np.dtype(np.float32)
         self._signature = Signature(
-            (TensorSpec("images", np.dtype(np.float32), (-1, 3, size, size)),),
-            (TensorSpec("output0", np.dtype(np.float32), (-1, 4 + len(names), -1)),),
+            (TensorSpec("images", f32, (-1, 3, size, size), "float32", (1, 3, size, size)),),
+            (TensorSpec("output0", f32, (-1, rows, -1), "float32", (1, rows, self._anchors(size))),),
             platform="ultralytics_pt",
         )
+
+    def _anchors(self, size: int) -> int | None:
+        """The detector's anchor count at `size`; None when the network does not say."""
+        try:
+            strides = [int(s) for s in self.model.model.stride.tolist()]
+        except Exception:  # noqa: BLE001 - not a stride-based detector: the count stays unnamed
+            return None
+        return sum((size // s) ** 2 for s in strides) or None
 
     def signature(self) -> Signature:
         return self._signature
