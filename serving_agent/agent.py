@@ -281,13 +281,13 @@ class Agent:
             self._payload(mgr, mv, sum(a.nbytes for a in inputs.values()), sum(a.nbytes for a in outputs.values()))
             return Prediction(mv.spec.name, outputs, mv.version)
 
-    def signature(self, model: str, version: int = 0) -> tuple[int, Signature]:
+    def signature(self, model: str, version: int = 0) -> Signature:
         """The signature of the version a request would reach (`version` 0: the deployment's
-        stable side while it is loaded, else whichever routing picks) and that version's number."""
+        stable side while it is loaded, else whichever routing picks), with routing's errors."""
         mgr = self._manager(model)
         mv = mgr.route("", version) if version else mgr.route_stable()
         assert mv.loader is not None
-        return mv.version, mv.loader.signature()
+        return mv.loader.signature()
 
     def loaded_versions(self, model: str, version: int = 0) -> list[int]:
         """The model's READY versions (NOT_FOUND for a model not followed); with `version`, that

@@ -85,7 +85,8 @@ class Loader:
         raise NotImplementedError
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
-        raise WrongModelKind(f"{self.spec.name} is a detector; call Detect with an image instead of Predict")
+        """Only on a loader with `tensors`: Agent.predict refuses the others (WrongModelKind)."""
+        raise NotImplementedError
 
     def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
         raise WrongModelKind(f"{self.spec.name} is a tensor model; call Predict with named tensors instead of Detect")
@@ -112,6 +113,7 @@ class OnnxLoader(Loader):
             so.intra_op_num_threads = self.options.intra_op_threads
         self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=choose_providers(self.options))
         self._signature = from_ort(self.session)
+        self._output_names = list(self._signature.output_names)  # what a request without output_names runs
         meta = self.session.get_modelmeta().custom_metadata_map
         if "names" in meta and "stride" in meta:  # a YOLO export: Detect goes through ultralytics,
             # tensors (Predict, ModelInfer) through this session, the raw graph
@@ -124,17 +126,20 @@ class OnnxLoader(Loader):
         return self._signature
 
     def sample_inputs(self) -> dict[str, np.ndarray]:
+        """Zeros of each input's shape, a dynamic dimension 1, or for a YOLO export's images
+        a dynamic height and width its image size (a 1x1 image does not pass its network)."""
         out: dict[str, np.ndarray] = {}
+        size = self.delegate.imgsz if self.delegate is not None else None
         for spec in self._signature.inputs:
             if spec.dtype is None or spec.dtype == np.dtype(object):
                 raise ValueError(f"input {spec.name!r} has a type the agent cannot build a sample for")
-            shape = [d if d > 0 else 1 for d in spec.shape or ()]
+            shape = [d if d > 0 else size if size and i >= 2 else 1 for i, d in enumerate(spec.shape or ())]
             out[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return out
 
     def warmup(self) -> None:
-        if self.delegate is not None:
-            return self.delegate.warmup()
+        if self.delegate is not None:  # a YOLO export: Detect's ultralytics model, and below the
+            self.delegate.warmup()  # raw session that tensor requests (Predict, ModelInfer) run on
         self.session.run(None, self.sample_inputs())
 
     def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
@@ -143,7 +148,7 @@ class OnnxLoader(Loader):
         return super().detect(image, conf, iou, max_det)
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
-        names = list(output_names) if output_names else [o.name for o in self._signature.outputs]
+        names = output_names or self._output_names
         try:
             values = self.session.run(names, inputs)
         except Exception as e:  # a check the signature cannot express (a dimension tied to another)
@@ -183,13 +188,25 @@ class YoloLoader(Loader):
         self.device = "cuda:0" if self._use_cuda() else "cpu"
         names = getattr(self.model, "names", None) or {}
         size = self.imgsz or DEFAULT_IMGSZ
+        rows = 4 + len(names)
         # The network's own tensors, as its ONNX export has them: a batch of RGB images scaled to
-        # 0..1 in, (x, y, w, h, one score per class) for every anchor out.
+        # 0..1 in, (x, y, w, h, one score per class) for every anchor out. Requests may send any
+        # batch (`shape`); the registry records the export's exact form (`dims`): batch 1 and the
+        # anchors, the grid cells of every stride ((imgsz / stride)^2 each).
+        f32 = np.dtype(np.float32)
         self._signature = Signature(
-            (TensorSpec("images", np.dtype(np.float32), (-1, 3, size, size)),),
-            (TensorSpec("output0", np.dtype(np.float32), (-1, 4 + len(names), -1)),),
+            (TensorSpec("images", f32, (-1, 3, size, size), "float32", (1, 3, size, size)),),
+            (TensorSpec("output0", f32, (-1, rows, -1), "float32", (1, rows, self._anchors(size))),),
             platform="ultralytics_pt",
         )
+
+    def _anchors(self, size: int) -> int | None:
+        """The detector's anchor count at `size`; None when the network does not say."""
+        try:
+            strides = [int(s) for s in self.model.model.stride.tolist()]
+        except Exception:  # noqa: BLE001 - not a stride-based detector: the count stays unnamed
+            return None
+        return sum((size // s) ** 2 for s in strides) or None
 
     def signature(self) -> Signature:
         return self._signature

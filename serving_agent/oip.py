@@ -20,7 +20,7 @@ import numpy as np
 from modelreg.oip import grpc_predict_v2_pb2 as pb
 from modelreg.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_agent.agent import Agent, model_id
-from serving_agent.errors import BadInput, NoVersionLoaded, VersionNotLoaded, agent_errors
+from serving_agent.errors import BadInput, agent_errors
 from serving_agent.oip_tensors import decode_inputs, encode_outputs
 from serving_agent.signature import TensorSpec, datatype
 
@@ -94,16 +94,10 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         """The signature of the version a request would reach (the stable one while a canary
         runs), or of the pinned version; `versions` lists every version loaded here."""
-        version = parse_version(request.version)
-        loaded = self.agent.loaded_versions(request.name)  # NOT_FOUND for a model not followed
-        if not loaded:
-            raise NoVersionLoaded(f"models/{model_id(request.name)} has no version loaded yet on this agent; retry")
-        if version and version not in loaded:
-            raise VersionNotLoaded(
-                f"models/{model_id(request.name)}/versions/{version} is not loaded on this agent; loaded versions: "
-                f"{', '.join(map(str, loaded))}"
-            )
-        _, sig = self.agent.signature(request.name, version)
+        # routed as ModelInfer routes, with its errors: NOT_FOUND for a model not followed or a
+        # pinned version not loaded (naming the loaded ones), UNAVAILABLE while none is loaded
+        sig = self.agent.signature(request.name, parse_version(request.version))
+        loaded = self.agent.loaded_versions(request.name)
         return pb.ModelMetadataResponse(
             name=request.name,
             versions=[str(v) for v in loaded],

@@ -5,19 +5,20 @@ the order of `inputs`; what tritonclient sends) or all in each input's typed `co
 response answers in kind: typed `contents` for a request that used them (unless an output is
 FP16, which only raw can carry), else `raw_output_contents`. BYTES elements travel raw as a
 4-byte little-endian length and the bytes, one after another (Triton's serialization).
-Every malformed tensor is a TensorError (INVALID_ARGUMENT) naming the input.
+Every malformed tensor is a BadInput (INVALID_ARGUMENT) naming the input. The checks and the
+little-endian conversion shared with the agent's own tensors are modelreg.tensors'.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-import sys
 from typing import Any
 
 import numpy as np
 
 from modelreg.oip import grpc_predict_v2_pb2 as pb
+from modelreg.tensors import dims, from_le_bytes, to_le_bytes, unique_names
 from serving_agent.errors import BadInput
 from serving_agent.signature import DATATYPES, FROM_DATATYPE
 
@@ -38,14 +39,6 @@ CONTENTS_FIELD = {
 }
 
 
-# The dtype raw bytes are read as: little-endian; on a little-endian machine the native dtype,
-# so decoding is one frombuffer, no conversion.
-WIRE = {
-    name: dt if sys.byteorder == "little" or dt.kind == "O" else dt.newbyteorder("<")
-    for name, dt in FROM_DATATYPE.items()
-}
-
-
 def _dtype(t: Any) -> np.dtype:
     dtype = FROM_DATATYPE.get(t.datatype)
     if dtype is None:
@@ -56,17 +49,12 @@ def _dtype(t: Any) -> np.dtype:
 
 
 def _shape(t: Any) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in t.shape)
-    if any(d < 0 for d in shape):
-        raise BadInput(f"input {t.name!r} has a negative dimension in shape {list(shape)}")
-    return shape
+    return dims(f"input {t.name!r}", t.shape, BadInput)
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     """The request's inputs as arrays (read-only views on raw bytes: no copy on little-endian)."""
-    names = [t.name for t in request.inputs]
-    if len(set(names)) != len(names):
-        raise BadInput(f"input names must be unique; got {names}")
+    unique_names([t.name for t in request.inputs], BadInput)
     raw = request.raw_input_contents
     if len(raw):
         if len(raw) != len(request.inputs):
@@ -83,18 +71,9 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
 
 def _from_raw(t: Any, data: bytes) -> np.ndarray:
     dtype, shape = _dtype(t), _shape(t)
-    count = math.prod(shape)
     if dtype.kind == "O":
-        return _bytes_from_raw(t.name, data, count).reshape(shape)
-    expected = count * dtype.itemsize
-    if len(data) != expected:
-        raise BadInput(
-            f"input {t.name!r}: shape {list(shape)} of {t.datatype} needs {expected} bytes of raw_input_contents, "
-            f"got {len(data)}"
-        )
-    wire = WIRE[t.datatype]
-    a = np.frombuffer(data, dtype=wire).reshape(shape)
-    return a if wire is dtype else a.astype(dtype)
+        return _bytes_from_raw(t.name, data, math.prod(shape)).reshape(shape)
+    return from_le_bytes(data, dtype, shape, f"input {t.name!r}", t.datatype, "raw_input_contents", BadInput)
 
 
 def _bytes_from_raw(name: str, data: bytes, count: int) -> np.ndarray:
@@ -159,7 +138,7 @@ def _to_raw(a: np.ndarray) -> bytes:
             b = v if isinstance(v, bytes) else str(v).encode()
             parts += [struct.pack("<I", len(b)), b]
         return b"".join(parts)
-    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+    return to_le_bytes(a)
 
 
 def _to_list(a: np.ndarray) -> list:

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from modelreg.oip import grpc_predict_v2_pb2 as oip_pb
 from modelreg.oip import grpc_predict_v2_pb2_grpc as oip_grpc
-from modelreg.tensors import add_tensor, tensor_to_array
+from modelreg.tensors import add_tensor, tensor_to_array, unique_names
 from modelreg.v1 import inference_service_pb2 as inf
 from modelreg.v1 import inference_service_pb2_grpc as inf_grpc
 from modelreg_runtime import tracing
@@ -43,9 +43,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
 
     @agent_errors
     async def Predict(self, request: inf.PredictRequest, context) -> inf.PredictResponse:
-        names = [t.name for t in request.inputs]
-        if len(set(names)) != len(names):
-            raise BadInput(f"input names must be unique; got {names}")
+        unique_names([t.name for t in request.inputs], BadInput)
         inputs = {t.name: tensor_to_array(t) for t in request.inputs}
         result = await self.agent.predict(
             request.model, inputs, list(request.output_names) or None, routing_key=request.routing_key
@@ -157,14 +155,20 @@ async def serve(
     async def set_health(ready: bool) -> None:
         """ "" and InferenceService: every followed model has a version loaded. Each model's
         own name (as --model gives it, without `models/` or `@alias`): that model has one."""
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, status)
-        for name, mgr in agent.models.items():
-            loaded = not closing and not agent.stopping and bool(mgr.ready())
-            await health_servicer.set(
-                name, health_pb2.HealthCheckResponse.SERVING if loaded else health_pb2.HealthCheckResponse.NOT_SERVING
+
+        def status(up: bool) -> int:
+            # `closing` read at each name: a change that arrives during shutdown (or a call
+            # begun before it) never flips a name back to SERVING
+            return (
+                health_pb2.HealthCheckResponse.SERVING
+                if up and not closing
+                else health_pb2.HealthCheckResponse.NOT_SERVING
             )
+
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status(ready))
+        for name, mgr in agent.models.items():
+            await health_servicer.set(name, status(bool(mgr.ready())))
 
     def on_ready(ready: bool) -> None:
         t = loop.create_task(set_health(ready))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -38,22 +39,35 @@ DATATYPES: dict[np.dtype, str] = {
 }
 FROM_DATATYPE: dict[str, np.dtype] = {v: k for k, v in DATATYPES.items()}
 
-# onnxruntime's type strings -> numpy dtypes.
-ORT_TYPES: dict[str, np.dtype] = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(double)": np.dtype(np.float64),
-    "tensor(float16)": np.dtype(np.float16),
-    "tensor(int8)": np.dtype(np.int8),
-    "tensor(int16)": np.dtype(np.int16),
-    "tensor(int32)": np.dtype(np.int32),
-    "tensor(int64)": np.dtype(np.int64),
-    "tensor(uint8)": np.dtype(np.uint8),
-    "tensor(uint16)": np.dtype(np.uint16),
-    "tensor(uint32)": np.dtype(np.uint32),
-    "tensor(uint64)": np.dtype(np.uint64),
-    "tensor(bool)": np.dtype(np.bool_),
-    "tensor(string)": np.dtype(object),
+# onnxruntime's type strings -> the registry's element types (numpy's spelling, and 'string',
+# 'bfloat16' where numpy has no dtype); any other is 'unknown'.
+ORT_ELEMENT_TYPES: dict[str, str] = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
 }
+
+
+def element_dtype(element_type: str) -> np.dtype | None:
+    """The numpy dtype of a registry element type: object for 'string', None for one numpy
+    has none for ('bfloat16', 'unknown')."""
+    if element_type == "string":
+        return np.dtype(object)
+    try:
+        return np.dtype(element_type)
+    except TypeError:
+        return None
 
 
 def datatype(dtype: np.dtype | None) -> str:
@@ -71,14 +85,25 @@ def describe(dtype: np.dtype | None) -> str:
     return name if np_name.upper() == name or name == "BYTES" else f"{name} ({np_name})"
 
 
+#: A dimension as the registry records it: a size, a symbolic name, or None (dynamic, unnamed).
+Dim = int | str | None
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output. `dtype` None: a type the agent cannot name (any is accepted).
-    `shape` None: the rank is unknown (any shape is accepted); -1 is a dynamic dimension."""
+    `shape` None: the rank is unknown (any shape is accepted); -1 is a dynamic dimension.
+
+    `element_type` and `dims` are the same tensor in the registry's exact form, what the agent
+    reports (serving_agent.signature_report): numpy's spelling ('float32', 'string',
+    'bfloat16'; '' for `dtype`'s name) and the dimensions with their symbolic names (None:
+    `shape`'s, -1 unnamed). Requests are checked against `dtype` and `shape` only."""
 
     name: str
     dtype: np.dtype | None
     shape: tuple[int, ...] | None
+    element_type: str = ""
+    dims: tuple[Dim, ...] | None = None
 
     def accepts_shape(self, shape: Sequence[int]) -> bool:
         if self.shape is None:
@@ -92,8 +117,28 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
     platform: str = "onnxruntime_onnx"  # the Open Inference Protocol's `platform` (Triton's names)
 
+    # Derived once per signature (a loaded version's is frozen): every request reads them.
+    @cached_property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @cached_property
+    def inputs_by_name(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.inputs}
+
+    @cached_property
+    def _output_set(self) -> frozenset[str]:
+        return frozenset(self.output_names)
+
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self.inputs_by_name.get(name)
+
+    def has_output(self, name: str) -> bool:
+        return name in self._output_set
 
 
 def ort_shape(shape: Sequence[object] | None) -> tuple[int, ...] | None:
@@ -103,11 +148,19 @@ def ort_shape(shape: Sequence[object] | None) -> tuple[int, ...] | None:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
 
+def ort_dims(shape: Sequence[object] | None) -> tuple[Dim, ...] | None:
+    """onnxruntime's shape as the registry records it: sizes, symbolic names, None for unnamed."""
+    if shape is None:
+        return None
+    return tuple(d if isinstance(d, int) and d >= 0 else d if isinstance(d, str) and d else None for d in shape)
+
+
 def from_ort(session, platform: str = "onnxruntime_onnx") -> Signature:
     """The signature of an onnxruntime.InferenceSession."""
 
     def spec(arg) -> TensorSpec:
-        return TensorSpec(arg.name, ORT_TYPES.get(arg.type), ort_shape(arg.shape))
+        element = ORT_ELEMENT_TYPES.get(arg.type, "unknown")
+        return TensorSpec(arg.name, element_dtype(element), ort_shape(arg.shape), element, ort_dims(arg.shape))
 
     inputs, outputs = session.get_inputs(), session.get_outputs()
     return Signature(tuple(spec(i) for i in inputs), tuple(spec(o) for o in outputs), platform)
@@ -119,10 +172,11 @@ def check_request(
     """Raises BadInput (INVALID_ARGUMENT) unless `inputs` are exactly the model's inputs, each of
     its dtype and a shape it accepts, and every requested output exists. `served_by` names the
     version in the message ('models/m/versions/3'). Costs microseconds: it runs on every request."""
-    wanted = [t.name for t in sig.inputs]
-    missing = [n for n in wanted if n not in inputs]
-    extra = [n for n in inputs if sig.input(n) is None]
-    if missing or extra:
+    by_name = sig.inputs_by_name
+    if len(inputs) != len(by_name) or not all(n in by_name for n in inputs):
+        wanted = list(sig.input_names)
+        missing = [n for n in wanted if n not in inputs]
+        extra = [n for n in inputs if n not in by_name]
         parts = [f"missing {missing}"] if missing else []
         parts += [f"unknown {extra}"] if extra else []
         raise BadInput(f"{served_by} takes inputs {wanted}; {'; '.join(parts)}")
@@ -134,11 +188,9 @@ def check_request(
                 f"input {spec.name!r} of {served_by}: expected {describe(spec.dtype)} with shape "
                 f"{_shape(spec.shape)}, got {describe(arr.dtype)} with shape {list(arr.shape)}"
             )
-    if output_names:
-        known = [t.name for t in sig.outputs]
-        unknown = [n for n in output_names if n not in known]
-        if unknown:
-            raise BadInput(f"unknown outputs {unknown}; {served_by} has outputs {known}")
+    if output_names and not all(sig.has_output(n) for n in output_names):
+        unknown = [n for n in output_names if not sig.has_output(n)]
+        raise BadInput(f"unknown outputs {unknown}; {served_by} has outputs {list(sig.output_names)}")
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:

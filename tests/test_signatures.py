@@ -76,6 +76,20 @@ def test_reader_keeps_no_weights_in_memory():
     assert peak <= 2 << 20
 
 
+def test_the_sdk_reads_a_file_in_chunks_as_the_registry_reads_it(tmp_path):
+    """The SDK's reader (modelreg.onnx_graph, no `onnx`) streams a file past its weights."""
+    from modelreg import onnx_graph, signatures
+
+    data = onnx_model(["batch", 3, 640, 640], weights=1000)
+    path = write(tmp_path, "m.onnx", data)
+    assert onnx_graph.read_file(path, chunk=7) == onnx_graph.read_bytes(data)
+    sig = signatures.read_onnx(path)
+    assert sig is not None and sig == signatures.read_onnx(data)
+    assert [signatures.tensor_text(t) for t in sig.inputs] == ["images float32 [batch, 3, 640, 640]"]
+    assert [signatures.tensor_text(t) for t in sig.outputs] == ["scores float32 [batch, 3, 640, 640]"]
+    assert signatures.read_onnx(b"not onnx") is None and signatures.read_onnx(tmp_path / "missing.onnx") is None
+
+
 @pytest.mark.parametrize(
     ("data", "why"),
     [

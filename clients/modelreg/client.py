@@ -272,8 +272,9 @@ class Client(DeploymentMixin, AccessMixin, GateMixin, CardMixin, AliasMixin, Web
         The sha256 is computed locally first and sent in the header, so the server rejects
         bytes damaged on the way. A directory is packed into a deterministic bundle first.
         `project` is the project of the model `create_model` creates (empty: `default`).
-        An ONNX artifact's `signature` is read here with `onnx` when it is installed (the
-        registry reads and verifies it too); for other formats pass it to record one.
+        An ONNX artifact's `signature` is read here, streaming past its weights
+        (modelreg.onnx_graph; the registry reads and verifies it too); for other formats pass
+        it to record one.
         """
         return self.register_full(**{k: v for k, v in locals().items() if k != "self"}).model_version
 

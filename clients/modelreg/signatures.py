@@ -1,45 +1,23 @@
 """Version signatures on the client: reading an ONNX file's inputs and outputs before it is
-registered (with `onnx`, when it is installed: an optional dependency, imported lazily), and
-their text form for the CLI.
+registered (modelreg.onnx_graph: the file streams past in chunks and its weights are skipped,
+so memory stays about one chunk whatever the model's size; no `onnx` needed), and their text
+form for the CLI.
 
-The registry reads the graph itself and refuses a signature that disagrees, so this is what
-a client sends for the record and what a client without the server's reader would show; a
-file `onnx` cannot parse is sent without a signature and the registry says what is wrong.
+The registry reads the graph itself (with the same reader) and refuses a signature that
+disagrees, so this is what a client sends for the record and what it shows; a file that is
+not ONNX is sent without a signature and the registry says what is wrong.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from modelreg import onnx_graph
+from modelreg.onnx_graph import ONNX_ELEMENT_TYPES
 from modelreg.v1 import resources_pb2 as res
 
-#: ONNX TensorProto.DataType numbers -> numpy's spelling (the registry's element types).
-ONNX_ELEMENT_TYPES = {
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    4: "uint16",
-    5: "int16",
-    6: "int32",
-    7: "int64",
-    8: "string",
-    9: "bool",
-    10: "float16",
-    11: "float64",
-    12: "uint32",
-    13: "uint64",
-    14: "complex64",
-    15: "complex128",
-    16: "bfloat16",
-    17: "float8e4m3fn",
-    18: "float8e4m3fnuz",
-    19: "float8e5m2",
-    20: "float8e5m2fnuz",
-    21: "uint4",
-    22: "int4",
-    23: "float4e2m1",
-}
+__all__ = ["ONNX_ELEMENT_TYPES", "SOURCE_NAMES", "read_onnx", "shape_text", "signature_lines", "tensor_text"]
+
 SOURCE_NAMES = {
     res.SIGNATURE_SOURCE_UNSPECIFIED: "",
     res.SIGNATURE_SOURCE_ARTIFACT: "read from the ONNX graph",
@@ -48,44 +26,31 @@ SOURCE_NAMES = {
 }
 
 
-def read_onnx(artifact: str | Path | bytes) -> res.Signature | None:
-    """The signature of an ONNX file or its bytes; None when `onnx` is not installed or
-    cannot parse it. The weights are not loaded (`load_external_data=False`)."""
-    try:
-        import onnx
-    except ImportError:
-        return None
+def read_onnx(artifact: str | Path | bytes | bytearray | memoryview) -> res.Signature | None:
+    """The signature of an ONNX file (read in chunks) or its bytes; None when it is not ONNX
+    (or the file cannot be read). The weights are skipped, never held."""
     try:
         if isinstance(artifact, (bytes, bytearray, memoryview)):
-            model = onnx.load_model_from_string(bytes(artifact))
+            graph = onnx_graph.read_bytes(bytes(artifact))
         else:
-            model = onnx.load(str(artifact), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not ONNX: the registry refuses it and says why
+            graph = onnx_graph.read_file(artifact)
+    except (onnx_graph.NotOnnx, OSError):  # not ONNX: the registry refuses it and says why
         return None
-    graph = model.graph
-    initializers = {t.name for t in graph.initializer}
-    return res.Signature(
-        inputs=[_tensor(vi) for vi in graph.input if vi.name not in initializers],
-        outputs=[_tensor(vi) for vi in graph.output],
-    )
+    return res.Signature(inputs=[_tensor(t) for t in graph.inputs], outputs=[_tensor(t) for t in graph.outputs])
 
 
-def _tensor(vi: Any) -> res.TensorSpec:
-    kind = vi.type.WhichOneof("value")
-    if kind != "tensor_type":
-        return res.TensorSpec(name=vi.name, element_type=(kind or "unknown").removesuffix("_type"))
-    tt = vi.type.tensor_type
-    spec = res.TensorSpec(name=vi.name, element_type=ONNX_ELEMENT_TYPES.get(tt.elem_type, "unknown"))
-    if tt.HasField("shape"):
-        spec.rank_known = True
-        for d in tt.shape.dim:
-            which = d.WhichOneof("value")
-            if which == "dim_value":
-                spec.shape.add(size=d.dim_value)
-            elif which == "dim_param":
-                spec.shape.add(symbol=d.dim_param)
-            else:
-                spec.shape.add()
+def _tensor(t: onnx_graph.Tensor) -> res.TensorSpec:
+    spec = res.TensorSpec(name=t.name, element_type=t.element_type)
+    if t.shape is None:
+        return spec
+    spec.rank_known = True
+    for d in t.shape:
+        if isinstance(d, int):
+            spec.shape.add(size=d)
+        elif isinstance(d, str):
+            spec.shape.add(symbol=d)
+        else:
+            spec.shape.add()
     return spec
 
 
