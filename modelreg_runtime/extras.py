@@ -20,7 +20,6 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "grpc_health",
         "grpc_reflection",
         "prometheus_client",
-        "onnx",
         "psutil",
         "starlette",
         "uvicorn",
